@@ -1,0 +1,156 @@
+//! The command line: clap types, turned into plain config structs. No clap type passes
+//! this module.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::cache::VerifyMode;
+
+const SOURCE_HELP: &str = "\
+SOURCE forms:
+  HOST[:PORT]                    the registry's repositories     127.0.0.1:5000, ghcr.io
+  HOST[:PORT]/REPO               one repository's tags           127.0.0.1:5000/eo/products
+  HOST[:PORT]/REPO:TAG           one artifact's files            ghcr.io/org/model:v2
+  HOST[:PORT]/REPO@sha256:HEX    one artifact, by digest         127.0.0.1:5000/eo/products@sha256:5f2a...
+  DIR[:TAG]                      an OCI image layout (tags, or one tag's files)   ./eo-layout:v1
+
+Loopback registries (localhost, 127.0.0.0/8, ::1) use plain HTTP; others HTTPS.
+
+Examples:
+  orasfs mount 127.0.0.1:5000 /mnt/oci
+  ls /mnt/oci/eo/products/v1/
+  gdalinfo /mnt/oci/eo/products/v1/imagery.tif
+  orasfs mount ./examples/eo-layout:v1 /mnt/eo";
+
+/// Mount OCI registries and OCI image layouts as a read-only filesystem.
+#[derive(Debug, Parser)]
+#[command(name = "orasfs", version, about, after_help = SOURCE_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount SOURCE at MOUNTPOINT (read-only).
+    #[command(after_help = SOURCE_HELP)]
+    Mount(MountArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum VerifyArg {
+    /// Serve ranges as they arrive; verify the whole blob when its last byte arrives.
+    Lazy,
+    /// Fetch and verify a whole blob before serving its first byte.
+    Strict,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// What to mount (see SOURCE forms below).
+    pub source: String,
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    /// Stay attached to the terminal (orasfs always runs in the foreground for now).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Cache directory [default: $XDG_CACHE_HOME/orasfs, or /var/cache/orasfs for root].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (loopback registries always do).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Skip TLS certificate verification (unsafe).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust this PEM CA bundle in addition to the system roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Let root access the mount as well as the owner.
+    #[arg(long, conflicts_with = "allow_other")]
+    pub allow_root: bool,
+    /// When bytes are checked against the blob digest.
+    #[arg(long, value_enum, default_value = "lazy")]
+    pub verify: VerifyArg,
+    /// How long tags and listings are trusted before asking the registry again
+    /// (e.g. 30s, 5m; 0 asks every time).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub metadata_ttl: Duration,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+    /// Owner of every file [default: the mounting user].
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Group of every file [default: the mounting user's group].
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Connect timeout for registry requests.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Fail a registry response whose body stalls this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+    /// Retries of a failed registry request before the read fails with EIO.
+    #[arg(long, default_value_t = 4)]
+    pub retries: u32,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Parse `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 30s, 5m, 0)"))
+}
+
+impl From<VerifyArg> for VerifyMode {
+    fn from(v: VerifyArg) -> Self {
+        match v {
+            VerifyArg::Lazy => VerifyMode::Lazy,
+            VerifyArg::Strict => VerifyMode::Strict,
+        }
+    }
+}
+
+/// The default cache directory for this user.
+pub fn default_cache_dir() -> PathBuf {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        return PathBuf::from("/var/cache/orasfs");
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("orasfs");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/orasfs"),
+        None => std::env::temp_dir().join("orasfs-cache"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

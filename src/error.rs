@@ -1,0 +1,132 @@
+//! One error type per layer, and the single place where errors become errno values.
+
+use std::io;
+
+use thiserror::Error;
+
+use crate::oci::{Digest, OciError};
+
+/// Errors from a [`crate::source::Source`]: a registry or an OCI layout.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("authentication required for {registry}: {hint}")]
+    Unauthorized { registry: String, hint: String },
+    #[error("cannot reach {target}: {detail}")]
+    Unreachable { target: String, detail: String },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{what}: {detail}")]
+    Protocol { what: String, detail: String },
+    #[error("{what}: {source}")]
+    Oci {
+        what: String,
+        #[source]
+        source: OciError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid OCI layout {path}: {detail}")]
+    Layout { path: String, detail: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl SourceError {
+    /// Whether trying the same request again may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Unreachable { .. } => true,
+            SourceError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Errors of the blob cache and read path.
+#[derive(Debug, Error)]
+pub enum CacheError {
+    #[error("{digest}: content does not match its digest ({detail})")]
+    Integrity { digest: Digest, detail: String },
+    #[error("cache {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("fetch of {0} failed in another reader")]
+    SharedFetch(String),
+}
+
+/// Errors of the filesystem core, as `fs.rs` reports them.
+#[derive(Debug, Error)]
+pub enum FsError {
+    #[error("no such entry")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// The errno a FUSE reply carries for an error. This is the only mapping.
+pub fn to_errno(e: &FsError) -> i32 {
+    match e {
+        FsError::NotFound => libc::ENOENT,
+        FsError::NotDir => libc::ENOTDIR,
+        FsError::IsDir => libc::EISDIR,
+        FsError::ReadOnly => libc::EROFS,
+        FsError::BadHandle => libc::EBADF,
+        FsError::NoAttr => libc::ENODATA,
+        FsError::Source(s) | FsError::Cache(CacheError::Source(s)) => source_errno(s),
+        FsError::Cache(_) => libc::EIO,
+    }
+}
+
+fn source_errno(s: &SourceError) -> i32 {
+    match s {
+        SourceError::NotFound(_) => libc::ENOENT,
+        SourceError::Unauthorized { .. } => libc::EACCES,
+        SourceError::Oci { .. } | SourceError::Layout { .. } => libc::EIO,
+        SourceError::Unsupported(_) => libc::ENOTSUP,
+        _ => libc::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping() {
+        assert_eq!(to_errno(&FsError::ReadOnly), libc::EROFS);
+        assert_eq!(
+            to_errno(&FsError::Source(SourceError::NotFound("x".into()))),
+            libc::ENOENT
+        );
+        let integrity = CacheError::Integrity {
+            digest: Digest::of(b""),
+            detail: "x".into(),
+        };
+        assert_eq!(to_errno(&FsError::Cache(integrity)), libc::EIO);
+    }
+}

@@ -1,0 +1,236 @@
+//! The filesystem core: `lookup`, `getattr`, `readdir`, `open`, `read`, `getxattr` over
+//! the [`Tree`] and the [`BlobCache`], returning plain structs and typed errors. Nothing
+//! here knows about FUSE, so all of it is tested without a mount.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::cache::{BlobCache, BlobRef};
+use crate::error::FsError;
+use crate::tree::{Ino, Node, Tree, ROOT};
+
+/// Attributes of one inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub is_dir: bool,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub is_dir: bool,
+    pub name: String,
+}
+
+/// Ownership and modes of everything in the mount.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// How long the kernel may cache entries addressed by digest.
+    pub immutable_ttl: Duration,
+    /// How long the kernel may cache entries that a tag or listing can change.
+    pub mutable_ttl: Duration,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        // SAFETY: getuid/getgid cannot fail and have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Self {
+            uid,
+            gid,
+            file_mode: 0o444,
+            dir_mode: 0o555,
+            immutable_ttl: Duration::from_secs(3600),
+            mutable_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+enum Handle {
+    Blob(BlobRef),
+    Inline(Arc<Vec<u8>>),
+}
+
+/// The filesystem.
+pub struct Fs {
+    tree: Tree,
+    cache: Arc<BlobCache>,
+    cfg: FsConfig,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+}
+
+impl Fs {
+    pub fn new(tree: Tree, cache: Arc<BlobCache>, cfg: FsConfig) -> Self {
+        Self {
+            tree,
+            cache,
+            cfg,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    pub fn cache(&self) -> &Arc<BlobCache> {
+        &self.cache
+    }
+
+    fn attr_of(&self, ino: Ino, node: &Node) -> Attr {
+        let (is_dir, size, mtime) = match node {
+            Node::Blob { desc, mtime, .. } => (false, desc.size, *mtime),
+            Node::Inline { bytes, mtime, .. } => (false, bytes.len() as u64, *mtime),
+            Node::Image(m) | Node::Index(m) | Node::SubDir { manifest: m } => (true, 0, m.mtime),
+            Node::Namespace { .. } | Node::Repo { .. } => (true, 0, SystemTime::UNIX_EPOCH),
+        };
+        Attr {
+            ino,
+            is_dir,
+            size,
+            mtime,
+            perm: if is_dir { self.cfg.dir_mode } else { self.cfg.file_mode },
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
+    }
+
+    /// How long the kernel may trust this entry: long when nothing can change it.
+    pub fn ttl(&self, ino: Ino) -> Duration {
+        match self.tree.node(ino) {
+            Ok(Node::Namespace { .. } | Node::Repo { .. }) => self.cfg.mutable_ttl,
+            Ok(Node::Image(m) | Node::Index(m)) if matches!(m.reference, crate::source::Reference::Tag(_)) => {
+                self.cfg.mutable_ttl
+            }
+            _ => self.cfg.immutable_ttl,
+        }
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        let ino = self.tree.lookup(parent, name)?;
+        self.getattr(ino)
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        let node = self.tree.node(ino)?;
+        Ok(self.attr_of(ino, &node))
+    }
+
+    /// Entries including `.` and `..`.
+    pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>, FsError> {
+        let parent = if ino == ROOT { ROOT } else { self.tree.parent(ino) };
+        let mut out = vec![
+            DirEntry { ino, is_dir: true, name: ".".into() },
+            DirEntry { ino: parent, is_dir: true, name: "..".into() },
+        ];
+        out.extend(
+            self.tree
+                .list(ino)?
+                .into_iter()
+                .map(|(name, ino, is_dir)| DirEntry { ino, is_dir, name }),
+        );
+        Ok(out)
+    }
+
+    pub fn open(&self, ino: Ino, write: bool) -> Result<u64, FsError> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let handle = match self.tree.node(ino)? {
+            Node::Blob { blob, .. } => Handle::Blob(blob),
+            Node::Inline { bytes, .. } => Handle::Inline(bytes),
+            _ => return Err(FsError::IsDir),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(handle));
+        Ok(fh)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let handle = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        match handle.as_ref() {
+            Handle::Inline(bytes) => {
+                let start = (offset as usize).min(bytes.len());
+                let end = start.saturating_add(size as usize).min(bytes.len());
+                Ok(bytes[start..end].to_vec())
+            }
+            Handle::Blob(blob) => Ok(self
+                .cache
+                .read(self.tree.source().as_ref(), blob, offset, size)?),
+        }
+    }
+
+    /// Extended attributes: `user.oci.*` describe the content, `user.orasfs.verified`
+    /// says whether its bytes have been checked against the digest.
+    pub fn xattrs(&self, ino: Ino) -> Result<Vec<(String, Vec<u8>)>, FsError> {
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut put = |k: &str, v: String| out.push((k.to_string(), v.into_bytes()));
+        match self.tree.node(ino)? {
+            Node::Blob { blob, desc, .. } => {
+                put("user.oci.digest", blob.digest.to_string());
+                put("user.oci.mediatype", desc.media_type.clone());
+                put("user.oci.size", desc.size.to_string());
+                for (k, v) in &desc.annotations {
+                    put(&format!("user.oci.annotation.{k}"), v.clone());
+                }
+                put("user.orasfs.verified", self.cache.is_verified(&blob).to_string());
+            }
+            Node::Inline { digest, media_type, bytes, .. } => {
+                put("user.oci.digest", digest.to_string());
+                put("user.oci.mediatype", media_type);
+                put("user.oci.size", bytes.len().to_string());
+                put("user.orasfs.verified", "true".into());
+            }
+            Node::Image(m) | Node::Index(m) => {
+                put("user.oci.digest", m.digest.to_string());
+                put("user.oci.mediatype", m.fetched.manifest.media_type().to_string());
+                put("user.oci.size", m.fetched.bytes.len().to_string());
+                put("user.oci.reference", format!("{}:{}", m.repo, m.reference));
+                for (k, v) in m.fetched.manifest.annotations() {
+                    put(&format!("user.oci.annotation.{k}"), v.clone());
+                }
+            }
+            Node::SubDir { .. } | Node::Namespace { .. } | Node::Repo { .. } => {}
+        }
+        Ok(out)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &str) -> Result<Vec<u8>, FsError> {
+        self.xattrs(ino)?
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .ok_or(FsError::NoAttr)
+    }
+}

@@ -1,0 +1,17 @@
+//! orasfs: a read-only FUSE filesystem over OCI registries and OCI image layouts.
+//!
+//! Data flows one way: FUSE request → [`fuse`] → [`fs`] → [`tree`] (which file is this?)
+//! → [`cache`] (do we have these bytes?) → [`source`] (fetch the missing range).
+
+pub mod cache;
+pub mod cli;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod mount;
+pub mod names;
+pub mod oci;
+pub mod registry;
+pub mod source;
+pub mod target;
+pub mod tree;

@@ -1,0 +1,158 @@
+//! `orasfs mount`: check everything that can fail before mounting, then serve FUSE until
+//! unmounted or signalled.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::cache::{BlobCache, CacheConfig};
+use crate::cli::{default_cache_dir, MountArgs};
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::FuseFs;
+use crate::registry::{Client, ClientConfig};
+use crate::source::layout::LayoutSource;
+use crate::source::registry::RegistrySource;
+use crate::source::{Reference, Source};
+use crate::target::{self, Target};
+use crate::tree::{RootKind, Tree, TreeConfig};
+
+/// Everything a mount needs, checked and ready.
+pub struct Prepared {
+    pub fs: Fs,
+    pub fsname: String,
+}
+
+/// A one-line failure, printed as `orasfs: <message>`.
+pub type Failure = String;
+
+fn check_mountpoint(p: &Path) -> Result<(), Failure> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("mountpoint {} is not a directory", p.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(format!(
+            "mountpoint {} is a stale FUSE mount (Transport endpoint is not connected); run `fusermount3 -u {}` first",
+            p.display(),
+            p.display()
+        )),
+        Err(e) => Err(format!("mountpoint {}: {e}", p.display())),
+    }
+}
+
+/// Validate the command line and reach the source; fails before anything is mounted.
+pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
+    check_mountpoint(&args.mountpoint)?;
+    let target = target::parse(&args.source)?;
+    let (source, root): (Arc<dyn Source>, RootKind) = match target {
+        Target::Layout { path, tag } => {
+            let layout = LayoutSource::open(&path).map_err(|e| e.to_string())?;
+            let root = match tag {
+                Some(t) => RootKind::Artifact(String::new(), Reference::Tag(t)),
+                None => RootKind::Repository(String::new()),
+            };
+            (Arc::new(layout), root)
+        }
+        Target::Registry { registry, repo, reference } => {
+            let mut cfg = ClientConfig::new(&registry);
+            cfg.plain_http |= args.plain_http;
+            cfg.insecure = args.insecure;
+            cfg.ca_file = args.ca_file.clone();
+            cfg.connect_timeout = args.connect_timeout;
+            cfg.read_timeout = args.read_timeout;
+            cfg.retries = args.retries;
+            if args.insecure {
+                log::warn!("--insecure: TLS certificates of {registry} are not verified");
+            }
+            let client = Client::new(cfg).map_err(|e| e.to_string())?;
+            let src = RegistrySource::new(client);
+            src.ping().map_err(|e| e.to_string())?;
+            let root = match (repo, reference) {
+                (None, _) => RootKind::Registry,
+                (Some(repo), None) => {
+                    src.tags(&repo).map_err(|e| e.to_string())?;
+                    RootKind::Repository(repo)
+                }
+                (Some(repo), Some(r)) => RootKind::Artifact(repo, r),
+            };
+            (Arc::new(src), root)
+        }
+    };
+    let tree = Tree::new(
+        source,
+        root,
+        TreeConfig {
+            metadata_ttl: args.metadata_ttl,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let mut cache_cfg = CacheConfig::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir));
+    cache_cfg.verify = args.verify.into();
+    let cache = BlobCache::open(cache_cfg).map_err(|e| e.to_string())?;
+    let mut fs_cfg = FsConfig {
+        mutable_ttl: args.metadata_ttl,
+        ..FsConfig::default()
+    };
+    if let Some(uid) = args.uid {
+        fs_cfg.uid = uid;
+    }
+    if let Some(gid) = args.gid {
+        fs_cfg.gid = gid;
+    }
+    Ok(Prepared {
+        fs: Fs::new(tree, cache, fs_cfg),
+        fsname: format!("orasfs:{}", args.source),
+    })
+}
+
+/// Mount and serve until unmounted. SIGTERM/SIGINT unmount cleanly; SIGHUP drops cached
+/// tags and listings.
+pub fn run(args: &MountArgs, prepared: Prepared) -> Result<(), Failure> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(prepared.fsname.clone()),
+        MountOption::Subtype("orasfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    config.acl = if args.allow_other {
+        SessionACL::All
+    } else if args.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(args.threads.clamp(1, 64));
+    let fs = Arc::new(prepared.fs);
+    let mut session = fuser::Session::new(FuseFs::new(fs.clone()), &args.mountpoint, &config)
+        .map_err(|e| format!("cannot mount at {}: {e}", args.mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let handle = signals.handle();
+    let mountpoint = args.mountpoint.display().to_string();
+    let watcher = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                log::info!("SIGHUP: dropping cached tags and listings");
+                fs.tree().drop_metadata();
+                continue;
+            }
+            log::info!("signal {sig}: unmounting {mountpoint}");
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmount of {mountpoint} failed: {e}");
+            }
+            break;
+        }
+    });
+    log::info!("mounted {} at {}", args.source, args.mountpoint.display());
+    let result = session.run();
+    handle.close();
+    let _ = watcher.join();
+    result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+}

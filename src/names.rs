@@ -1,0 +1,264 @@
+//! Naming rules: how layer titles and index entries become file and directory names.
+//!
+//! Titles come from whoever pushed the artifact, so they are treated as hostile: absolute
+//! paths, `.`/`..`/empty components, control characters and over-long components are
+//! refused, as are duplicates and names that collide with the files orasfs adds itself.
+//! A refused or missing title never hides a layer: it falls back to `sha256-<hex>`.
+
+use std::collections::HashSet;
+
+use crate::oci::{Descriptor, Platform};
+
+/// Names orasfs itself places in a manifest directory; titles may not take them.
+pub const MANIFEST_FILE: &str = ".manifest.json";
+pub const CONFIG_FILE: &str = ".config.json";
+pub const RESERVED: &[&str] = &[MANIFEST_FILE, CONFIG_FILE, ".referrers", ".orasfs"];
+/// Longest file-name component Linux accepts.
+pub const MAX_COMPONENT: usize = 255;
+
+/// Why a title was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TitleError {
+    #[error("title is empty")]
+    Empty,
+    #[error("title is an absolute path")]
+    Absolute,
+    #[error("title has an empty, '.' or '..' component")]
+    BadComponent,
+    #[error("title contains NUL or a control character")]
+    ControlCharacter,
+    #[error("title has a component longer than 255 bytes")]
+    TooLong,
+    #[error("title uses a name reserved by orasfs")]
+    Reserved,
+    #[error("title duplicates or collides with an earlier layer's name")]
+    Duplicate,
+}
+
+/// Split a title into path components, or say why it is refused.
+pub fn title_components(title: &str) -> Result<Vec<String>, TitleError> {
+    if title.is_empty() {
+        return Err(TitleError::Empty);
+    }
+    if title.starts_with('/') {
+        return Err(TitleError::Absolute);
+    }
+    if title.chars().any(char::is_control) {
+        return Err(TitleError::ControlCharacter);
+    }
+    let parts: Vec<String> = title.split('/').map(str::to_string).collect();
+    for p in &parts {
+        if p.is_empty() || p == "." || p == ".." {
+            return Err(TitleError::BadComponent);
+        }
+        if p.len() > MAX_COMPONENT {
+            return Err(TitleError::TooLong);
+        }
+    }
+    if RESERVED.contains(&parts[0].as_str()) {
+        return Err(TitleError::Reserved);
+    }
+    Ok(parts)
+}
+
+/// Where one layer appears in its manifest directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Path components below the manifest directory.
+    pub path: Vec<String>,
+    /// Set when the title was present but refused; the layer then uses a fallback name.
+    pub refused: Option<(String, TitleError)>,
+}
+
+/// Place every layer: by title where the title is sound and unique, else by digest.
+/// Earlier layers win conflicts, so the result follows manifest order.
+pub fn place_layers(layers: &[Descriptor]) -> Vec<Placement> {
+    let mut files: HashSet<Vec<String>> = HashSet::new();
+    let mut dirs: HashSet<Vec<String>> = HashSet::new();
+    let mut out = Vec::with_capacity(layers.len());
+    let mut fallbacks = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let placed = match layer.title() {
+            None => None,
+            Some(title) => match title_components(title).and_then(|p| {
+                claim(&p, &mut files, &mut dirs)?;
+                Ok(p)
+            }) {
+                Ok(p) => Some(Placement {
+                    path: p,
+                    refused: None,
+                }),
+                Err(e) => {
+                    fallbacks.push((i, Some((title.chars().take(300).collect(), e))));
+                    None
+                }
+            },
+        };
+        match placed {
+            Some(p) => out.push(Some(p)),
+            None => {
+                if layer.title().is_none() {
+                    fallbacks.push((i, None));
+                }
+                out.push(None)
+            }
+        }
+    }
+    // Fallback names are claimed after every sound title, so a title never loses its name to
+    // a fallback; a digest that repeats gets its layer position appended.
+    for (i, refused) in fallbacks {
+        let base = format!("sha256-{}", layers[i].digest.hex());
+        let mut path = vec![base.clone()];
+        if claim(&path, &mut files, &mut dirs).is_err() {
+            path = vec![format!("{base}-{i}")];
+            // A title cannot contain this name's shape and position together, so this holds.
+            let _ = claim(&path, &mut files, &mut dirs);
+        }
+        out[i] = Some(Placement { path, refused });
+    }
+    out.into_iter().flatten().collect()
+}
+
+fn claim(
+    path: &[String],
+    files: &mut HashSet<Vec<String>>,
+    dirs: &mut HashSet<Vec<String>>,
+) -> Result<(), TitleError> {
+    let key = path.to_vec();
+    if files.contains(&key) || dirs.contains(&key) {
+        return Err(TitleError::Duplicate);
+    }
+    if (1..path.len()).any(|k| files.contains(&path[..k].to_vec())) {
+        return Err(TitleError::Duplicate);
+    }
+    for k in 1..path.len() {
+        dirs.insert(path[..k].to_vec());
+    }
+    files.insert(key);
+    Ok(())
+}
+
+/// The directory name for an index entry: its platform (`linux-arm64-v8`) when it has one
+/// and that name is sound, else its digest (`sha256-<hex>`).
+pub fn index_entry_names(entries: &[Descriptor]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    entries
+        .iter()
+        .map(|d| {
+            let by_platform = d.platform.as_ref().and_then(platform_name);
+            match by_platform {
+                Some(n) if seen.insert(n.clone()) => n,
+                _ => {
+                    let n = format!("sha256-{}", d.digest.hex());
+                    seen.insert(n.clone());
+                    n
+                }
+            }
+        })
+        .collect()
+}
+
+fn platform_name(p: &Platform) -> Option<String> {
+    let mut parts = vec![p.os.as_str(), p.architecture.as_str()];
+    if let Some(v) = p.variant.as_deref() {
+        parts.push(v);
+    }
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+    };
+    if parts.iter().all(|s| ok(s)) {
+        Some(parts.join("-"))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Digest;
+    use std::collections::BTreeMap;
+
+    fn layer(n: u8, title: Option<&str>) -> Descriptor {
+        let mut annotations = BTreeMap::new();
+        if let Some(t) = title {
+            annotations.insert(crate::oci::ANNOTATION_TITLE.to_string(), t.to_string());
+        }
+        Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: Digest::of(&[n]),
+            size: 1,
+            annotations,
+            platform: None,
+            artifact_type: None,
+        }
+    }
+
+    #[test]
+    fn refuses_hostile_titles() {
+        let long = "a".repeat(300);
+        for t in [
+            "../../x", "/etc/passwd", "a/../../b", ".", "..", "", "a//b", "a/", "x\u{0}y",
+            "x\ny", "x\u{1b}y", long.as_str(), ".manifest.json", ".orasfs/x",
+        ] {
+            assert!(title_components(t).is_err(), "{t:?} must be refused");
+        }
+        assert_eq!(title_components("docs/readme.md").unwrap(), ["docs", "readme.md"]);
+        assert!(title_components(&"a".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn every_layer_is_reachable_and_first_title_wins() {
+        let layers = vec![
+            layer(1, Some("imagery.tif")),
+            layer(2, Some("imagery.tif")),
+            layer(3, None),
+            layer(4, Some("../evil")),
+            layer(5, Some("docs/readme.md")),
+            layer(6, Some("docs")),
+            layer(7, Some("Imagery.tif")),
+        ];
+        let placed = place_layers(&layers);
+        assert_eq!(placed.len(), layers.len());
+        let names: Vec<String> = placed.iter().map(|p| p.path.join("/")).collect();
+        assert_eq!(names[0], "imagery.tif");
+        assert_eq!(names[1], format!("sha256-{}", layers[1].digest.hex()));
+        assert_eq!(names[2], format!("sha256-{}", layers[2].digest.hex()));
+        assert_eq!(names[3], format!("sha256-{}", layers[3].digest.hex()));
+        assert_eq!(names[4], "docs/readme.md");
+        assert_eq!(names[5], format!("sha256-{}", layers[5].digest.hex()));
+        assert_eq!(names[6], "Imagery.tif", "names differing in case are distinct");
+        assert_eq!(placed[1].refused.as_ref().unwrap().1, TitleError::Duplicate);
+        let unique: HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+    }
+
+    #[test]
+    fn same_digest_twice_without_title_gets_two_names() {
+        let layers = vec![layer(1, None), layer(1, None)];
+        let placed = place_layers(&layers);
+        assert_ne!(placed[0].path, placed[1].path);
+    }
+
+    #[test]
+    fn platform_names() {
+        let mut a = layer(1, None);
+        a.platform = Some(Platform {
+            architecture: "arm64".into(),
+            os: "linux".into(),
+            variant: Some("v8".into()),
+        });
+        let mut b = layer(2, None);
+        b.platform = Some(Platform {
+            architecture: "../x".into(),
+            os: "linux".into(),
+            variant: None,
+        });
+        let names = index_entry_names(&[a, b.clone(), layer(3, None)]);
+        assert_eq!(names[0], "linux-arm64-v8");
+        assert_eq!(names[1], format!("sha256-{}", b.digest.hex()));
+    }
+}

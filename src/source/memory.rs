@@ -1,0 +1,158 @@
+//! An in-memory [`Source`] for fast, deterministic tests of the layers above it. It counts
+//! the requests and bytes it serves, and can be told to ignore ranges or corrupt bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{BlobSink, BodyKind, FetchedManifest, Reference, Source};
+use crate::error::SourceError;
+use crate::oci::{Descriptor, Digest};
+
+#[derive(Default)]
+struct Store {
+    blobs: HashMap<Digest, Arc<Vec<u8>>>,
+    repos: BTreeMap<String, BTreeMap<String, Digest>>,
+}
+
+/// A registry held in memory.
+#[derive(Default)]
+pub struct MemorySource {
+    store: Mutex<Store>,
+    /// Blob GETs served.
+    pub blob_requests: AtomicU64,
+    /// Blob bytes served.
+    pub blob_bytes: AtomicU64,
+    /// Manifest GETs served.
+    pub manifest_requests: AtomicU64,
+    /// Tag listings served.
+    pub tag_requests: AtomicU64,
+    /// Answer range requests with the whole blob, as some registries do.
+    pub ignore_ranges: AtomicBool,
+    /// Flip the first byte of every blob body served.
+    pub corrupt: AtomicBool,
+    /// Fail every blob fetch with a 503.
+    pub down: AtomicBool,
+}
+
+impl MemorySource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Store a blob and return its descriptor.
+    pub fn put_blob(&self, media_type: &str, bytes: Vec<u8>) -> Descriptor {
+        let digest = Digest::of(&bytes);
+        let size = bytes.len() as u64;
+        self.store().blobs.insert(digest.clone(), Arc::new(bytes));
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            annotations: BTreeMap::new(),
+            platform: None,
+            artifact_type: None,
+        }
+    }
+
+    /// Store manifest bytes in `repo`, optionally under `tag`; returns the digest.
+    pub fn put_manifest(&self, repo: &str, tag: Option<&str>, bytes: Vec<u8>) -> Digest {
+        let digest = Digest::of(&bytes);
+        let mut s = self.store();
+        s.blobs.insert(digest.clone(), Arc::new(bytes));
+        let tags = s.repos.entry(repo.to_string()).or_default();
+        if let Some(t) = tag {
+            tags.insert(t.to_string(), digest.clone());
+        }
+        digest
+    }
+
+    fn blob(&self, digest: &Digest) -> Option<Arc<Vec<u8>>> {
+        self.store().blobs.get(digest).cloned()
+    }
+}
+
+impl Source for MemorySource {
+    fn name(&self) -> String {
+        "memory".to_string()
+    }
+
+    fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
+        Ok(Some(self.store().repos.keys().cloned().collect()))
+    }
+
+    fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
+        self.tag_requests.fetch_add(1, Ordering::Relaxed);
+        self.store()
+            .repos
+            .get(repo)
+            .map(|t| t.keys().cloned().collect())
+            .ok_or_else(|| SourceError::NotFound(format!("repository {repo}")))
+    }
+
+    fn manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, SourceError> {
+        self.manifest_requests.fetch_add(1, Ordering::Relaxed);
+        let not_found = || SourceError::NotFound(format!("{repo}:{reference}"));
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => self
+                .store()
+                .repos
+                .get(repo)
+                .and_then(|tags| tags.get(t).cloned())
+                .ok_or_else(not_found)?,
+        };
+        let bytes = self.blob(&digest).ok_or_else(not_found)?;
+        FetchedManifest::verify(&format!("{repo}@{digest}"), bytes.to_vec(), Some(&digest), None)
+    }
+
+    fn fetch_blob(
+        &self,
+        _repo: &str,
+        digest: &Digest,
+        _size: u64,
+        range: Option<Range<u64>>,
+        sink: &mut dyn BlobSink,
+    ) -> Result<(), SourceError> {
+        self.blob_requests.fetch_add(1, Ordering::Relaxed);
+        if self.down.load(Ordering::Relaxed) {
+            return Err(SourceError::Status {
+                url: format!("memory://{digest}"),
+                status: 503,
+            });
+        }
+        let blob = self
+            .blob(digest)
+            .ok_or_else(|| SourceError::NotFound(format!("blob {digest}")))?;
+        let (kind, mut body) = match range {
+            Some(r) if !self.ignore_ranges.load(Ordering::Relaxed) => {
+                let end = r.end.min(blob.len() as u64) as usize;
+                let start = (r.start as usize).min(end);
+                (BodyKind::Range, blob[start..end].to_vec())
+            }
+            _ => (BodyKind::Whole, blob.to_vec()),
+        };
+        if self.corrupt.load(Ordering::Relaxed) {
+            if let Some(b) = body.first_mut() {
+                *b ^= 0xff;
+            }
+        }
+        self.blob_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        let io = |e| SourceError::Io {
+            path: format!("memory://{digest}"),
+            source: e,
+        };
+        sink.begin(kind).map_err(io)?;
+        sink.data(&body).map_err(io)
+    }
+}

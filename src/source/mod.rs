@@ -1,0 +1,196 @@
+//! Where artifacts come from: the [`Source`] trait and its implementations — an HTTP
+//! registry, an OCI image layout on disk, and an in-memory store for tests.
+//!
+//! A source hands out verified manifests and raw blob bytes. It knows nothing of files,
+//! names or caches; the cache layer above it verifies blob bytes.
+
+pub mod layout;
+pub mod memory;
+pub mod registry;
+
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::error::SourceError;
+use crate::oci::{Digest, Manifest, OciError, MAX_METADATA_SIZE};
+
+/// A tag or a digest inside one repository.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reference::Tag(t) => f.write_str(t),
+            Reference::Digest(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+/// A manifest whose bytes were checked against its digest.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub digest: Digest,
+    pub bytes: Arc<Vec<u8>>,
+    pub manifest: Manifest,
+}
+
+impl FetchedManifest {
+    /// Check manifest bytes against the digest they were asked by (or reported under) and
+    /// parse them.
+    pub fn verify(
+        what: &str,
+        bytes: Vec<u8>,
+        expected: Option<&Digest>,
+        content_type: Option<&str>,
+    ) -> Result<Self, SourceError> {
+        let oci = |source: OciError| SourceError::Oci {
+            what: what.to_string(),
+            source,
+        };
+        if bytes.len() as u64 > MAX_METADATA_SIZE {
+            return Err(oci(OciError::TooLarge {
+                what: "manifest",
+                size: bytes.len() as u64,
+                limit: MAX_METADATA_SIZE,
+            }));
+        }
+        let digest = Digest::of(&bytes);
+        if let Some(expected) = expected {
+            if *expected != digest {
+                return Err(oci(OciError::DigestMismatch {
+                    expected: expected.clone(),
+                    actual: digest,
+                }));
+            }
+        }
+        let manifest = Manifest::parse(&bytes, content_type).map_err(oci)?;
+        Ok(Self {
+            digest,
+            bytes: Arc::new(bytes),
+            manifest,
+        })
+    }
+}
+
+/// What a blob fetch delivered to its sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// Exactly the bytes of the range asked for.
+    Range,
+    /// The whole blob, because the server ignored the range.
+    Whole,
+}
+
+/// Receives the bytes of one blob fetch as they arrive.
+pub trait BlobSink {
+    /// Called once, before any data, with what the body holds.
+    fn begin(&mut self, kind: BodyKind) -> io::Result<()>;
+    /// Called with each piece of the body, in order.
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// A place artifacts come from.
+pub trait Source: Send + Sync {
+    /// A short human name, e.g. `127.0.0.1:5000` or `/data/layout`.
+    fn name(&self) -> String;
+    /// The repositories, or `None` when the source cannot list them.
+    fn catalog(&self) -> Result<Option<Vec<String>>, SourceError>;
+    /// The tags of one repository.
+    fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError>;
+    /// A manifest or index by tag or digest, verified.
+    fn manifest(&self, repo: &str, reference: &Reference)
+        -> Result<FetchedManifest, SourceError>;
+    /// Stream a blob, or the `range` of it, into `sink`. The caller verifies the bytes.
+    fn fetch_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        range: Option<Range<u64>>,
+        sink: &mut dyn BlobSink,
+    ) -> Result<(), SourceError>;
+}
+
+/// A sink that collects a bounded body in memory.
+#[derive(Debug, Default)]
+pub struct VecSink {
+    pub kind: Option<BodyKind>,
+    pub bytes: Vec<u8>,
+    pub limit: u64,
+}
+
+impl VecSink {
+    pub fn with_limit(limit: u64) -> Self {
+        Self {
+            kind: None,
+            bytes: Vec::new(),
+            limit,
+        }
+    }
+}
+
+impl BlobSink for VecSink {
+    fn begin(&mut self, kind: BodyKind) -> io::Result<()> {
+        self.kind = Some(kind);
+        self.bytes.clear();
+        Ok(())
+    }
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.bytes.len() as u64 + bytes.len() as u64 > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("body longer than the {} bytes expected", self.limit),
+            ));
+        }
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Validate a repository name as the distribution spec defines it (lowercase components
+/// separated by `/`, each made of alphanumerics joined by `.`, `_`, `__` or dashes).
+pub fn valid_repo_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.as_bytes()[0].is_ascii_alphanumeric()
+                && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
+        })
+}
+
+/// Validate a tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_tags() {
+        assert!(valid_repo_name("eo/products"));
+        assert!(valid_repo_name("a.b_c-d/e"));
+        assert!(!valid_repo_name("Eo"));
+        assert!(!valid_repo_name("eo//x"));
+        assert!(!valid_repo_name("../x"));
+        assert!(!valid_repo_name(""));
+        assert!(valid_tag("v1.0_rc-1"));
+        assert!(!valid_tag(".hidden"));
+        assert!(!valid_tag("a/b"));
+        assert!(!valid_tag(&"a".repeat(129)));
+    }
+}

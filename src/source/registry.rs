@@ -1,0 +1,87 @@
+//! A remote registry as a [`Source`]: the [`crate::registry::Client`] plus the checks that
+//! turn its answers into verified manifests.
+
+use std::ops::Range;
+
+use super::{BlobSink, FetchedManifest, Reference, Source};
+use crate::error::SourceError;
+use crate::oci::{Digest, OciError};
+use crate::registry::Client;
+
+/// A registry reached over HTTP(S).
+#[derive(Debug)]
+pub struct RegistrySource {
+    client: Client,
+}
+
+impl RegistrySource {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// Check that the registry answers at all.
+    pub fn ping(&self) -> Result<(), SourceError> {
+        self.client.ping()
+    }
+}
+
+impl Source for RegistrySource {
+    fn name(&self) -> String {
+        self.client.registry().to_string()
+    }
+
+    fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
+        self.client.catalog()
+    }
+
+    fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
+        self.client.tags(repo)
+    }
+
+    fn manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, SourceError> {
+        let (bytes, content_type, reported) =
+            self.client.manifest(repo, &reference.to_string())?;
+        let what = format!("{}/{repo}:{reference}", self.client.registry());
+        let expected = match reference {
+            Reference::Digest(d) => Some(d.clone()),
+            Reference::Tag(_) => match reported.as_deref().map(Digest::parse) {
+                Some(Ok(d)) => Some(d),
+                Some(Err(e)) => {
+                    return Err(SourceError::Oci {
+                        what: format!("{what}: Docker-Content-Digest header"),
+                        source: e,
+                    })
+                }
+                None => None,
+            },
+        };
+        let fetched = FetchedManifest::verify(&what, bytes, expected.as_ref(), content_type.as_deref())?;
+        if let (Reference::Digest(d), Some(Ok(r))) = (reference, reported.as_deref().map(Digest::parse)) {
+            if &r != d {
+                return Err(SourceError::Oci {
+                    what,
+                    source: OciError::DigestMismatch {
+                        expected: d.clone(),
+                        actual: r,
+                    },
+                });
+            }
+        }
+        Ok(fetched)
+    }
+
+    fn fetch_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        range: Option<Range<u64>>,
+        sink: &mut dyn BlobSink,
+    ) -> Result<(), SourceError> {
+        self.client.fetch_blob(repo, digest, size, range, sink)
+    }
+}

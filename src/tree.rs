@@ -1,0 +1,518 @@
+//! The namespace: an inode table mapping registry → repositories → tags → manifests →
+//! files, built lazily as the kernel looks names up, with TTLs for what can change (tags,
+//! listings) and none for what cannot (anything addressed by digest).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cache::BlobRef;
+use crate::error::{FsError, SourceError};
+use crate::names::{self, CONFIG_FILE, MANIFEST_FILE};
+use crate::oci::{Descriptor, Digest, ImageIndex, ImageManifest, Manifest, ANNOTATION_CREATED};
+use crate::source::{valid_tag, FetchedManifest, Reference, Source};
+
+pub type Ino = u64;
+pub const ROOT: Ino = 1;
+
+/// What the mount root shows.
+#[derive(Debug, Clone)]
+pub enum RootKind {
+    /// Repositories (and their namespaces) of a registry.
+    Registry,
+    /// The tags of one repository.
+    Repository(String),
+    /// One artifact's files.
+    Artifact(String, Reference),
+}
+
+/// One node of the tree.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// Repositories under `prefix` and, when `prefix` is itself a repository, its tags.
+    Namespace { prefix: String },
+    /// Only the tags of one repository.
+    Repo { repo: String },
+    /// An image manifest's files.
+    Image(Arc<ManifestNode>),
+    /// An index: one subdirectory per entry.
+    Index(Arc<ManifestNode>),
+    /// A directory made by titles with `/` inside an image.
+    SubDir { manifest: Arc<ManifestNode> },
+    /// A layer or config blob.
+    Blob { blob: BlobRef, desc: Arc<Descriptor>, mtime: SystemTime },
+    /// Bytes held in memory (the manifest itself).
+    Inline { bytes: Arc<Vec<u8>>, digest: Digest, media_type: String, mtime: SystemTime },
+}
+
+/// A manifest shown as a directory.
+#[derive(Debug)]
+pub struct ManifestNode {
+    pub repo: String,
+    pub digest: Digest,
+    /// How it was reached: a tag, or a digest.
+    pub reference: Reference,
+    pub fetched: FetchedManifest,
+    pub mtime: SystemTime,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        !matches!(self, Node::Blob { .. } | Node::Inline { .. })
+    }
+}
+
+struct Entry {
+    node: Node,
+    parent: Ino,
+    /// Children known so far; for fixed directories (manifests) this is complete.
+    children: BTreeMap<String, Ino>,
+    /// When a dynamic directory was last listed.
+    listed: Option<Instant>,
+}
+
+/// Settings of the namespace.
+#[derive(Debug, Clone)]
+pub struct TreeConfig {
+    /// How long tag resolutions and listings are trusted.
+    pub metadata_ttl: Duration,
+}
+
+impl Default for TreeConfig {
+    fn default() -> Self {
+        Self {
+            metadata_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The inode table and the metadata caches behind it.
+pub struct Tree {
+    source: Arc<dyn Source>,
+    cfg: TreeConfig,
+    nodes: RwLock<Vec<Entry>>,
+    manifests: Mutex<HashMap<Digest, FetchedManifest>>,
+    tags: Mutex<HashMap<String, (Instant, Arc<Vec<String>>)>>,
+    resolved: Mutex<HashMap<(String, String), (Instant, Digest)>>,
+    catalog: Mutex<Option<(Instant, Option<Arc<Vec<String>>>)>>,
+    warned: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Parse an RFC 3339 `created` annotation.
+fn parse_created(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
+        .ok()
+        .or_else(|| humantime::parse_rfc3339(s).ok())
+}
+
+impl Tree {
+    /// Build the tree; for an artifact root the manifest is fetched now, so a missing tag
+    /// fails before mounting.
+    pub fn new(source: Arc<dyn Source>, root: RootKind, cfg: TreeConfig) -> Result<Self, FsError> {
+        let tree = Self {
+            source,
+            cfg,
+            nodes: RwLock::new(Vec::new()),
+            manifests: Mutex::new(HashMap::new()),
+            tags: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
+            catalog: Mutex::new(None),
+            warned: Mutex::new(HashSet::new()),
+        };
+        let root_node = match root {
+            RootKind::Registry => Node::Namespace {
+                prefix: String::new(),
+            },
+            RootKind::Repository(repo) => Node::Repo { repo },
+            RootKind::Artifact(repo, reference) => {
+                let fetched = tree.fetch_manifest(&repo, &reference)?;
+                tree.manifest_node(&repo, reference, fetched)
+            }
+        };
+        tree.write().push(Entry {
+            node: root_node,
+            parent: ROOT,
+            children: BTreeMap::new(),
+            listed: None,
+        });
+        let root = tree.node(ROOT)?;
+        tree.fill_fixed(ROOT, &root);
+        Ok(tree)
+    }
+
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.source
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Entry>> {
+        self.nodes.write().unwrap_or_else(|e| e.into_inner())
+    }
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Entry>> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node behind an inode.
+    pub fn node(&self, ino: Ino) -> Result<Node, FsError> {
+        let idx = ino.checked_sub(1).ok_or(FsError::NotFound)? as usize;
+        self.read()
+            .get(idx)
+            .map(|e| e.node.clone())
+            .ok_or(FsError::NotFound)
+    }
+
+    pub fn parent(&self, ino: Ino) -> Ino {
+        let idx = ino.saturating_sub(1) as usize;
+        self.read().get(idx).map_or(ROOT, |e| e.parent)
+    }
+
+    fn warn_once(&self, key: String, msg: impl FnOnce() -> String) {
+        if lock(&self.warned).insert(key) {
+            log::warn!("{}", msg());
+        }
+    }
+
+    fn add(&self, parent: Ino, name: &str, node: Node) -> Ino {
+        let mut nodes = self.write();
+        nodes.push(Entry {
+            node,
+            parent,
+            children: BTreeMap::new(),
+            listed: None,
+        });
+        let ino = nodes.len() as Ino;
+        if let Some(p) = nodes.get_mut(parent as usize - 1) {
+            p.children.insert(name.to_string(), ino);
+        }
+        ino
+    }
+
+    fn child(&self, parent: Ino, name: &str) -> Option<Ino> {
+        self.read()
+            .get(parent as usize - 1)
+            .and_then(|e| e.children.get(name).copied())
+    }
+
+    fn fetch_manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, FsError> {
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => {
+                let key = (repo.to_string(), t.clone());
+                let fresh = lock(&self.resolved)
+                    .get(&key)
+                    .filter(|(at, _)| at.elapsed() < self.cfg.metadata_ttl)
+                    .map(|(_, d)| d.clone());
+                match fresh {
+                    Some(d) => d,
+                    None => {
+                        let m = self.source.manifest(repo, reference)?;
+                        lock(&self.resolved).insert(key, (Instant::now(), m.digest.clone()));
+                        lock(&self.manifests).insert(m.digest.clone(), m.clone());
+                        return Ok(m);
+                    }
+                }
+            }
+        };
+        if let Some(m) = lock(&self.manifests).get(&digest) {
+            return Ok(m.clone());
+        }
+        let m = self.source.manifest(repo, &Reference::Digest(digest))?;
+        lock(&self.manifests).insert(m.digest.clone(), m.clone());
+        Ok(m)
+    }
+
+    fn manifest_node(&self, repo: &str, reference: Reference, fetched: FetchedManifest) -> Node {
+        let mtime = fetched
+            .manifest
+            .annotations()
+            .get(ANNOTATION_CREATED)
+            .and_then(|s| parse_created(s))
+            .unwrap_or_else(SystemTime::now);
+        let m = Arc::new(ManifestNode {
+            repo: repo.to_string(),
+            digest: fetched.digest.clone(),
+            reference,
+            mtime,
+            fetched,
+        });
+        match &m.fetched.manifest {
+            Manifest::Image(_) => Node::Image(m),
+            Manifest::Index(_) => Node::Index(m),
+        }
+    }
+
+    /// Create the children of a directory whose content is fixed by a manifest.
+    fn fill_fixed(&self, ino: Ino, node: &Node) {
+        match node {
+            Node::Image(m) => {
+                if let Manifest::Image(image) = &m.fetched.manifest {
+                    self.fill_image(ino, m, image);
+                }
+            }
+            Node::Index(m) => {
+                if let Manifest::Index(index) = &m.fetched.manifest {
+                    self.fill_index(ino, m, index);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fill_image(&self, ino: Ino, m: &Arc<ManifestNode>, image: &ImageManifest) {
+        let blob = |d: &Descriptor| Node::Blob {
+            blob: BlobRef {
+                repo: m.repo.clone(),
+                digest: d.digest.clone(),
+                size: d.size,
+            },
+            desc: Arc::new(d.clone()),
+            mtime: m.mtime,
+        };
+        self.add(
+            ino,
+            MANIFEST_FILE,
+            Node::Inline {
+                bytes: m.fetched.bytes.clone(),
+                digest: m.digest.clone(),
+                media_type: m.fetched.manifest.media_type().to_string(),
+                mtime: m.mtime,
+            },
+        );
+        self.add(ino, CONFIG_FILE, blob(&image.config));
+        for (placement, layer) in names::place_layers(&image.layers).into_iter().zip(&image.layers) {
+            if let Some((title, why)) = &placement.refused {
+                self.warn_once(format!("{}:{title}", m.digest), || {
+                    format!(
+                        "{}/{}: layer title {title:?} refused ({why}); shown as {}",
+                        m.repo,
+                        m.reference,
+                        placement.path.join("/")
+                    )
+                });
+            }
+            let mut dir = ino;
+            let (file, dirs) = match placement.path.split_last() {
+                Some(x) => x,
+                None => continue,
+            };
+            for d in dirs {
+                dir = match self.child(dir, d) {
+                    Some(c) => c,
+                    None => self.add(dir, d, Node::SubDir { manifest: m.clone() }),
+                };
+            }
+            self.add(dir, file, blob(layer));
+        }
+    }
+
+    fn fill_index(&self, ino: Ino, m: &Arc<ManifestNode>, index: &ImageIndex) {
+        // Entries are added lazily on lookup (they need a fetch); record the names now.
+        let _ = (ino, m, index);
+    }
+
+    /// Look up `name` in directory `parent`.
+    pub fn lookup(&self, parent: Ino, name: &str) -> Result<Ino, FsError> {
+        let node = self.node(parent)?;
+        if !node.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        match &node {
+            Node::Image(_) | Node::SubDir { .. } => self.child(parent, name).ok_or(FsError::NotFound),
+            Node::Index(m) => self.lookup_index(parent, m, name),
+            Node::Repo { repo } => self.lookup_in_repo(parent, repo, name, false),
+            Node::Namespace { prefix } => self.lookup_namespace(parent, prefix, name),
+            Node::Blob { .. } | Node::Inline { .. } => Err(FsError::NotDir),
+        }
+    }
+
+    fn lookup_index(&self, parent: Ino, m: &Arc<ManifestNode>, name: &str) -> Result<Ino, FsError> {
+        if let Some(c) = self.child(parent, name) {
+            return Ok(c);
+        }
+        let Manifest::Index(index) = &m.fetched.manifest else {
+            return Err(FsError::NotFound);
+        };
+        let names = names::index_entry_names(&index.manifests);
+        let pos = names.iter().position(|n| n == name).ok_or(FsError::NotFound)?;
+        let entry = &index.manifests[pos];
+        let reference = Reference::Digest(entry.digest.clone());
+        // An index that names itself (directly or in a cycle) just shows the same content
+        // one level down; each level costs a lookup, so no loop runs unbounded.
+        let fetched = self.fetch_manifest(&m.repo, &reference)?;
+        let node = self.manifest_node(&m.repo, reference, fetched);
+        let ino = self.add(parent, name, node.clone());
+        self.fill_fixed(ino, &node);
+        Ok(ino)
+    }
+
+    /// Tags of a repository, from a listing no older than the TTL.
+    pub fn tags(&self, repo: &str) -> Result<Arc<Vec<String>>, FsError> {
+        if let Some((at, t)) = lock(&self.tags).get(repo) {
+            if at.elapsed() < self.cfg.metadata_ttl {
+                return Ok(t.clone());
+            }
+        }
+        let mut t = self.source.tags(repo)?;
+        t.retain(|t| valid_tag(t));
+        t.sort();
+        t.dedup();
+        let t = Arc::new(t);
+        lock(&self.tags).insert(repo.to_string(), (Instant::now(), t.clone()));
+        Ok(t)
+    }
+
+    fn catalog(&self) -> Result<Option<Arc<Vec<String>>>, FsError> {
+        if let Some((at, c)) = lock(&self.catalog).as_ref() {
+            if at.elapsed() < self.cfg.metadata_ttl {
+                return Ok(c.clone());
+            }
+        }
+        let c = self.source.catalog()?.map(|mut c| {
+            c.retain(|r| r.is_empty() || crate::source::valid_repo_name(r));
+            c.sort();
+            Arc::new(c)
+        });
+        *lock(&self.catalog) = Some((Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    /// A tag or `sha256:` digest inside a repository directory.
+    fn lookup_in_repo(&self, parent: Ino, repo: &str, name: &str, may_be_namespace: bool) -> Result<Ino, FsError> {
+        let reference = if let Some(hex) = name.strip_prefix("sha256:") {
+            let _ = hex;
+            Reference::Digest(Digest::parse(name).map_err(|_| FsError::NotFound)?)
+        } else if valid_tag(name) && self.tags(repo).map(|t| t.binary_search(&name.to_string()).is_ok()).unwrap_or(false) {
+            if may_be_namespace {
+                self.warn_once(format!("ns:{repo}/{name}"), || {
+                    format!("{repo}: tag {name:?} hides the namespace {repo}/{name}; the tag wins")
+                });
+            }
+            Reference::Tag(name.to_string())
+        } else {
+            return Err(FsError::NotFound);
+        };
+        let fetched = self.fetch_manifest(repo, &reference)?;
+        // Reuse the inode while the name still resolves to the same manifest, so open files
+        // and the kernel's caches stay coherent; a moved tag gets a fresh inode.
+        if let Some(c) = self.child(parent, name) {
+            if let Ok(Node::Image(m) | Node::Index(m)) = self.node(c) {
+                if m.digest == fetched.digest {
+                    return Ok(c);
+                }
+            }
+        }
+        let node = self.manifest_node(repo, reference, fetched);
+        let ino = self.add(parent, name, node.clone());
+        self.fill_fixed(ino, &node);
+        Ok(ino)
+    }
+
+    fn lookup_namespace(&self, parent: Ino, prefix: &str, name: &str) -> Result<Ino, FsError> {
+        let catalog = self.catalog()?;
+        let is_repo = |r: &str| catalog.as_ref().is_some_and(|c| c.binary_search(&r.to_string()).is_ok());
+        if !prefix.is_empty() && (is_repo(prefix) || catalog.is_none()) {
+            let path = format!("{prefix}/{name}");
+            let shadows = catalog
+                .as_ref()
+                .is_some_and(|c| c.iter().any(|r| r == &path || r.starts_with(&format!("{path}/"))));
+            match self.lookup_in_repo(parent, prefix, name, shadows) {
+                Ok(ino) => return Ok(ino),
+                Err(FsError::NotFound) | Err(FsError::Source(SourceError::NotFound(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let path = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+        if !crate::source::valid_repo_name(&path) {
+            return Err(FsError::NotFound);
+        }
+        let exists = match &catalog {
+            Some(c) => c.iter().any(|r| r == &path || r.starts_with(&format!("{path}/"))),
+            // Without a catalog any well-formed name may be a repository or namespace.
+            None => true,
+        };
+        if !exists {
+            return Err(FsError::NotFound);
+        }
+        if let Some(c) = self.child(parent, name) {
+            if matches!(self.node(c), Ok(Node::Namespace { .. })) {
+                return Ok(c);
+            }
+        }
+        Ok(self.add(parent, name, Node::Namespace { prefix: path }))
+    }
+
+    /// The entries of a directory: `(name, ino, is_dir)`.
+    pub fn list(&self, ino: Ino) -> Result<Vec<(String, Ino, bool)>, FsError> {
+        let node = self.node(ino)?;
+        let names: Vec<String> = match &node {
+            Node::Image(_) | Node::SubDir { .. } => {
+                return Ok(self.fixed_children(ino));
+            }
+            Node::Index(m) => match &m.fetched.manifest {
+                Manifest::Index(i) => names::index_entry_names(&i.manifests),
+                Manifest::Image(_) => Vec::new(),
+            },
+            Node::Repo { repo } => self.tags(repo)?.to_vec(),
+            Node::Namespace { prefix } => self.namespace_names(prefix)?,
+            Node::Blob { .. } | Node::Inline { .. } => return Err(FsError::NotDir),
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match self.lookup(ino, &name) {
+                Ok(c) => out.push((name, c, self.node(c).map(|n| n.is_dir()).unwrap_or(true))),
+                Err(e) => log::warn!("skipping {name:?} in listing: {e}"),
+            }
+        }
+        if let Some(e) = self.write().get_mut(ino as usize - 1) {
+            e.listed = Some(Instant::now());
+        }
+        Ok(out)
+    }
+
+    fn fixed_children(&self, ino: Ino) -> Vec<(String, Ino, bool)> {
+        let nodes = self.read();
+        let Some(e) = nodes.get(ino as usize - 1) else {
+            return Vec::new();
+        };
+        e.children
+            .iter()
+            .map(|(n, c)| {
+                let is_dir = nodes.get(*c as usize - 1).map(|e| e.node.is_dir()).unwrap_or(false);
+                (n.clone(), *c, is_dir)
+            })
+            .collect()
+    }
+
+    /// Child names of a namespace: next path components of repositories under it, plus the
+    /// tags when the prefix is itself a repository (tags win over namespaces).
+    fn namespace_names(&self, prefix: &str) -> Result<Vec<String>, FsError> {
+        let Some(catalog) = self.catalog()? else {
+            return Ok(Vec::new());
+        };
+        let mut names = Vec::new();
+        let lead = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+        for r in catalog.iter() {
+            if let Some(rest) = r.strip_prefix(&lead) {
+                if let Some(first) = rest.split('/').next().filter(|f| !f.is_empty()) {
+                    names.push(first.to_string());
+                }
+            }
+        }
+        if !prefix.is_empty() && catalog.binary_search(&prefix.to_string()).is_ok() {
+            names.extend(self.tags(prefix)?.iter().cloned());
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Forget cached tags, listings and tag resolutions (not digest-addressed data).
+    pub fn drop_metadata(&self) {
+        lock(&self.tags).clear();
+        lock(&self.resolved).clear();
+        *lock(&self.catalog) = None;
+    }
+}
