@@ -96,6 +96,10 @@ impl Filesystem for FuseFs {
         }
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
     fn release(
         &self,
         _req: &Request,
