@@ -15,3 +15,6 @@ pub mod registry;
 pub mod source;
 pub mod target;
 pub mod tree;
+
+#[cfg(test)]
+mod core_tests;
