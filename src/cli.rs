@@ -37,6 +37,31 @@ pub enum Command {
     /// Mount SOURCE at MOUNTPOINT (read-only).
     #[command(after_help = SOURCE_HELP)]
     Mount(MountArgs),
+    /// Inspect or trim the blob cache.
+    Cache(CacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+    /// Cache directory [default: $XDG_CACHE_HOME/orasfs, or /var/cache/orasfs for root].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Print size, blob count, verified and partial blobs.
+    Stats,
+    /// Evict least recently used blobs until the cache is at most SIZE.
+    Prune {
+        /// Target size, e.g. 512MiB or 20GiB.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: u64,
+    },
+    /// Remove everything from the cache.
+    Clear,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,6 +93,16 @@ pub struct MountArgs {
     /// Trust this PEM CA bundle in addition to the system roots.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
+    /// Cap the cache at SIZE (binary units: 512MiB, 20GiB); least recently used blobs are
+    /// evicted first, never one an open file is reading.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+    /// Keep at least this share of the cache's filesystem free, in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
+    pub cache_min_free: f64,
+    /// Bound on memory used for in-flight and read-ahead data (e.g. 64MiB).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_memory: u64,
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
@@ -102,6 +137,27 @@ pub struct MountArgs {
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Parse a size with binary units: `4096`, `512KiB`, `512MiB`, `20GiB`, `1TiB` (also
+/// `K`/`M`/`G`/`T`, meaning the same).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size like 512MiB or 20GiB"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 /// Parse `30s`, `5m`, `1h` or a bare number of seconds.
@@ -146,6 +202,15 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
     .map_err(|e| e.to_string())?;
     let mut cache_cfg = CacheConfig::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir));
     cache_cfg.verify = args.verify.into();
+    cache_cfg.max_size = args.cache_size;
+    cache_cfg.min_free_percent = args.cache_min_free.clamp(0.0, 100.0);
+    cache_cfg.max_memory = args.max_memory;
     let cache = BlobCache::open(cache_cfg).map_err(|e| e.to_string())?;
     let mut fs_cfg = FsConfig {
         mutable_ttl: args.metadata_ttl,

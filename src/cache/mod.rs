@@ -17,6 +17,7 @@
 //! and drops the blob's cached bytes. Concurrent misses on a chunk share one fetch.
 
 pub mod chunk;
+pub mod manage;
 pub mod flight;
 pub mod whole;
 
@@ -59,6 +60,12 @@ pub struct CacheConfig {
     pub hot_chunks: usize,
     /// Most chunks fetched in one range request.
     pub max_run: u64,
+    /// Cap on the cache's size on disk, if any.
+    pub max_size: Option<u64>,
+    /// Share (0–100) of the cache's filesystem to keep free.
+    pub min_free_percent: f64,
+    /// Bound on memory for in-flight and read-ahead data.
+    pub max_memory: u64,
 }
 
 impl CacheConfig {
@@ -69,6 +76,9 @@ impl CacheConfig {
             verify: VerifyMode::Lazy,
             hot_chunks: 16,
             max_run: 16,
+            max_size: None,
+            min_free_percent: 5.0,
+            max_memory: 64 * 1024 * 1024,
         }
     }
 }
