@@ -39,6 +39,15 @@ pub enum Command {
     Mount(MountArgs),
     /// Inspect or trim the blob cache.
     Cache(CacheArgs),
+    /// Unmount an orasfs mount.
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach now, clean up when no longer busy.
+        #[arg(long)]
+        lazy: bool,
+    },
+    /// Print the counters of a running mount (from MOUNTPOINT/.orasfs/stats.json).
+    Stats { mountpoint: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -78,9 +87,15 @@ pub struct MountArgs {
     pub source: String,
     /// An existing, empty directory.
     pub mountpoint: PathBuf,
-    /// Stay attached to the terminal (orasfs always runs in the foreground for now).
+    /// Stay attached to the terminal instead of running as a daemon.
     #[arg(short, long)]
     pub foreground: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
+    /// Append logs to FILE (a daemon otherwise discards them once the mount is ready).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     /// Cache directory [default: $XDG_CACHE_HOME/orasfs, or /var/cache/orasfs for root].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -125,6 +140,12 @@ pub struct MountArgs {
     /// Group of every file [default: the mounting user's group].
     #[arg(long)]
     pub gid: Option<u32>,
+    /// Permission bits of files.
+    #[arg(long, value_name = "OCTAL", default_value = "0444", value_parser = parse_mode)]
+    pub file_mode: u16,
+    /// Permission bits of directories.
+    #[arg(long, value_name = "OCTAL", default_value = "0555", value_parser = parse_mode)]
+    pub dir_mode: u16,
     /// Connect timeout for registry requests.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -137,6 +158,19 @@ pub struct MountArgs {
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Parse permission bits in octal; write bits are refused, the mount is read-only.
+pub fn parse_mode(s: &str) -> Result<u16, String> {
+    let m = u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?}: expected octal permission bits like 0444"))?;
+    if m > 0o7777 {
+        return Err(format!("{s:?}: not a permission mode"));
+    }
+    if m & 0o222 != 0 {
+        return Err(format!("{s:?}: write bits make no sense on a read-only mount"));
+    }
+    Ok(m)
 }
 
 /// Parse a size with binary units: `4096`, `512KiB`, `512MiB`, `20GiB`, `1TiB` (also

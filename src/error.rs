@@ -88,6 +88,21 @@ pub enum FsError {
     Cache(#[from] CacheError),
 }
 
+impl FsError {
+    /// A short name of the error's kind, for counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FsError::NotFound => "not_found",
+            FsError::NotDir | FsError::IsDir | FsError::BadHandle | FsError::NoAttr => "usage",
+            FsError::ReadOnly => "read_only",
+            FsError::Source(SourceError::Unauthorized { .. }) => "unauthorized",
+            FsError::Source(_) | FsError::Cache(CacheError::Source(_)) => "registry",
+            FsError::Cache(CacheError::Integrity { .. }) => "integrity",
+            FsError::Cache(_) => "cache",
+        }
+    }
+}
+
 /// The errno a FUSE reply carries for an error. This is the only mapping.
 pub fn to_errno(e: &FsError) -> i32 {
     match e {

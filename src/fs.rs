@@ -71,6 +71,9 @@ pub struct Fs {
     cfg: FsConfig,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    started: SystemTime,
+    /// Failed operations by kind, for `orasfs stats`.
+    pub errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Fs {
@@ -81,6 +84,8 @@ impl Fs {
             cfg,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            started: SystemTime::now(),
+            errors: Mutex::new(Default::default()),
         }
     }
 
@@ -97,7 +102,8 @@ impl Fs {
             Node::Blob { desc, mtime, .. } => (false, desc.size, *mtime),
             Node::Inline { bytes, mtime, .. } => (false, bytes.len() as u64, *mtime),
             Node::Image(m) | Node::Index(m) | Node::SubDir { manifest: m } => (true, 0, m.mtime),
-            Node::Namespace { .. } | Node::Repo { .. } => (true, 0, SystemTime::UNIX_EPOCH),
+            Node::Namespace { .. } | Node::Repo { .. } | Node::ControlDir => (true, 0, self.started),
+            Node::StatsFile => (false, 0, SystemTime::now()),
         };
         Attr {
             ino,
@@ -119,6 +125,21 @@ impl Fs {
             }
             _ => self.cfg.immutable_ttl,
         }
+    }
+
+    /// Whether a file's content is made when opened (so its size is unknown beforehand).
+    pub fn is_volatile(&self, ino: Ino) -> bool {
+        matches!(self.tree.node(ino), Ok(Node::StatsFile))
+    }
+
+    /// Count a failed operation for the stats.
+    pub fn count_error(&self, e: &FsError) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(e.kind())
+            .or_insert(0) += 1;
     }
 
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
@@ -154,6 +175,7 @@ impl Fs {
         let handle = match self.tree.node(ino)? {
             Node::Blob { blob, .. } => Handle::Blob(blob),
             Node::Inline { bytes, .. } => Handle::Inline(bytes),
+            Node::StatsFile => Handle::Inline(Arc::new(crate::stats::snapshot(self).into_bytes())),
             _ => return Err(FsError::IsDir),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -221,7 +243,11 @@ impl Fs {
                     put(&format!("user.oci.annotation.{k}"), v.clone());
                 }
             }
-            Node::SubDir { .. } | Node::Namespace { .. } | Node::Repo { .. } => {}
+            Node::SubDir { .. }
+            | Node::Namespace { .. }
+            | Node::Repo { .. }
+            | Node::ControlDir
+            | Node::StatsFile => {}
         }
         Ok(out)
     }

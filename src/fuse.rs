@@ -22,11 +22,17 @@ impl FuseFs {
     }
 }
 
-fn errno(e: &FsError) -> Errno {
-    if matches!(e, FsError::Source(_) | FsError::Cache(_)) {
-        log::warn!("{e}");
+impl FuseFs {
+    /// Log and count an error, and give its errno.
+    fn errno(&self, e: &FsError) -> Errno {
+        if matches!(e, FsError::Source(_) | FsError::Cache(_)) {
+            log::warn!("{e}");
+        }
+        if !matches!(e, FsError::NotFound | FsError::NoAttr) {
+            self.fs.count_error(e);
+        }
+        Errno::from_i32(to_errno(e))
     }
-    Errno::from_i32(to_errno(e))
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -60,22 +66,23 @@ impl Filesystem for FuseFs {
         };
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.fs.ttl(a.ino), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.fs.ttl(a.ino), &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno(&e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.fs.open(ino.0, write) {
+            Ok(fh) if self.fs.is_volatile(ino.0) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno(&e)),
         }
     }
 
@@ -92,7 +99,7 @@ impl Filesystem for FuseFs {
     ) {
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno(&e)),
         }
     }
 
@@ -117,7 +124,7 @@ impl Filesystem for FuseFs {
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let entries = match self.fs.readdir(ino.0) {
             Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => return reply.error(self.errno(&e)),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let kind = if e.is_dir { FileType::Directory } else { FileType::RegularFile };
@@ -136,7 +143,7 @@ impl Filesystem for FuseFs {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
             Ok(_) => reply.error(Errno::ERANGE),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno(&e)),
         }
     }
 
@@ -149,7 +156,7 @@ impl Filesystem for FuseFs {
                     buf.push(0);
                 }
             }
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => return reply.error(self.errno(&e)),
         }
         if size == 0 {
             reply.size(buf.len() as u32)

@@ -5,14 +5,18 @@
 
 pub mod cache;
 pub mod cli;
+pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod helper;
+pub mod logging;
 pub mod mount;
 pub mod names;
 pub mod oci;
 pub mod registry;
 pub mod source;
+pub mod stats;
 pub mod target;
 pub mod tree;
 

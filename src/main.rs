@@ -1,31 +1,59 @@
-//! `orasfs`: parse the command line, set up logging, run.
+//! `orasfs`: parse the command line, set up logging, run. Invoked as `mount.orasfs`, it is
+//! the mount(8) helper.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use orasfs::cli::{default_cache_dir, CacheAction, Cli, Command};
-
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
-}
+use orasfs::daemon::{self, Readiness};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("orasfs")
+        .to_string();
+    if invoked_as.starts_with("mount.orasfs") || invoked_as.starts_with("mount.fuse.orasfs") {
+        argv = match orasfs::helper::translate(&argv[1..]) {
+            Ok(a) => a,
+            Err(msg) => {
+                eprintln!("mount.orasfs: {msg}");
+                return ExitCode::FAILURE;
+            }
+        };
+    }
+    let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Mount(args) => {
-            init_logging(args.verbose);
-            orasfs::mount::prepare(&args).and_then(|p| orasfs::mount::run(&args, p))
+            // Fork first, before any thread or runtime exists.
+            let readiness = if args.foreground {
+                if let Some(f) = &args.log_file {
+                    daemon::detach_stdio_keep_terminal(f);
+                }
+                Readiness::foreground()
+            } else {
+                match daemon::daemonize(args.log_file.as_deref()) {
+                    Ok(r) => r,
+                    Err(msg) => {
+                        eprintln!("orasfs: {msg}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            };
+            orasfs::logging::init(args.verbose, args.log_format);
+            let result = orasfs::mount::prepare(&args)
+                .and_then(|p| orasfs::mount::run(&args, p, &readiness));
+            if let Err(msg) = &result {
+                if readiness.fail(msg) {
+                    return ExitCode::FAILURE;
+                }
+            }
+            result
         }
         Command::Cache(args) => {
-            init_logging(0);
+            orasfs::logging::init(0, Default::default());
             let dir = args.cache_dir.unwrap_or_else(default_cache_dir);
             let out = match args.action {
                 CacheAction::Stats => orasfs::cache::manage::stats(&dir),
@@ -34,6 +62,8 @@ fn main() -> ExitCode {
             };
             out.map(|text| print!("{text}"))
         }
+        Command::Umount { mountpoint, lazy } => orasfs::mount::unmount(&mountpoint, lazy),
+        Command::Stats { mountpoint } => orasfs::stats::print(&mountpoint),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::cache::{BlobCache, CacheConfig};
 use crate::cli::{default_cache_dir, MountArgs};
+use crate::daemon::Readiness;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
 use crate::registry::{Client, ClientConfig};
@@ -30,12 +31,45 @@ fn check_mountpoint(p: &Path) -> Result<(), Failure> {
     match std::fs::metadata(p) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(format!("mountpoint {} is not a directory", p.display())),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(format!(
-            "mountpoint {} is a stale FUSE mount (Transport endpoint is not connected); run `fusermount3 -u {}` first",
-            p.display(),
-            p.display()
-        )),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            // A daemon died and left its mount behind: clear it and carry on.
+            log::warn!(
+                "mountpoint {} is a stale FUSE mount (Transport endpoint is not connected); clearing it",
+                p.display()
+            );
+            unmount(p, true)?;
+            match std::fs::metadata(p) {
+                Ok(m) if m.is_dir() => {
+                    log::warn!("cleared the stale mount at {}", p.display());
+                    Ok(())
+                }
+                _ => Err(format!("could not clear the stale mount at {}", p.display())),
+            }
+        }
         Err(e) => Err(format!("mountpoint {}: {e}", p.display())),
+    }
+}
+
+/// Unmount with `fusermount3 -u` (`-uz` when `lazy`), falling back to umount(2) as root.
+pub fn unmount(p: &Path, lazy: bool) -> Result<(), Failure> {
+    let flag = if lazy { "-uz" } else { "-u" };
+    let out = std::process::Command::new("fusermount3").arg(flag).arg(p).output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        other => {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("{}: bad path", p.display()))?;
+            let flags = if lazy { libc::MNT_DETACH } else { 0 };
+            // SAFETY: c is a valid NUL-terminated path.
+            if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+                return Ok(());
+            }
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(e) => format!("fusermount3: {e}"),
+            };
+            Err(format!("cannot unmount {}: {why}", p.display()))
+        }
     }
 }
 
@@ -93,6 +127,8 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
     let cache = BlobCache::open(cache_cfg).map_err(|e| e.to_string())?;
     let mut fs_cfg = FsConfig {
         mutable_ttl: args.metadata_ttl,
+        file_mode: args.file_mode,
+        dir_mode: args.dir_mode,
         ..FsConfig::default()
     };
     if let Some(uid) = args.uid {
@@ -109,7 +145,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
 
 /// Mount and serve until unmounted. SIGTERM/SIGINT unmount cleanly; SIGHUP drops cached
 /// tags and listings.
-pub fn run(args: &MountArgs, prepared: Prepared) -> Result<(), Failure> {
+pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Result<(), Failure> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -118,6 +154,7 @@ pub fn run(args: &MountArgs, prepared: Prepared) -> Result<(), Failure> {
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
+        MountOption::CUSTOM(format!("max_read={}", 1 << 20)),
     ];
     config.acl = if args.allow_other {
         SessionACL::All
@@ -147,15 +184,31 @@ pub fn run(args: &MountArgs, prepared: Prepared) -> Result<(), Failure> {
                 continue;
             }
             log::info!("signal {sig}: unmounting {mountpoint}");
+            crate::daemon::notify_systemd("STOPPING=1");
             if let Err(e) = unmounter.unmount() {
                 log::error!("unmount of {mountpoint} failed: {e}");
             }
             break;
         }
     });
-    log::info!("mounted {} at {}", args.source, args.mountpoint.display());
-    let result = session.run();
-    handle.close();
+    // Ready once the mount answers: the stat below is served by the loop started next.
+    let probe = args.mountpoint.clone();
+    let source = args.source.clone();
+    std::thread::scope(|scope| {
+        scope.spawn(|| match std::fs::metadata(&probe) {
+            Ok(_) => {
+                log::info!("mounted {source} at {}", probe.display());
+                readiness.ready();
+            }
+            Err(e) => {
+                log::error!("the mount at {} does not answer: {e}", probe.display());
+            }
+        });
+        let result = session.run();
+        handle.close();
+        result
+    })
+    .map_err(|e| format!("FUSE session ended with an error: {e}"))?;
     let _ = watcher.join();
-    result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+    Ok(())
 }

@@ -14,6 +14,9 @@ use crate::source::{valid_tag, FetchedManifest, Reference, Source};
 
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
+/// `.orasfs/` at the root, hidden from listings.
+pub const CONTROL_DIR: Ino = 2;
+pub const CONTROL_NAME: &str = ".orasfs";
 
 /// What the mount root shows.
 #[derive(Debug, Clone)]
@@ -41,6 +44,10 @@ pub enum Node {
     SubDir { manifest: Arc<ManifestNode> },
     /// A layer or config blob.
     Blob { blob: BlobRef, desc: Arc<Descriptor>, mtime: SystemTime },
+    /// `.orasfs/` at the mount root: not listed, reachable by name.
+    ControlDir,
+    /// `.orasfs/stats.json`: the mount's counters, produced when opened.
+    StatsFile,
     /// Bytes held in memory (the manifest itself).
     Inline { bytes: Arc<Vec<u8>>, digest: Digest, media_type: String, mtime: SystemTime },
 }
@@ -58,7 +65,7 @@ pub struct ManifestNode {
 
 impl Node {
     pub fn is_dir(&self) -> bool {
-        !matches!(self, Node::Blob { .. } | Node::Inline { .. })
+        !matches!(self, Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile)
     }
 }
 
@@ -139,6 +146,15 @@ impl Tree {
             children: BTreeMap::new(),
             listed: None,
         });
+        // The control directory is an orphan child of the root: it has the root as its
+        // parent but is not in the root's listing.
+        tree.write().push(Entry {
+            node: Node::ControlDir,
+            parent: ROOT,
+            children: BTreeMap::new(),
+            listed: None,
+        });
+        tree.add(CONTROL_DIR, "stats.json", Node::StatsFile);
         let root = tree.node(ROOT)?;
         tree.fill_fixed(ROOT, &root);
         Ok(tree)
@@ -319,12 +335,15 @@ impl Tree {
         if !node.is_dir() {
             return Err(FsError::NotDir);
         }
+        if parent == ROOT && name == CONTROL_NAME {
+            return Ok(CONTROL_DIR);
+        }
         match &node {
-            Node::Image(_) | Node::SubDir { .. } => self.child(parent, name).ok_or(FsError::NotFound),
+            Node::Image(_) | Node::SubDir { .. } | Node::ControlDir => self.child(parent, name).ok_or(FsError::NotFound),
             Node::Index(m) => self.lookup_index(parent, m, name),
             Node::Repo { repo } => self.lookup_in_repo(parent, repo, name, false),
             Node::Namespace { prefix } => self.lookup_namespace(parent, prefix, name),
-            Node::Blob { .. } | Node::Inline { .. } => Err(FsError::NotDir),
+            Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => Err(FsError::NotDir),
         }
     }
 
@@ -448,7 +467,7 @@ impl Tree {
     pub fn list(&self, ino: Ino) -> Result<Vec<(String, Ino, bool)>, FsError> {
         let node = self.node(ino)?;
         let names: Vec<String> = match &node {
-            Node::Image(_) | Node::SubDir { .. } => {
+            Node::Image(_) | Node::SubDir { .. } | Node::ControlDir => {
                 return Ok(self.fixed_children(ino));
             }
             Node::Index(m) => match &m.fetched.manifest {
@@ -457,7 +476,7 @@ impl Tree {
             },
             Node::Repo { repo } => self.tags(repo)?.to_vec(),
             Node::Namespace { prefix } => self.namespace_names(prefix)?,
-            Node::Blob { .. } | Node::Inline { .. } => return Err(FsError::NotDir),
+            Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => return Err(FsError::NotDir),
         };
         let mut out = Vec::with_capacity(names.len());
         for name in names {

@@ -1,0 +1,98 @@
+//! `mount.orasfs SOURCE MOUNTPOINT -o OPTIONS`: the mount(8) helper form. It turns the
+//! `-o` list into the long options of `orasfs mount`, dropping the options that belong to
+//! mount(8) and systemd.
+
+/// Options that mount(8), fstab or systemd use and orasfs has nothing to do with.
+fn ignored(opt: &str) -> bool {
+    matches!(
+        opt,
+        "ro" | "_netdev" | "nofail" | "auto" | "noauto" | "user" | "nouser" | "users" | "defaults"
+            | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime"
+            | "relatime" | "async" | "rw_check"
+    ) || opt.starts_with("x-systemd.")
+        || opt.starts_with("x-")
+        || opt.starts_with("comment=")
+}
+
+/// Translate helper arguments (after argv[0]) into `orasfs mount ...` arguments.
+pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => options.push(
+                it.next()
+                    .ok_or("-o needs an option list")?
+                    .clone(),
+            ),
+            // mount(8) may pass these: no mtab, sloppy, fake, verbose.
+            "-n" | "-s" | "-f" | "-v" => {}
+            s if s.starts_with("-o") => options.push(s[2..].to_string()),
+            s if s.starts_with('-') => return Err(format!("unknown helper flag {s}")),
+            _ => positional.push(a.clone()),
+        }
+    }
+    let [source, mountpoint] = positional.as_slice() else {
+        return Err("usage: mount.orasfs SOURCE MOUNTPOINT [-o OPTIONS]".into());
+    };
+    let mut out = vec!["orasfs".to_string(), "mount".to_string()];
+    for opt in options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
+        if ignored(opt) {
+            continue;
+        }
+        if opt == "rw" {
+            return Err("orasfs mounts are read-only; drop 'rw' from the options".into());
+        }
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt, None),
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(format!("bad mount option {opt:?}"));
+        }
+        out.push(format!("--{}", name.replace('_', "-")));
+        if let Some(v) = value {
+            out.push(v.to_string());
+        }
+    }
+    out.push(source.clone());
+    out.push(mountpoint.clone());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn fstab_options_become_long_options() {
+        let got = translate(&s(&[
+            "127.0.0.1:5000/eo/products:v1",
+            "/mnt/eo",
+            "-o",
+            "ro,_netdev,nofail,allow_other,uid=1000,cache_dir=/var/cache/x,cache_size=2GiB,plain_http,verify=strict,metadata_ttl=5m,x-systemd.automount,noauto",
+        ]))
+        .unwrap();
+        assert_eq!(
+            got,
+            s(&[
+                "orasfs", "mount", "--allow-other", "--uid", "1000", "--cache-dir", "/var/cache/x",
+                "--cache-size", "2GiB", "--plain-http", "--verify", "strict", "--metadata-ttl", "5m",
+                "127.0.0.1:5000/eo/products:v1", "/mnt/eo",
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_helper_input_is_refused() {
+        assert!(translate(&s(&["only-one"])).is_err());
+        assert!(translate(&s(&["a", "b", "-o", "rw"])).is_err());
+        assert!(translate(&s(&["a", "b", "-o"])).is_err());
+        assert!(translate(&s(&["a", "b", "-o", "x;rm=1"])).is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! The counters of a running mount: served as `.orasfs/stats.json` inside the mount and
+//! printed by `orasfs stats MOUNTPOINT`.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use crate::fs::Fs;
+
+/// The mount's counters as pretty JSON.
+pub fn snapshot(fs: &Fs) -> String {
+    let c = &fs.cache().stats;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let errors = fs.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let v = serde_json::json!({
+        "source": fs.tree().source().name(),
+        "registry": {
+            "blob_requests": get(&c.fetch_requests),
+            "blob_bytes": get(&c.fetched_bytes),
+        },
+        "cache": {
+            "chunk_hits": get(&c.hits),
+            "chunk_misses": get(&c.misses),
+            "corrupt_chunks_refetched": get(&c.corrupt_chunks),
+            "write_failures": get(&c.write_failures),
+        },
+        "verification": {
+            "verified_blobs": get(&c.verified_blobs),
+            "failures": get(&c.integrity_failures),
+        },
+        "errors": errors,
+    });
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// Print a running mount's counters.
+pub fn print(mountpoint: &Path) -> Result<(), String> {
+    let path = mountpoint.join(crate::tree::CONTROL_NAME).join("stats.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!("{}: {e} (is an orasfs mount there?)", mountpoint.display())
+    })?;
+    print!("{text}");
+    Ok(())
+}
