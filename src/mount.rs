@@ -28,7 +28,9 @@ pub struct Prepared {
 pub type Failure = String;
 
 fn check_mountpoint(p: &Path) -> Result<(), Failure> {
-    match std::fs::metadata(p) {
+    // The kernel may still hold cached attributes of a dead mount's root, so also open it.
+    let probe = std::fs::metadata(p).and_then(|m| std::fs::read_dir(p).map(|_| m));
+    match probe {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(format!("mountpoint {} is not a directory", p.display())),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
@@ -43,7 +45,10 @@ fn check_mountpoint(p: &Path) -> Result<(), Failure> {
                     log::warn!("cleared the stale mount at {}", p.display());
                     Ok(())
                 }
-                _ => Err(format!("could not clear the stale mount at {}", p.display())),
+                _ => Err(format!(
+                    "could not clear the stale mount at {}",
+                    p.display()
+                )),
             }
         }
         Err(e) => Err(format!("mountpoint {}: {e}", p.display())),
@@ -53,7 +58,10 @@ fn check_mountpoint(p: &Path) -> Result<(), Failure> {
 /// Unmount with `fusermount3 -u` (`-uz` when `lazy`), falling back to umount(2) as root.
 pub fn unmount(p: &Path, lazy: bool) -> Result<(), Failure> {
     let flag = if lazy { "-uz" } else { "-u" };
-    let out = std::process::Command::new("fusermount3").arg(flag).arg(p).output();
+    let out = std::process::Command::new("fusermount3")
+        .arg(flag)
+        .arg(p)
+        .output();
     match out {
         Ok(o) if o.status.success() => Ok(()),
         other => {
@@ -86,7 +94,11 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
             };
             (Arc::new(layout), root)
         }
-        Target::Registry { registry, repo, reference } => {
+        Target::Registry {
+            registry,
+            repo,
+            reference,
+        } => {
             let mut cfg = ClientConfig::new(&registry);
             cfg.plain_http |= args.plain_http;
             cfg.insecure = args.insecure;
