@@ -168,7 +168,9 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
         return Err(format!("{s:?}: not a permission mode"));
     }
     if m & 0o222 != 0 {
-        return Err(format!("{s:?}: write bits make no sense on a read-only mount"));
+        return Err(format!(
+            "{s:?}: write bits make no sense on a read-only mount"
+        ));
     }
     Ok(m)
 }
@@ -188,7 +190,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
         "T" | "TiB" => 40,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (use KiB, MiB, GiB, TiB)")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use KiB, MiB, GiB, TiB)"
+            ))
+        }
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("{s:?}: too large"))

@@ -6,9 +6,25 @@
 fn ignored(opt: &str) -> bool {
     matches!(
         opt,
-        "ro" | "_netdev" | "nofail" | "auto" | "noauto" | "user" | "nouser" | "users" | "defaults"
-            | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime"
-            | "relatime" | "async" | "rw_check"
+        "ro" | "_netdev"
+            | "nofail"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "defaults"
+            | "dev"
+            | "nodev"
+            | "suid"
+            | "nosuid"
+            | "exec"
+            | "noexec"
+            | "atime"
+            | "noatime"
+            | "relatime"
+            | "async"
+            | "rw_check"
     ) || opt.starts_with("x-systemd.")
         || opt.starts_with("x-")
         || opt.starts_with("comment=")
@@ -21,11 +37,7 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "-o" => options.push(
-                it.next()
-                    .ok_or("-o needs an option list")?
-                    .clone(),
-            ),
+            "-o" => options.push(it.next().ok_or("-o needs an option list")?.clone()),
             // mount(8) may pass these: no mtab, sloppy, fake, verbose.
             "-n" | "-s" | "-f" | "-v" => {}
             s if s.starts_with("-o") => options.push(s[2..].to_string()),
@@ -37,7 +49,11 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
         return Err("usage: mount.orasfs SOURCE MOUNTPOINT [-o OPTIONS]".into());
     };
     let mut out = vec!["orasfs".to_string(), "mount".to_string()];
-    for opt in options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
+    for opt in options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|o| !o.is_empty())
+    {
         if ignored(opt) {
             continue;
         }
@@ -48,7 +64,11 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
             Some((n, v)) => (n, Some(v)),
             None => (opt, None),
         };
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             return Err(format!("bad mount option {opt:?}"));
         }
         out.push(format!("--{}", name.replace('_', "-")));
@@ -81,9 +101,22 @@ mod tests {
         assert_eq!(
             got,
             s(&[
-                "orasfs", "mount", "--allow-other", "--uid", "1000", "--cache-dir", "/var/cache/x",
-                "--cache-size", "2GiB", "--plain-http", "--verify", "strict", "--metadata-ttl", "5m",
-                "127.0.0.1:5000/eo/products:v1", "/mnt/eo",
+                "orasfs",
+                "mount",
+                "--allow-other",
+                "--uid",
+                "1000",
+                "--cache-dir",
+                "/var/cache/x",
+                "--cache-size",
+                "2GiB",
+                "--plain-http",
+                "--verify",
+                "strict",
+                "--metadata-ttl",
+                "5m",
+                "127.0.0.1:5000/eo/products:v1",
+                "/mnt/eo",
             ])
         );
     }

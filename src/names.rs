@@ -201,12 +201,27 @@ mod tests {
     fn refuses_hostile_titles() {
         let long = "a".repeat(300);
         for t in [
-            "../../x", "/etc/passwd", "a/../../b", ".", "..", "", "a//b", "a/", "x\u{0}y",
-            "x\ny", "x\u{1b}y", long.as_str(), ".manifest.json", ".orasfs/x",
+            "../../x",
+            "/etc/passwd",
+            "a/../../b",
+            ".",
+            "..",
+            "",
+            "a//b",
+            "a/",
+            "x\u{0}y",
+            "x\ny",
+            "x\u{1b}y",
+            long.as_str(),
+            ".manifest.json",
+            ".orasfs/x",
         ] {
             assert!(title_components(t).is_err(), "{t:?} must be refused");
         }
-        assert_eq!(title_components("docs/readme.md").unwrap(), ["docs", "readme.md"]);
+        assert_eq!(
+            title_components("docs/readme.md").unwrap(),
+            ["docs", "readme.md"]
+        );
         assert!(title_components(&"a".repeat(255)).is_ok());
     }
 
@@ -230,7 +245,10 @@ mod tests {
         assert_eq!(names[3], format!("sha256-{}", layers[3].digest.hex()));
         assert_eq!(names[4], "docs/readme.md");
         assert_eq!(names[5], format!("sha256-{}", layers[5].digest.hex()));
-        assert_eq!(names[6], "Imagery.tif", "names differing in case are distinct");
+        assert_eq!(
+            names[6], "Imagery.tif",
+            "names differing in case are distinct"
+        );
         assert_eq!(placed[1].refused.as_ref().unwrap().1, TitleError::Duplicate);
         let unique: HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());

@@ -63,7 +63,11 @@ impl Digest {
         let hex = s
             .strip_prefix("sha256:")
             .ok_or_else(|| OciError::InvalidDigest(truncate(s)))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(OciError::InvalidDigest(truncate(s)));
         }
         Ok(Self {
@@ -234,7 +238,9 @@ impl Manifest {
         }
         let content_type = content_type
             .map(|c| c.split(';').next().unwrap_or(c).trim())
-            .filter(|c| !c.is_empty() && *c != "application/json" && *c != "application/octet-stream");
+            .filter(|c| {
+                !c.is_empty() && *c != "application/json" && *c != "application/octet-stream"
+            });
         let media_type = probe.media_type.as_deref().or(content_type);
         let is_index = match media_type {
             Some(OCI_INDEX | DOCKER_LIST) => true,
@@ -343,7 +349,11 @@ mod tests {
 
     #[test]
     fn parses_image_and_index_by_shape_and_type() {
-        let image = format!(r#"{{"schemaVersion":2,"config":{},"layers":[{}]}}"#, desc(2), desc(3));
+        let image = format!(
+            r#"{{"schemaVersion":2,"config":{},"layers":[{}]}}"#,
+            desc(2),
+            desc(3)
+        );
         match Manifest::parse(image.as_bytes(), None).unwrap() {
             Manifest::Image(m) => assert_eq!(m.layers.len(), 1),
             other => panic!("{other:?}"),

@@ -9,7 +9,10 @@ use crate::source::{valid_repo_name, valid_tag, Reference};
 /// A parsed `SOURCE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Layout { path: PathBuf, tag: Option<String> },
+    Layout {
+        path: PathBuf,
+        tag: Option<String>,
+    },
     Registry {
         registry: String,
         repo: Option<String>,
@@ -23,7 +26,10 @@ pub fn parse(s: &str) -> Result<Target, String> {
         return Err("SOURCE is empty".into());
     }
     if Path::new(s).is_dir() {
-        return Ok(Target::Layout { path: s.into(), tag: None });
+        return Ok(Target::Layout {
+            path: s.into(),
+            tag: None,
+        });
     }
     if let Some((path, tag)) = s.rsplit_once(':') {
         if Path::new(path).is_dir() {
@@ -98,7 +104,11 @@ mod tests {
     fn registry_forms() {
         assert_eq!(
             parse("127.0.0.1:5000").unwrap(),
-            Target::Registry { registry: "127.0.0.1:5000".into(), repo: None, reference: None }
+            Target::Registry {
+                registry: "127.0.0.1:5000".into(),
+                repo: None,
+                reference: None
+            }
         );
         assert_eq!(
             parse("ghcr.io/eo/products:v1").unwrap(),
@@ -110,7 +120,10 @@ mod tests {
         );
         let d = format!("sha256:{}", "a".repeat(64));
         match parse(&format!("localhost:5000/x@{d}")).unwrap() {
-            Target::Registry { reference: Some(Reference::Digest(g)), .. } => assert_eq!(g.to_string(), d),
+            Target::Registry {
+                reference: Some(Reference::Digest(g)),
+                ..
+            } => assert_eq!(g.to_string(), d),
             other => panic!("{other:?}"),
         }
         match parse("docker.io/alpine").unwrap() {
@@ -121,7 +134,14 @@ mod tests {
 
     #[test]
     fn bad_sources_say_why() {
-        for bad in ["", "notahost/x", "/no/such/dir", "ghcr.io/UPPER", "ghcr.io/x:bad tag", "ghcr.io/x@sha256:12"] {
+        for bad in [
+            "",
+            "notahost/x",
+            "/no/such/dir",
+            "ghcr.io/UPPER",
+            "ghcr.io/x:bad tag",
+            "ghcr.io/x@sha256:12",
+        ] {
             let e = parse(bad).unwrap_err();
             assert!(!e.contains('\n'), "{e}");
         }
@@ -131,6 +151,12 @@ mod tests {
     fn layout_with_tag() {
         let d = tempfile::tempdir().unwrap();
         let s = format!("{}:v1", d.path().display());
-        assert_eq!(parse(&s).unwrap(), Target::Layout { path: d.path().into(), tag: Some("v1".into()) });
+        assert_eq!(
+            parse(&s).unwrap(),
+            Target::Layout {
+                path: d.path().into(),
+                tag: Some("v1".into())
+            }
+        );
     }
 }

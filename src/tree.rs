@@ -43,13 +43,22 @@ pub enum Node {
     /// A directory made by titles with `/` inside an image.
     SubDir { manifest: Arc<ManifestNode> },
     /// A layer or config blob.
-    Blob { blob: BlobRef, desc: Arc<Descriptor>, mtime: SystemTime },
+    Blob {
+        blob: BlobRef,
+        desc: Arc<Descriptor>,
+        mtime: SystemTime,
+    },
     /// `.orasfs/` at the mount root: not listed, reachable by name.
     ControlDir,
     /// `.orasfs/stats.json`: the mount's counters, produced when opened.
     StatsFile,
     /// Bytes held in memory (the manifest itself).
-    Inline { bytes: Arc<Vec<u8>>, digest: Digest, media_type: String, mtime: SystemTime },
+    Inline {
+        bytes: Arc<Vec<u8>>,
+        digest: Digest,
+        media_type: String,
+        mtime: SystemTime,
+    },
 }
 
 /// A manifest shown as a directory.
@@ -65,7 +74,10 @@ pub struct ManifestNode {
 
 impl Node {
     pub fn is_dir(&self) -> bool {
-        !matches!(self, Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile)
+        !matches!(
+            self,
+            Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile
+        )
     }
 }
 
@@ -212,7 +224,11 @@ impl Tree {
             .and_then(|e| e.children.get(name).copied())
     }
 
-    fn fetch_manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, FsError> {
+    fn fetch_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, FsError> {
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(t) => {
@@ -298,7 +314,10 @@ impl Tree {
             },
         );
         self.add(ino, CONFIG_FILE, blob(&image.config));
-        for (placement, layer) in names::place_layers(&image.layers).into_iter().zip(&image.layers) {
+        for (placement, layer) in names::place_layers(&image.layers)
+            .into_iter()
+            .zip(&image.layers)
+        {
             if let Some((title, why)) = &placement.refused {
                 self.warn_once(format!("{}:{title}", m.digest), || {
                     format!(
@@ -317,7 +336,13 @@ impl Tree {
             for d in dirs {
                 dir = match self.child(dir, d) {
                     Some(c) => c,
-                    None => self.add(dir, d, Node::SubDir { manifest: m.clone() }),
+                    None => self.add(
+                        dir,
+                        d,
+                        Node::SubDir {
+                            manifest: m.clone(),
+                        },
+                    ),
                 };
             }
             self.add(dir, file, blob(layer));
@@ -339,7 +364,9 @@ impl Tree {
             return Ok(CONTROL_DIR);
         }
         match &node {
-            Node::Image(_) | Node::SubDir { .. } | Node::ControlDir => self.child(parent, name).ok_or(FsError::NotFound),
+            Node::Image(_) | Node::SubDir { .. } | Node::ControlDir => {
+                self.child(parent, name).ok_or(FsError::NotFound)
+            }
             Node::Index(m) => self.lookup_index(parent, m, name),
             Node::Repo { repo } => self.lookup_in_repo(parent, repo, name, false),
             Node::Namespace { prefix } => self.lookup_namespace(parent, prefix, name),
@@ -355,7 +382,10 @@ impl Tree {
             return Err(FsError::NotFound);
         };
         let names = names::index_entry_names(&index.manifests);
-        let pos = names.iter().position(|n| n == name).ok_or(FsError::NotFound)?;
+        let pos = names
+            .iter()
+            .position(|n| n == name)
+            .ok_or(FsError::NotFound)?;
         let entry = &index.manifests[pos];
         let reference = Reference::Digest(entry.digest.clone());
         // An index that names itself (directly or in a cycle) just shows the same content
@@ -399,11 +429,22 @@ impl Tree {
     }
 
     /// A tag or `sha256:` digest inside a repository directory.
-    fn lookup_in_repo(&self, parent: Ino, repo: &str, name: &str, may_be_namespace: bool) -> Result<Ino, FsError> {
+    fn lookup_in_repo(
+        &self,
+        parent: Ino,
+        repo: &str,
+        name: &str,
+        may_be_namespace: bool,
+    ) -> Result<Ino, FsError> {
         let reference = if let Some(hex) = name.strip_prefix("sha256:") {
             let _ = hex;
             Reference::Digest(Digest::parse(name).map_err(|_| FsError::NotFound)?)
-        } else if valid_tag(name) && self.tags(repo).map(|t| t.binary_search(&name.to_string()).is_ok()).unwrap_or(false) {
+        } else if valid_tag(name)
+            && self
+                .tags(repo)
+                .map(|t| t.binary_search(&name.to_string()).is_ok())
+                .unwrap_or(false)
+        {
             if may_be_namespace {
                 self.warn_once(format!("ns:{repo}/{name}"), || {
                     format!("{repo}: tag {name:?} hides the namespace {repo}/{name}; the tag wins")
@@ -431,24 +472,35 @@ impl Tree {
 
     fn lookup_namespace(&self, parent: Ino, prefix: &str, name: &str) -> Result<Ino, FsError> {
         let catalog = self.catalog()?;
-        let is_repo = |r: &str| catalog.as_ref().is_some_and(|c| c.binary_search(&r.to_string()).is_ok());
+        let is_repo = |r: &str| {
+            catalog
+                .as_ref()
+                .is_some_and(|c| c.binary_search(&r.to_string()).is_ok())
+        };
         if !prefix.is_empty() && (is_repo(prefix) || catalog.is_none()) {
             let path = format!("{prefix}/{name}");
-            let shadows = catalog
-                .as_ref()
-                .is_some_and(|c| c.iter().any(|r| r == &path || r.starts_with(&format!("{path}/"))));
+            let shadows = catalog.as_ref().is_some_and(|c| {
+                c.iter()
+                    .any(|r| r == &path || r.starts_with(&format!("{path}/")))
+            });
             match self.lookup_in_repo(parent, prefix, name, shadows) {
                 Ok(ino) => return Ok(ino),
                 Err(FsError::NotFound) | Err(FsError::Source(SourceError::NotFound(_))) => {}
                 Err(e) => return Err(e),
             }
         }
-        let path = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+        let path = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
         if !crate::source::valid_repo_name(&path) {
             return Err(FsError::NotFound);
         }
         let exists = match &catalog {
-            Some(c) => c.iter().any(|r| r == &path || r.starts_with(&format!("{path}/"))),
+            Some(c) => c
+                .iter()
+                .any(|r| r == &path || r.starts_with(&format!("{path}/"))),
             // Without a catalog any well-formed name may be a repository or namespace.
             None => true,
         };
@@ -476,7 +528,9 @@ impl Tree {
             },
             Node::Repo { repo } => self.tags(repo)?.to_vec(),
             Node::Namespace { prefix } => self.namespace_names(prefix)?,
-            Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => return Err(FsError::NotDir),
+            Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => {
+                return Err(FsError::NotDir)
+            }
         };
         let mut out = Vec::with_capacity(names.len());
         for name in names {
@@ -499,7 +553,10 @@ impl Tree {
         e.children
             .iter()
             .map(|(n, c)| {
-                let is_dir = nodes.get(*c as usize - 1).map(|e| e.node.is_dir()).unwrap_or(false);
+                let is_dir = nodes
+                    .get(*c as usize - 1)
+                    .map(|e| e.node.is_dir())
+                    .unwrap_or(false);
                 (n.clone(), *c, is_dir)
             })
             .collect()
@@ -512,7 +569,11 @@ impl Tree {
             return Ok(Vec::new());
         };
         let mut names = Vec::new();
-        let lead = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+        let lead = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
         for r in catalog.iter() {
             if let Some(rest) = r.strip_prefix(&lead) {
                 if let Some(first) = rest.split('/').next().filter(|f| !f.is_empty()) {

@@ -8,7 +8,9 @@ use std::time::Duration;
 /// An authentication challenge from a `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
-    Basic { realm: Option<String> },
+    Basic {
+        realm: Option<String>,
+    },
     Bearer {
         realm: String,
         service: Option<String>,
@@ -182,7 +184,13 @@ mod tests {
         );
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate"), None);
-        for junk in ["", "Bearer", "Bearer realm", "Bearer realm=\"", "Bearer ,,,=,=\"\\"] {
+        for junk in [
+            "",
+            "Bearer",
+            "Bearer realm",
+            "Bearer realm=\"",
+            "Bearer ,,,=,=\"\\",
+        ] {
             let _ = parse_challenge(junk);
         }
     }
@@ -208,7 +216,13 @@ mod tests {
             })
         );
         assert_eq!(parse_content_range("bytes 5-9/*").unwrap().total, None);
-        for bad in ["bytes 9-5/100", "bytes 0-100/100", "items 0-1/2", "bytes -1/2", ""] {
+        for bad in [
+            "bytes 9-5/100",
+            "bytes 0-100/100",
+            "items 0-1/2",
+            "bytes -1/2",
+            "",
+        ] {
             assert_eq!(parse_content_range(bad), None, "{bad}");
         }
     }

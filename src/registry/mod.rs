@@ -111,7 +111,9 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").field("base", &self.base.as_str()).finish()
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .finish()
     }
 }
 
@@ -144,12 +146,13 @@ const PAGE_SIZE: usize = 1000;
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Self, SourceError> {
         let scheme = if cfg.plain_http { "http" } else { "https" };
-        let base = Url::parse(&format!("{scheme}://{}/", api_host(&cfg.registry))).map_err(|e| {
-            SourceError::Protocol {
-                what: format!("registry {}", cfg.registry),
-                detail: format!("not a valid host: {e}"),
-            }
-        })?;
+        let base =
+            Url::parse(&format!("{scheme}://{}/", api_host(&cfg.registry))).map_err(|e| {
+                SourceError::Protocol {
+                    what: format!("registry {}", cfg.registry),
+                    detail: format!("not a valid host: {e}"),
+                }
+            })?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
@@ -161,12 +164,11 @@ impl Client {
                 path: ca.display().to_string(),
                 source: e,
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                SourceError::Protocol {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::Protocol {
                     what: format!("CA file {}", ca.display()),
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             for c in certs {
                 builder = builder.add_root_certificate(c);
             }
@@ -201,9 +203,7 @@ impl Client {
 
     fn url(&self, path: &str) -> Url {
         // `path` is built from validated names only; a failed join is a bug, reported as such.
-        self.base
-            .join(path)
-            .unwrap_or_else(|_| self.base.clone())
+        self.base.join(path).unwrap_or_else(|_| self.base.clone())
     }
 
     fn unauthorized(&self, detail: &str) -> SourceError {
@@ -250,7 +250,9 @@ impl Client {
             .filter_map(|v| v.to_str().ok())
             .filter_map(headers::parse_challenge)
             .next()
-            .ok_or_else(|| self.unauthorized("the registry sent no usable WWW-Authenticate challenge"))?;
+            .ok_or_else(|| {
+                self.unauthorized("the registry sent no usable WWW-Authenticate challenge")
+            })?;
         match challenge {
             Challenge::Basic { .. } => {
                 if self.cfg.credentials.is_none() {
@@ -260,7 +262,8 @@ impl Client {
                 Ok(())
             }
             Challenge::Bearer { realm, service, .. } => {
-                let mut url = Url::parse(&realm).map_err(|_| self.unauthorized("the token realm is not a URL"))?;
+                let mut url = Url::parse(&realm)
+                    .map_err(|_| self.unauthorized("the token realm is not a URL"))?;
                 if url.scheme() != "https" && url.scheme() != "http" {
                     return Err(self.unauthorized("the token realm is not http(s)"));
                 }
@@ -340,14 +343,21 @@ impl Client {
                     if attempt >= self.cfg.retries {
                         return Err(err);
                     }
-                    log::warn!("{} {}: {err}; retrying (attempt {})", "GET", url.path(), attempt + 1);
+                    log::warn!(
+                        "{} {}: {err}; retrying (attempt {})",
+                        "GET",
+                        url.path(),
+                        attempt + 1
+                    );
                     None
                 }
                 Ok(resp) => {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED {
                         if renewed {
-                            return Err(self.unauthorized("the registry refused the credentials or token"));
+                            return Err(
+                                self.unauthorized("the registry refused the credentials or token")
+                            );
                         }
                         self.tokens
                             .lock()
@@ -363,7 +373,11 @@ impl Client {
                     if !transient || attempt >= self.cfg.retries {
                         return Ok(resp);
                     }
-                    log::warn!("GET {}: HTTP {status}; retrying (attempt {})", url.path(), attempt + 1);
+                    log::warn!(
+                        "GET {}: HTTP {status}; retrying (attempt {})",
+                        url.path(),
+                        attempt + 1
+                    );
                     resp.headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
@@ -391,15 +405,12 @@ impl Client {
     /// `GET /v2/`: is the registry there? A 401 counts as there.
     pub fn ping(&self) -> Result<(), SourceError> {
         self.rt.block_on(async {
-            let resp = self
-                .http
-                .get(self.url("v2/"))
-                .send()
-                .await
-                .map_err(|e| SourceError::Unreachable {
+            let resp = self.http.get(self.url("v2/")).send().await.map_err(|e| {
+                SourceError::Unreachable {
                     target: self.cfg.registry.clone(),
                     detail: error_chain(&e),
-                })?;
+                }
+            })?;
             match resp.status() {
                 s if s.is_success() || s == StatusCode::UNAUTHORIZED => Ok(()),
                 s => Err(SourceError::Protocol {
@@ -419,10 +430,17 @@ impl Client {
     ) -> Result<(Vec<u8>, Option<String>, Option<String>), SourceError> {
         self.rt.block_on(async {
             let mut h = HeaderMap::new();
-            h.insert(ACCEPT, HeaderValue::from_static(crate::oci::MANIFEST_ACCEPT));
+            h.insert(
+                ACCEPT,
+                HeaderValue::from_static(crate::oci::MANIFEST_ACCEPT),
+            );
             let what = format!("{}/{repo}:{reference}", self.cfg.registry);
             let resp = self
-                .get(self.url(&format!("v2/{repo}/manifests/{reference}")), &pull_scope(repo), h)
+                .get(
+                    self.url(&format!("v2/{repo}/manifests/{reference}")),
+                    &pull_scope(repo),
+                    h,
+                )
                 .await?;
             if !resp.status().is_success() {
                 return Err(self.status_error(&resp, what));
@@ -443,13 +461,18 @@ impl Client {
     /// All tags of a repository, following pagination.
     pub fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
         let first = self.url(&format!("v2/{repo}/tags/list?n={PAGE_SIZE}"));
-        let pages = self.paginate(first, &pull_scope(repo), &format!("repository {}/{repo}", self.cfg.registry))?;
+        let pages = self.paginate(
+            first,
+            &pull_scope(repo),
+            &format!("repository {}/{repo}", self.cfg.registry),
+        )?;
         let mut tags = Vec::new();
         for body in pages {
-            let list: TagList = serde_json::from_slice(&body).map_err(|e| SourceError::Protocol {
-                what: format!("tag list of {repo}"),
-                detail: e.to_string(),
-            })?;
+            let list: TagList =
+                serde_json::from_slice(&body).map_err(|e| SourceError::Protocol {
+                    what: format!("tag list of {repo}"),
+                    detail: e.to_string(),
+                })?;
             tags.extend(list.tags.unwrap_or_default());
         }
         Ok(tags)
@@ -551,7 +574,13 @@ impl Client {
                 let to = base + total;
                 if ask_range && to > from {
                     let v = format!("bytes={}-{}", from, to - 1);
-                    h.insert(RANGE, HeaderValue::from_str(&v).map_err(|e| SourceError::Protocol { what: what.clone(), detail: e.to_string() })?);
+                    h.insert(
+                        RANGE,
+                        HeaderValue::from_str(&v).map_err(|e| SourceError::Protocol {
+                            what: what.clone(),
+                            detail: e.to_string(),
+                        })?,
+                    );
                 }
                 let mut resp = self.get(url.clone(), &pull_scope(repo), h).await?;
                 let status = resp.status();
@@ -564,11 +593,18 @@ impl Client {
                             .and_then(|v| v.to_str().ok())
                             .and_then(headers::parse_content_range);
                         match cr {
-                            Some(cr) if cr.start == from && cr.end_inclusive == to - 1 && cr.total.is_none_or(|t| t == size) => {}
+                            Some(cr)
+                                if cr.start == from
+                                    && cr.end_inclusive == to - 1
+                                    && cr.total.is_none_or(|t| t == size) => {}
                             _ => {
                                 return Err(SourceError::Protocol {
                                     what,
-                                    detail: format!("Content-Range {:?} does not answer bytes={from}-{}", resp.headers().get(reqwest::header::CONTENT_RANGE), to - 1),
+                                    detail: format!(
+                                        "Content-Range {:?} does not answer bytes={from}-{}",
+                                        resp.headers().get(reqwest::header::CONTENT_RANGE),
+                                        to - 1
+                                    ),
                                 })
                             }
                         }
@@ -591,7 +627,9 @@ impl Client {
                     StatusCode::RANGE_NOT_SATISFIABLE => {
                         return Err(SourceError::Protocol {
                             what,
-                            detail: "range not satisfiable: the blob is shorter than its descriptor".into(),
+                            detail:
+                                "range not satisfiable: the blob is shorter than its descriptor"
+                                    .into(),
                         })
                     }
                     _ => return Err(self.status_error(&resp, what)),
@@ -602,7 +640,10 @@ impl Client {
                     BodyKind::Range => want.end - want.start,
                 };
                 if delivered == 0 {
-                    sink.begin(k).map_err(|e| SourceError::Io { path: what.clone(), source: e })?;
+                    sink.begin(k).map_err(|e| SourceError::Io {
+                        path: what.clone(),
+                        source: e,
+                    })?;
                 }
                 let mut cut = None;
                 loop {
@@ -619,11 +660,16 @@ impl Client {
                             if delivered + bytes.len() as u64 > total {
                                 return Err(SourceError::Protocol {
                                     what,
-                                    detail: format!("body is longer than the {total} bytes expected"),
+                                    detail: format!(
+                                        "body is longer than the {total} bytes expected"
+                                    ),
                                 });
                             }
                             delivered += bytes.len() as u64;
-                            sink.data(&bytes).map_err(|e| SourceError::Io { path: what.clone(), source: e })?;
+                            sink.data(&bytes).map_err(|e| SourceError::Io {
+                                path: what.clone(),
+                                source: e,
+                            })?;
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -635,9 +681,13 @@ impl Client {
                 if delivered == total {
                     return Ok(());
                 }
-                let detail = cut.unwrap_or_else(|| format!("body ended after {delivered} of {total} bytes"));
+                let detail =
+                    cut.unwrap_or_else(|| format!("body ended after {delivered} of {total} bytes"));
                 if cuts >= self.cfg.retries {
-                    return Err(SourceError::Unreachable { target: what, detail });
+                    return Err(SourceError::Unreachable {
+                        target: what,
+                        detail,
+                    });
                 }
                 cuts += 1;
                 log::warn!("{what}: {detail}; resuming at byte {delivered} (attempt {cuts})");
@@ -707,7 +757,13 @@ mod tests {
 
     #[test]
     fn loopback_detection() {
-        for h in ["127.0.0.1:5000", "localhost", "localhost:80", "[::1]:5000", "127.1.2.3"] {
+        for h in [
+            "127.0.0.1:5000",
+            "localhost",
+            "localhost:80",
+            "[::1]:5000",
+            "127.1.2.3",
+        ] {
             assert!(is_loopback(h), "{h}");
         }
         for h in ["ghcr.io", "10.0.0.1:5000", "example.com:443"] {

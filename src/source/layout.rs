@@ -124,11 +124,7 @@ impl Source for LayoutSource {
         Ok(tags)
     }
 
-    fn manifest(
-        &self,
-        _repo: &str,
-        reference: &Reference,
-    ) -> Result<FetchedManifest, SourceError> {
+    fn manifest(&self, _repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         let (digest, media_type) = match reference {
             Reference::Digest(d) => (d.clone(), None),
             Reference::Tag(t) => {

@@ -95,11 +95,7 @@ impl Source for MemorySource {
             .ok_or_else(|| SourceError::NotFound(format!("repository {repo}")))
     }
 
-    fn manifest(
-        &self,
-        repo: &str,
-        reference: &Reference,
-    ) -> Result<FetchedManifest, SourceError> {
+    fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
         let not_found = || SourceError::NotFound(format!("{repo}:{reference}"));
         let digest = match reference {
@@ -112,7 +108,12 @@ impl Source for MemorySource {
                 .ok_or_else(not_found)?,
         };
         let bytes = self.blob(&digest).ok_or_else(not_found)?;
-        FetchedManifest::verify(&format!("{repo}@{digest}"), bytes.to_vec(), Some(&digest), None)
+        FetchedManifest::verify(
+            &format!("{repo}@{digest}"),
+            bytes.to_vec(),
+            Some(&digest),
+            None,
+        )
     }
 
     fn fetch_blob(

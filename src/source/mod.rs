@@ -103,8 +103,7 @@ pub trait Source: Send + Sync {
     /// The tags of one repository.
     fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError>;
     /// A manifest or index by tag or digest, verified.
-    fn manifest(&self, repo: &str, reference: &Reference)
-        -> Result<FetchedManifest, SourceError>;
+    fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError>;
     /// Stream a blob, or the `range` of it, into `sink`. The caller verifies the bytes.
     fn fetch_blob(
         &self,

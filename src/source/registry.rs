@@ -38,13 +38,8 @@ impl Source for RegistrySource {
         self.client.tags(repo)
     }
 
-    fn manifest(
-        &self,
-        repo: &str,
-        reference: &Reference,
-    ) -> Result<FetchedManifest, SourceError> {
-        let (bytes, content_type, reported) =
-            self.client.manifest(repo, &reference.to_string())?;
+    fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
+        let (bytes, content_type, reported) = self.client.manifest(repo, &reference.to_string())?;
         let what = format!("{}/{repo}:{reference}", self.client.registry());
         let expected = match reference {
             Reference::Digest(d) => Some(d.clone()),
@@ -59,8 +54,11 @@ impl Source for RegistrySource {
                 None => None,
             },
         };
-        let fetched = FetchedManifest::verify(&what, bytes, expected.as_ref(), content_type.as_deref())?;
-        if let (Reference::Digest(d), Some(Ok(r))) = (reference, reported.as_deref().map(Digest::parse)) {
+        let fetched =
+            FetchedManifest::verify(&what, bytes, expected.as_ref(), content_type.as_deref())?;
+        if let (Reference::Digest(d), Some(Ok(r))) =
+            (reference, reported.as_deref().map(Digest::parse))
+        {
             if &r != d {
                 return Err(SourceError::Oci {
                     what,

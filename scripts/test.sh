@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# One command that runs the tests:
+#
+#   scripts/test.sh
+#
+# Installs what the tests need (apt: fuse3, docker-registry, gdal-bin, curl,
+# apache2-utils; pip: oras), stops the docker-registry system service that the Debian
+# package may start (the tests run their own registries on their own ports), then runs
+# cargo fmt --check, cargo clippy --all-targets -- -D warnings, and cargo test.
+# Stops at the first failure with a non-zero exit status. CI runs exactly this (.ci/run).
+#
+# Set ORASFS_SKIP_INSTALL=1 to skip the install steps.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> [test.sh] %s\n' "$*"; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+on_exit() {
+    local rc=$?
+    [ "$rc" -eq 0 ] || echo "test.sh: FAILED (exit $rc)" >&2
+}
+trap on_exit EXIT
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "not root and sudo is missing"
+    SUDO="sudo"
+fi
+
+if [ "${ORASFS_SKIP_INSTALL:-0}" != 1 ]; then
+    step "Installing system packages (apt)"
+    APT_PKGS=(fuse3 docker-registry gdal-bin curl apache2-utils gcc libc6-dev)
+    missing=()
+    for p in "${APT_PKGS[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    else
+        echo "all present: ${APT_PKGS[*]}"
+    fi
+
+    step "Installing Python packages (pip: oras)"
+    command -v python3 >/dev/null || die "python3 not found"
+    if python3 -c 'import oras' 2>/dev/null; then
+        echo "oras already installed: $(python3 -c 'import oras, os; print(os.path.dirname(oras.__file__))')"
+    else
+        if ! python3 -m pip --version >/dev/null 2>&1; then
+            $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip \
+                || { $SUDO apt-get update -q && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip; }
+        fi
+        # pip warns when run as root; that is expected here. Debian's own python3 refuses
+        # system-wide installs (PEP 668) unless told otherwise.
+        export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+        python3 -m pip install -q oras || python3 -m pip install -q --break-system-packages oras
+        python3 -c 'import oras' || die "pip installed oras but python3 cannot import it"
+    fi
+
+    step "Stopping the docker-registry system service (tests start their own registries)"
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        $SUDO systemctl stop docker-registry 2>/dev/null || true
+    fi
+    if [ -x /etc/init.d/docker-registry ]; then
+        $SUDO service docker-registry stop >/dev/null 2>&1 || true
+    fi
+    # Anything still serving the package's own config is the service: stop exactly those
+    # processes (other registries, e.g. ones a developer started, are left alone).
+    for d in /proc/[0-9]*; do
+        cmd="$(tr '\0' ' ' 2>/dev/null <"$d/cmdline")" || continue
+        case "$cmd" in
+            *docker-registry\ serve\ /etc/docker/registry/config.yml*)
+                pid="${d#/proc/}"
+                echo "stopping docker-registry service process $pid"
+                $SUDO kill "$pid" 2>/dev/null || true
+                ;;
+        esac
+    done
+    echo "done"
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs)"
+[ -e /dev/fuse ] || echo "test.sh: warning: /dev/fuse does not exist; FUSE mount tests will fail" >&2
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test"
+cargo test
+
+step "All tests passed"
