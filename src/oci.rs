@@ -192,7 +192,9 @@ pub struct ImageIndex {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// A parsed manifest document of either kind.
+/// A parsed manifest document of either kind. Few are alive at once (one per manifest
+/// directory), so the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Manifest {
     Image(ImageManifest),

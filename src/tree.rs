@@ -105,15 +105,20 @@ impl Default for TreeConfig {
     }
 }
 
+/// A listing and when it was fetched.
+type Listing = (Instant, Arc<Vec<String>>);
+/// The catalog (`None` when the source has none) and when it was fetched.
+type CatalogListing = (Instant, Option<Arc<Vec<String>>>);
+
 /// The inode table and the metadata caches behind it.
 pub struct Tree {
     source: Arc<dyn Source>,
     cfg: TreeConfig,
     nodes: RwLock<Vec<Entry>>,
     manifests: Mutex<HashMap<Digest, FetchedManifest>>,
-    tags: Mutex<HashMap<String, (Instant, Arc<Vec<String>>)>>,
+    tags: Mutex<HashMap<String, Listing>>,
     resolved: Mutex<HashMap<(String, String), (Instant, Digest)>>,
-    catalog: Mutex<Option<(Instant, Option<Arc<Vec<String>>>)>>,
+    catalog: Mutex<Option<CatalogListing>>,
     warned: Mutex<HashSet<String>>,
 }
 

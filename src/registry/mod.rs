@@ -94,6 +94,9 @@ pub fn api_host(registry: &str) -> &str {
     }
 }
 
+/// Manifest bytes, their `Content-Type`, and the `Docker-Content-Digest` reported.
+pub type ManifestAnswer = (Vec<u8>, Option<String>, Option<String>);
+
 struct Token {
     value: String,
     expires: Instant,
@@ -427,7 +430,7 @@ impl Client {
         &self,
         repo: &str,
         reference: &str,
-    ) -> Result<(Vec<u8>, Option<String>, Option<String>), SourceError> {
+    ) -> Result<ManifestAnswer, SourceError> {
         self.rt.block_on(async {
             let mut h = HeaderMap::new();
             h.insert(
