@@ -106,6 +106,15 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
             cfg.connect_timeout = args.connect_timeout;
             cfg.read_timeout = args.read_timeout;
             cfg.retries = args.retries;
+            let explicit = match (&args.username, args.password_stdin) {
+                (Some(u), true) => Some(crate::registry::Credentials {
+                    username: u.clone(),
+                    password: crate::registry::credentials::password_from_stdin()?,
+                }),
+                _ => None,
+            };
+            cfg.credentials =
+                crate::registry::credentials::resolve(&registry, explicit, args.auth_file.as_deref())?;
             if args.insecure {
                 log::warn!("--insecure: TLS certificates of {registry} are not verified");
             }

@@ -5,6 +5,7 @@
 //! worker threads above it can call straight in; concurrent calls share one connection
 //! pool. Nothing here logs a header value, and credentials are redacted in `Debug`.
 
+pub mod credentials;
 pub mod headers;
 
 use std::collections::HashMap;
