@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::cache::BlobRef;
 use crate::error::{FsError, SourceError};
 use crate::names::{self, CONFIG_FILE, MANIFEST_FILE};
-use crate::oci::{Descriptor, Digest, ImageIndex, ImageManifest, Manifest, ANNOTATION_CREATED};
+use crate::oci::{Descriptor, Digest, ImageManifest, Manifest, ANNOTATION_CREATED};
 use crate::source::{valid_tag, FetchedManifest, Reference, Source};
 
 pub type Ino = u64;
@@ -289,11 +289,7 @@ impl Tree {
                     self.fill_image(ino, m, image);
                 }
             }
-            Node::Index(m) => {
-                if let Manifest::Index(index) = &m.fetched.manifest {
-                    self.fill_index(ino, m, index);
-                }
-            }
+            // Index entries need a fetch each, so they are added on lookup.
             _ => {}
         }
     }
@@ -352,11 +348,6 @@ impl Tree {
             }
             self.add(dir, file, blob(layer));
         }
-    }
-
-    fn fill_index(&self, ino: Ino, m: &Arc<ManifestNode>, index: &ImageIndex) {
-        // Entries are added lazily on lookup (they need a fetch); record the names now.
-        let _ = (ino, m, index);
     }
 
     /// Look up `name` in directory `parent`.
@@ -441,8 +432,7 @@ impl Tree {
         name: &str,
         may_be_namespace: bool,
     ) -> Result<Ino, FsError> {
-        let reference = if let Some(hex) = name.strip_prefix("sha256:") {
-            let _ = hex;
+        let reference = if name.starts_with("sha256:") {
             Reference::Digest(Digest::parse(name).map_err(|_| FsError::NotFound)?)
         } else if valid_tag(name)
             && self
