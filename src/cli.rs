@@ -10,6 +10,7 @@ use crate::cache::VerifyMode;
 
 const SOURCE_HELP: &str = "\
 SOURCE forms:
+  (none)                         any registry, by host name      orasfs mount /mnt/oci; ls /mnt/oci/ghcr.io/org/repo/v1
   HOST[:PORT]                    the registry's repositories     127.0.0.1:5000, ghcr.io
   HOST[:PORT]/REPO               one repository's tags           127.0.0.1:5000/eo/products
   HOST[:PORT]/REPO:TAG           one artifact's files            ghcr.io/org/model:v2
@@ -34,8 +35,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Mount SOURCE at MOUNTPOINT (read-only).
-    #[command(after_help = SOURCE_HELP)]
+    /// Mount SOURCE at MOUNTPOINT (read-only); without SOURCE, every registry by host name.
+    #[command(
+        after_help = SOURCE_HELP,
+        override_usage = "orasfs mount [OPTIONS] [SOURCE] MOUNTPOINT"
+    )]
     Mount(MountArgs),
     /// Inspect or trim the blob cache.
     Cache(CacheArgs),
@@ -81,12 +85,12 @@ pub enum VerifyArg {
     Strict,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct MountArgs {
-    /// What to mount (see SOURCE forms below).
-    pub source: String,
-    /// An existing, empty directory.
-    pub mountpoint: PathBuf,
+    /// `[SOURCE] MOUNTPOINT`: what to mount (see SOURCE forms below) and an existing
+    /// directory. Without SOURCE, any registry is reachable as MOUNTPOINT/HOST/REPO/TAG.
+    #[arg(required = true, num_args = 1..=2, value_names = ["SOURCE", "MOUNTPOINT"])]
+    pub operands: Vec<String>,
     /// Stay attached to the terminal instead of running as a daemon.
     #[arg(short, long)]
     pub foreground: bool,
@@ -169,6 +173,21 @@ pub struct MountArgs {
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl MountArgs {
+    /// SOURCE, or `None` for the multi-registry root.
+    pub fn source(&self) -> Option<&str> {
+        match self.operands.as_slice() {
+            [source, _] => Some(source),
+            _ => None,
+        }
+    }
+
+    /// MOUNTPOINT.
+    pub fn mountpoint(&self) -> PathBuf {
+        PathBuf::from(self.operands.last().map(String::as_str).unwrap_or(""))
+    }
 }
 
 /// Parse permission bits in octal; write bits are refused, the mount is read-only.

@@ -102,7 +102,9 @@ impl Fs {
             Node::Blob { desc, mtime, .. } => (false, desc.size, *mtime),
             Node::Inline { bytes, mtime, .. } => (false, bytes.len() as u64, *mtime),
             Node::Image(m) | Node::Index(m) | Node::SubDir { manifest: m } => (true, 0, m.mtime),
-            Node::Namespace { .. } | Node::Repo { .. } | Node::ControlDir => (true, 0, self.started),
+            Node::Namespace { .. } | Node::Repo { .. } | Node::ControlDir | Node::Hosts => {
+                (true, 0, self.started)
+            }
             Node::StatsFile => (false, 0, SystemTime::now()),
         };
         Attr {
@@ -110,7 +112,11 @@ impl Fs {
             is_dir,
             size,
             mtime,
-            perm: if is_dir { self.cfg.dir_mode } else { self.cfg.file_mode },
+            perm: if is_dir {
+                self.cfg.dir_mode
+            } else {
+                self.cfg.file_mode
+            },
             uid: self.cfg.uid,
             gid: self.cfg.gid,
         }
@@ -119,8 +125,10 @@ impl Fs {
     /// How long the kernel may trust this entry: long when nothing can change it.
     pub fn ttl(&self, ino: Ino) -> Duration {
         match self.tree.node(ino) {
-            Ok(Node::Namespace { .. } | Node::Repo { .. }) => self.cfg.mutable_ttl,
-            Ok(Node::Image(m) | Node::Index(m)) if matches!(m.reference, crate::source::Reference::Tag(_)) => {
+            Ok(Node::Namespace { .. } | Node::Repo { .. } | Node::Hosts) => self.cfg.mutable_ttl,
+            Ok(Node::Image(m) | Node::Index(m))
+                if matches!(m.reference, crate::source::Reference::Tag(_)) =>
+            {
                 self.cfg.mutable_ttl
             }
             _ => self.cfg.immutable_ttl,
@@ -154,10 +162,22 @@ impl Fs {
 
     /// Entries including `.` and `..`.
     pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>, FsError> {
-        let parent = if ino == ROOT { ROOT } else { self.tree.parent(ino) };
+        let parent = if ino == ROOT {
+            ROOT
+        } else {
+            self.tree.parent(ino)
+        };
         let mut out = vec![
-            DirEntry { ino, is_dir: true, name: ".".into() },
-            DirEntry { ino: parent, is_dir: true, name: "..".into() },
+            DirEntry {
+                ino,
+                is_dir: true,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: parent,
+                is_dir: true,
+                name: "..".into(),
+            },
         ];
         out.extend(
             self.tree
@@ -207,9 +227,11 @@ impl Fs {
                 let end = start.saturating_add(size as usize).min(bytes.len());
                 Ok(bytes[start..end].to_vec())
             }
-            Handle::Blob(blob) => Ok(self
-                .cache
-                .read(self.tree.source().as_ref(), blob, offset, size)?),
+            Handle::Blob(blob) => {
+                Ok(self
+                    .cache
+                    .read(self.tree.source().as_ref(), blob, offset, size)?)
+            }
         }
     }
 
@@ -226,9 +248,17 @@ impl Fs {
                 for (k, v) in &desc.annotations {
                     put(&format!("user.oci.annotation.{k}"), v.clone());
                 }
-                put("user.orasfs.verified", self.cache.is_verified(&blob).to_string());
+                put(
+                    "user.orasfs.verified",
+                    self.cache.is_verified(&blob).to_string(),
+                );
             }
-            Node::Inline { digest, media_type, bytes, .. } => {
+            Node::Inline {
+                digest,
+                media_type,
+                bytes,
+                ..
+            } => {
                 put("user.oci.digest", digest.to_string());
                 put("user.oci.mediatype", media_type);
                 put("user.oci.size", bytes.len().to_string());
@@ -236,7 +266,10 @@ impl Fs {
             }
             Node::Image(m) | Node::Index(m) => {
                 put("user.oci.digest", m.digest.to_string());
-                put("user.oci.mediatype", m.fetched.manifest.media_type().to_string());
+                put(
+                    "user.oci.mediatype",
+                    m.fetched.manifest.media_type().to_string(),
+                );
                 put("user.oci.size", m.fetched.bytes.len().to_string());
                 put("user.oci.reference", format!("{}:{}", m.repo, m.reference));
                 for (k, v) in m.fetched.manifest.annotations() {
@@ -247,6 +280,7 @@ impl Fs {
             | Node::Namespace { .. }
             | Node::Repo { .. }
             | Node::ControlDir
+            | Node::Hosts
             | Node::StatsFile => {}
         }
         Ok(out)

@@ -14,6 +14,7 @@ use crate::fuse::FuseFs;
 use crate::registry::{Client, ClientConfig};
 use crate::source::layout::LayoutSource;
 use crate::source::registry::RegistrySource;
+use crate::source::multi::MultiSource;
 use crate::source::{Reference, Source};
 use crate::target::{self, Target};
 use crate::tree::{RootKind, Tree, TreeConfig};
@@ -81,11 +82,57 @@ pub fn unmount(p: &Path, lazy: bool) -> Result<(), Failure> {
     }
 }
 
+/// A client for one registry, configured from the flags, and checked to answer.
+fn connect(
+    args: &MountArgs,
+    registry: &str,
+    explicit: Option<crate::registry::Credentials>,
+) -> Result<RegistrySource, crate::error::SourceError> {
+    let mut cfg = ClientConfig::new(registry);
+    cfg.plain_http |= args.plain_http;
+    cfg.insecure = args.insecure;
+    cfg.ca_file = args.ca_file.clone();
+    cfg.connect_timeout = args.connect_timeout;
+    cfg.read_timeout = args.read_timeout;
+    cfg.retries = args.retries;
+    cfg.credentials =
+        crate::registry::credentials::resolve(registry, explicit, args.auth_file.as_deref())
+            .map_err(|detail| crate::error::SourceError::Protocol {
+                what: format!("credentials for {registry}"),
+                detail,
+            })?;
+    if args.insecure {
+        log::warn!("--insecure: TLS certificates of {registry} are not verified");
+    }
+    let src = RegistrySource::new(Client::new(cfg)?);
+    src.ping()?;
+    Ok(src)
+}
+
 /// Validate the command line and reach the source; fails before anything is mounted.
 pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
-    check_mountpoint(&args.mountpoint)?;
-    let target = target::parse(&args.source)?;
-    let (source, root): (Arc<dyn Source>, RootKind) = match target {
+    let mountpoint = args.mountpoint();
+    check_mountpoint(&mountpoint)?;
+    let explicit = match (&args.username, args.password_stdin) {
+        (Some(u), true) => Some(crate::registry::Credentials {
+            username: u.clone(),
+            password: crate::registry::credentials::password_from_stdin()?,
+        }),
+        _ => None,
+    };
+    let Some(source_arg) = args.source() else {
+        // The multi-registry root: hosts connect on first lookup, with file credentials only
+        // (a password given on the command line is for one named registry).
+        if explicit.is_some() {
+            return Err("--username needs a SOURCE naming the registry it is for".into());
+        }
+        let flags = args.clone();
+        let multi = Arc::new(MultiSource::new(Box::new(move |host: &str| {
+            Ok(Arc::new(connect(&flags, host, None)?) as Arc<dyn Source>)
+        })));
+        return finish(args, multi.clone(), RootKind::Hosts(multi), "registries");
+    };
+    let (source, root): (Arc<dyn Source>, RootKind) = match target::parse(source_arg)? {
         Target::Layout { path, tag } => {
             let layout = LayoutSource::open(&path).map_err(|e| e.to_string())?;
             let root = match tag {
@@ -99,28 +146,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
             repo,
             reference,
         } => {
-            let mut cfg = ClientConfig::new(&registry);
-            cfg.plain_http |= args.plain_http;
-            cfg.insecure = args.insecure;
-            cfg.ca_file = args.ca_file.clone();
-            cfg.connect_timeout = args.connect_timeout;
-            cfg.read_timeout = args.read_timeout;
-            cfg.retries = args.retries;
-            let explicit = match (&args.username, args.password_stdin) {
-                (Some(u), true) => Some(crate::registry::Credentials {
-                    username: u.clone(),
-                    password: crate::registry::credentials::password_from_stdin()?,
-                }),
-                _ => None,
-            };
-            cfg.credentials =
-                crate::registry::credentials::resolve(&registry, explicit, args.auth_file.as_deref())?;
-            if args.insecure {
-                log::warn!("--insecure: TLS certificates of {registry} are not verified");
-            }
-            let client = Client::new(cfg).map_err(|e| e.to_string())?;
-            let src = RegistrySource::new(client);
-            src.ping().map_err(|e| e.to_string())?;
+            let src = connect(args, &registry, explicit).map_err(|e| e.to_string())?;
             let root = match (repo, reference) {
                 (None, _) => RootKind::Registry,
                 (Some(repo), None) => {
@@ -132,6 +158,16 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
             (Arc::new(src), root)
         }
     };
+    finish(args, source, root, source_arg)
+}
+
+/// Build the tree, the cache and the filesystem core.
+fn finish(
+    args: &MountArgs,
+    source: Arc<dyn Source>,
+    root: RootKind,
+    name: &str,
+) -> Result<Prepared, Failure> {
     let tree = Tree::new(
         source,
         root,
@@ -160,7 +196,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
     }
     Ok(Prepared {
         fs: Fs::new(tree, cache, fs_cfg),
-        fsname: format!("orasfs:{}", args.source),
+        fsname: format!("orasfs:{name}"),
     })
 }
 
@@ -186,8 +222,9 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     };
     config.n_threads = Some(args.threads.clamp(1, 64));
     let fs = Arc::new(prepared.fs);
-    let mut session = fuser::Session::new(FuseFs::new(fs.clone()), &args.mountpoint, &config)
-        .map_err(|e| format!("cannot mount at {}: {e}", args.mountpoint.display()))?;
+    let mountpoint = args.mountpoint();
+    let mut session = fuser::Session::new(FuseFs::new(fs.clone()), &mountpoint, &config)
+        .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -196,7 +233,7 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let handle = signals.handle();
-    let mountpoint = args.mountpoint.display().to_string();
+    let shown = mountpoint.display().to_string();
     let watcher = std::thread::spawn(move || {
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
@@ -204,17 +241,17 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
                 fs.tree().drop_metadata();
                 continue;
             }
-            log::info!("signal {sig}: unmounting {mountpoint}");
+            log::info!("signal {sig}: unmounting {shown}");
             crate::daemon::notify_systemd("STOPPING=1");
             if let Err(e) = unmounter.unmount() {
-                log::error!("unmount of {mountpoint} failed: {e}");
+                log::error!("unmount of {shown} failed: {e}");
             }
             break;
         }
     });
     // Ready once the mount answers: the stat below is served by the loop started next.
-    let probe = args.mountpoint.clone();
-    let source = args.source.clone();
+    let probe = mountpoint.clone();
+    let source = prepared.fsname.clone();
     std::thread::scope(|scope| {
         scope.spawn(|| match std::fs::metadata(&probe) {
             Ok(_) => {

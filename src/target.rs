@@ -20,6 +20,18 @@ pub enum Target {
     },
 }
 
+/// Whether `host` looks like a registry host: `localhost`, or a name with a dot or a port,
+/// made of letters, digits, `-`, `.`, `:` and IPv6 brackets.
+pub fn valid_host(host: &str) -> bool {
+    let looks_like_host = host == "localhost" || host.contains('.') || host.contains(':');
+    looks_like_host
+        && host.len() <= 255
+        && !host.starts_with(['.', '-', ':'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+}
+
 /// Parse `SOURCE`; the error is one line saying what is wrong with it.
 pub fn parse(s: &str) -> Result<Target, String> {
     if s.is_empty() {
@@ -49,12 +61,7 @@ pub fn parse(s: &str) -> Result<Target, String> {
         Some((h, r)) => (h, Some(r)),
         None => (s, None),
     };
-    let looks_like_host = host == "localhost" || host.contains('.') || host.contains(':');
-    if !looks_like_host
-        || host
-            .chars()
-            .any(|c| !(c.is_ascii_alphanumeric() || "-.:[]".contains(c)))
-    {
+    if !valid_host(host) {
         return Err(format!(
             "{s}: not a directory, and {host:?} is not a registry host (expected HOST[:PORT], e.g. ghcr.io or 127.0.0.1:5000)"
         ));

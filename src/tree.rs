@@ -10,7 +10,8 @@ use crate::cache::BlobRef;
 use crate::error::{FsError, SourceError};
 use crate::names::{self, CONFIG_FILE, MANIFEST_FILE};
 use crate::oci::{Descriptor, Digest, ImageManifest, Manifest, ANNOTATION_CREATED};
-use crate::source::{valid_tag, FetchedManifest, Reference, Source};
+use crate::source::multi::MultiSource;
+use crate::source::{valid_repo_name, valid_tag, FetchedManifest, Reference, Source};
 
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
@@ -27,11 +28,15 @@ pub enum RootKind {
     Repository(String),
     /// One artifact's files.
     Artifact(String, Reference),
+    /// Any registry by host name: `HOST/REPO/TAG/...`; lists the hosts visited.
+    Hosts(Arc<MultiSource>),
 }
 
 /// One node of the tree.
 #[derive(Debug, Clone)]
 pub enum Node {
+    /// The multi-registry root: one directory per registry host.
+    Hosts,
     /// Repositories under `prefix` and, when `prefix` is itself a repository, its tags.
     Namespace { prefix: String },
     /// Only the tags of one repository.
@@ -118,7 +123,9 @@ pub struct Tree {
     manifests: Mutex<HashMap<Digest, FetchedManifest>>,
     tags: Mutex<HashMap<String, Listing>>,
     resolved: Mutex<HashMap<(String, String), (Instant, Digest)>>,
-    catalog: Mutex<Option<CatalogListing>>,
+    /// Catalogs by scope: the registry host in a multi-registry mount, else "".
+    catalog: Mutex<HashMap<String, CatalogListing>>,
+    hosts: Option<Arc<MultiSource>>,
     warned: Mutex<HashSet<String>>,
 }
 
@@ -144,13 +151,18 @@ impl Tree {
             manifests: Mutex::new(HashMap::new()),
             tags: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
-            catalog: Mutex::new(None),
+            catalog: Mutex::new(HashMap::new()),
+            hosts: match &root {
+                RootKind::Hosts(m) => Some(m.clone()),
+                _ => None,
+            },
             warned: Mutex::new(HashSet::new()),
         };
         let root_node = match root {
             RootKind::Registry => Node::Namespace {
                 prefix: String::new(),
             },
+            RootKind::Hosts(_) => Node::Hosts,
             RootKind::Repository(repo) => Node::Repo { repo },
             RootKind::Artifact(repo, reference) => {
                 let fetched = tree.fetch_manifest(&repo, &reference)?;
@@ -366,6 +378,7 @@ impl Tree {
             Node::Index(m) => self.lookup_index(parent, m, name),
             Node::Repo { repo } => self.lookup_in_repo(parent, repo, name, false),
             Node::Namespace { prefix } => self.lookup_namespace(parent, prefix, name),
+            Node::Hosts => self.lookup_host(parent, name),
             Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => Err(FsError::NotDir),
         }
     }
@@ -409,19 +422,65 @@ impl Tree {
         Ok(t)
     }
 
-    fn catalog(&self) -> Result<Option<Arc<Vec<String>>>, FsError> {
-        if let Some((at, c)) = lock(&self.catalog).as_ref() {
+    /// The catalog that covers `prefix`: the registry's, or in a multi-registry mount the
+    /// catalog of the host `prefix` starts with (entries then read `host/repo`).
+    fn catalog(&self, prefix: &str) -> Result<Option<Arc<Vec<String>>>, FsError> {
+        let scope = match &self.hosts {
+            Some(_) => prefix.split('/').next().unwrap_or(""),
+            None => "",
+        };
+        if let Some((at, c)) = lock(&self.catalog).get(scope) {
             if at.elapsed() < self.cfg.metadata_ttl {
                 return Ok(c.clone());
             }
         }
-        let c = self.source.catalog()?.map(|mut c| {
-            c.retain(|r| r.is_empty() || crate::source::valid_repo_name(r));
+        let fetched = match &self.hosts {
+            Some(m) => m.host_catalog(scope)?,
+            None => self.source.catalog()?,
+        };
+        let c = fetched.map(|mut c| {
+            c.retain(|r| r.is_empty() || self.valid_path(r));
             c.sort();
             Arc::new(c)
         });
-        *lock(&self.catalog) = Some((Instant::now(), c.clone()));
+        lock(&self.catalog).insert(scope.to_string(), (Instant::now(), c.clone()));
         Ok(c)
+    }
+
+    /// Whether `path` may name a repository or namespace (in a multi-registry mount, after
+    /// its leading host component).
+    fn valid_path(&self, path: &str) -> bool {
+        match &self.hosts {
+            Some(_) => match path.split_once('/') {
+                Some((host, rest)) => crate::target::valid_host(host) && valid_repo_name(rest),
+                None => crate::target::valid_host(path),
+            },
+            None => valid_repo_name(path),
+        }
+    }
+
+    /// A registry host in the multi-registry root; an unreachable one is "not found".
+    fn lookup_host(&self, parent: Ino, name: &str) -> Result<Ino, FsError> {
+        let Some(m) = &self.hosts else {
+            return Err(FsError::NotFound);
+        };
+        if !crate::target::valid_host(name) {
+            return Err(FsError::NotFound);
+        }
+        if let Some(c) = self.child(parent, name) {
+            return Ok(c);
+        }
+        if let Err(e) = m.host(name) {
+            log::warn!("registry {name}: {e}");
+            return Err(FsError::NotFound);
+        }
+        Ok(self.add(
+            parent,
+            name,
+            Node::Namespace {
+                prefix: name.to_string(),
+            },
+        ))
     }
 
     /// A tag or `sha256:` digest inside a repository directory.
@@ -466,7 +525,7 @@ impl Tree {
     }
 
     fn lookup_namespace(&self, parent: Ino, prefix: &str, name: &str) -> Result<Ino, FsError> {
-        let catalog = self.catalog()?;
+        let catalog = self.catalog(prefix)?;
         let is_repo = |r: &str| {
             catalog
                 .as_ref()
@@ -489,7 +548,7 @@ impl Tree {
         } else {
             format!("{prefix}/{name}")
         };
-        if !crate::source::valid_repo_name(&path) {
+        if !self.valid_path(&path) {
             return Err(FsError::NotFound);
         }
         let exists = match &catalog {
@@ -523,6 +582,7 @@ impl Tree {
             },
             Node::Repo { repo } => self.tags(repo)?.to_vec(),
             Node::Namespace { prefix } => self.namespace_names(prefix)?,
+            Node::Hosts => self.hosts.as_ref().map(|m| m.visited()).unwrap_or_default(),
             Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => {
                 return Err(FsError::NotDir)
             }
@@ -560,7 +620,7 @@ impl Tree {
     /// Child names of a namespace: next path components of repositories under it, plus the
     /// tags when the prefix is itself a repository (tags win over namespaces).
     fn namespace_names(&self, prefix: &str) -> Result<Vec<String>, FsError> {
-        let Some(catalog) = self.catalog()? else {
+        let Some(catalog) = self.catalog(prefix)? else {
             return Ok(Vec::new());
         };
         let mut names = Vec::new();
@@ -588,6 +648,6 @@ impl Tree {
     pub fn drop_metadata(&self) {
         lock(&self.tags).clear();
         lock(&self.resolved).clear();
-        *lock(&self.catalog) = None;
+        lock(&self.catalog).clear();
     }
 }

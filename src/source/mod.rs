@@ -6,6 +6,7 @@
 
 pub mod layout;
 pub mod memory;
+pub mod multi;
 pub mod registry;
 
 use std::io;
