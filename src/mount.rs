@@ -13,8 +13,8 @@ use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
 use crate::registry::{Client, ClientConfig};
 use crate::source::layout::LayoutSource;
-use crate::source::registry::RegistrySource;
 use crate::source::multi::MultiSource;
+use crate::source::registry::RegistrySource;
 use crate::source::{Reference, Source};
 use crate::target::{self, Target};
 use crate::tree::{RootKind, Tree, TreeConfig};
@@ -83,13 +83,16 @@ pub fn unmount(p: &Path, lazy: bool) -> Result<(), Failure> {
 }
 
 /// A client for one registry, configured from the flags, and checked to answer.
+/// `plain` is the scheme a SOURCE URL named (`Some(true)` for `http://`, `Some(false)` for
+/// `https://`); without one, loopback hosts and `--plain-http` mean plain HTTP.
 fn connect(
     args: &MountArgs,
     registry: &str,
     explicit: Option<crate::registry::Credentials>,
+    plain: Option<bool>,
 ) -> Result<RegistrySource, crate::error::SourceError> {
     let mut cfg = ClientConfig::new(registry);
-    cfg.plain_http |= args.plain_http;
+    cfg.plain_http = plain.unwrap_or(cfg.plain_http || args.plain_http);
     cfg.insecure = args.insecure;
     cfg.ca_file = args.ca_file.clone();
     cfg.connect_timeout = args.connect_timeout;
@@ -109,15 +112,34 @@ fn connect(
     Ok(src)
 }
 
+/// Split an `https://` or `http://` prefix off a registry SOURCE: `https://` forces TLS
+/// (also for a loopback host), `http://` plain HTTP. Returns whether plain HTTP was asked
+/// for, and the SOURCE without its scheme.
+fn split_scheme(source: &str, plain_http_flag: bool) -> Result<(Option<bool>, &str), Failure> {
+    if let Some(rest) = source.strip_prefix("https://") {
+        if plain_http_flag {
+            return Err(format!(
+                "{source}: an https:// SOURCE and --plain-http contradict each other"
+            ));
+        }
+        return Ok((Some(false), rest));
+    }
+    if let Some(rest) = source.strip_prefix("http://") {
+        return Ok((Some(true), rest));
+    }
+    Ok((None, source))
+}
+
 /// Validate the command line and reach the source; fails before anything is mounted.
 pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
     let mountpoint = args.mountpoint();
     check_mountpoint(&mountpoint)?;
     let explicit = match (&args.username, args.password_stdin) {
-        (Some(u), true) => Some(crate::registry::Credentials {
-            username: u.clone(),
-            password: crate::registry::credentials::password_from_stdin()?,
-        }),
+        (Some(u), true) => Some(crate::registry::Credentials::new(
+            u.clone(),
+            crate::registry::credentials::password_from_stdin()?,
+            "--username and --password-stdin",
+        )),
         _ => None,
     };
     let Some(source_arg) = args.source() else {
@@ -128,11 +150,12 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
         }
         let flags = args.clone();
         let multi = Arc::new(MultiSource::new(Box::new(move |host: &str| {
-            Ok(Arc::new(connect(&flags, host, None)?) as Arc<dyn Source>)
+            Ok(Arc::new(connect(&flags, host, None, None)?) as Arc<dyn Source>)
         })));
         return finish(args, multi.clone(), RootKind::Hosts(multi), "registries");
     };
-    let (source, root): (Arc<dyn Source>, RootKind) = match target::parse(source_arg)? {
+    let (plain, target_arg) = split_scheme(source_arg, args.plain_http)?;
+    let (source, root): (Arc<dyn Source>, RootKind) = match target::parse(target_arg)? {
         Target::Layout { path, tag } => {
             let layout = LayoutSource::open(&path).map_err(|e| e.to_string())?;
             let root = match tag {
@@ -146,7 +169,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
             repo,
             reference,
         } => {
-            let src = connect(args, &registry, explicit).map_err(|e| e.to_string())?;
+            let src = connect(args, &registry, explicit, plain).map_err(|e| e.to_string())?;
             let root = match (repo, reference) {
                 (None, _) => RootKind::Registry,
                 (Some(repo), None) => {

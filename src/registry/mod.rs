@@ -1,41 +1,89 @@
-//! The HTTP side of talking to a registry (distribution spec v2): authentication
-//! challenges and tokens, retries with backoff, range requests that resume, pagination.
+//! The HTTP side of talking to a registry (distribution spec v2): requests with retries,
+//! backoff and redirects, manifests, paginated listings and referrers. Authentication
+//! lives in [`auth`], blob streaming in [`blob`], credential sources in [`credentials`].
 //!
 //! The client runs its own small tokio runtime and offers blocking calls, so the FUSE
 //! worker threads above it can call straight in; concurrent calls share one connection
-//! pool. Nothing here logs a header value, and credentials are redacted in `Debug`.
+//! pool. Nothing here logs a header value or a URL query (which may hold a signature),
+//! and credentials are redacted in `Debug`. Redirects are followed by hand: the
+//! `Authorization` header only ever goes to the registry's own origin.
 
+mod auth;
+mod blob;
 pub mod credentials;
 pub mod headers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LOCATION};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
 use crate::error::SourceError;
-use crate::oci::{Digest, MAX_METADATA_SIZE};
-use crate::source::{BlobSink, BodyKind};
-use headers::Challenge;
+use crate::oci::{Descriptor, Digest, Manifest, MAX_METADATA_SIZE, OCI_INDEX};
 
-/// A username and password (or identity token). `Debug` never shows the secret.
+/// A username and password, or an identity token. `Debug` never shows a secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
+    /// The password; for an identity token, the token (so Basic auth can use it too).
     pub password: String,
+    /// An OAuth2 refresh token for the token service (Docker's `identitytoken`).
+    pub identity_token: Option<String>,
+    /// Where they came from, for messages: `--username`, `auth file PATH`, a helper.
+    pub origin: String,
+}
+
+impl Credentials {
+    /// A username and password.
+    pub fn new(
+        username: impl Into<String>,
+        password: impl Into<String>,
+        origin: impl Into<String>,
+    ) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+            identity_token: None,
+            origin: origin.into(),
+        }
+    }
+
+    /// An identity token, used as a refresh token with the token service and as the
+    /// password where a registry wants Basic auth.
+    pub fn identity_token(username: String, token: String, origin: impl Into<String>) -> Self {
+        Self {
+            username: if username.is_empty() {
+                "<token>".to_string()
+            } else {
+                username
+            },
+            password: token.clone(),
+            identity_token: Some(token),
+            origin: origin.into(),
+        }
+    }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials({}, <redacted>)", self.username)
+        write!(
+            f,
+            "Credentials({}, <redacted>{}, from {})",
+            self.username,
+            if self.identity_token.is_some() {
+                ", identity token"
+            } else {
+                ""
+            },
+            self.origin
+        )
     }
 }
 
@@ -98,10 +146,13 @@ pub fn api_host(registry: &str) -> &str {
 /// Manifest bytes, their `Content-Type`, and the `Docker-Content-Digest` reported.
 pub type ManifestAnswer = (Vec<u8>, Option<String>, Option<String>);
 
-struct Token {
-    value: String,
-    expires: Instant,
-}
+/// A blob by repository and digest, for per-blob memories.
+type BlobKey = (String, Digest);
+
+/// Remembered per-blob facts are dropped wholesale past this many entries.
+const MAX_REMEMBERED: usize = 16_384;
+/// Redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
 
 /// A blocking registry client.
 pub struct Client {
@@ -109,8 +160,12 @@ pub struct Client {
     base: Url,
     http: reqwest::Client,
     rt: tokio::runtime::Runtime,
-    tokens: Mutex<HashMap<String, Token>>,
+    tokens: Mutex<HashMap<String, auth::Token>>,
     use_basic: AtomicBool,
+    /// Where a blob was last served from after a redirect to another origin.
+    redirects: Mutex<HashMap<BlobKey, Url>>,
+    /// Blobs whose server ignored `Range` and sent the whole blob.
+    no_range: Mutex<HashSet<BlobKey>>,
 }
 
 impl fmt::Debug for Client {
@@ -119,16 +174,6 @@ impl fmt::Debug for Client {
             .field("base", &self.base.as_str())
             .finish()
     }
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    access_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +192,10 @@ struct Catalog {
 const MAX_PAGES: usize = 10_000;
 const PAGE_SIZE: usize = 1000;
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Self, SourceError> {
         let scheme = if cfg.plain_http { "http" } else { "https" };
@@ -161,18 +210,25 @@ impl Client {
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("orasfs/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(cfg.insecure);
         if let Some(ca) = &cfg.ca_file {
             let pem = std::fs::read(ca).map_err(|e| SourceError::Io {
-                path: ca.display().to_string(),
+                path: format!("--ca-file {}", ca.display()),
                 source: e,
             })?;
             let certs =
                 reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::Protocol {
-                    what: format!("CA file {}", ca.display()),
+                    what: format!("--ca-file {}", ca.display()),
                     detail: e.to_string(),
                 })?;
+            if certs.is_empty() {
+                return Err(SourceError::Protocol {
+                    what: format!("--ca-file {}", ca.display()),
+                    detail: "holds no PEM certificate".into(),
+                });
+            }
             for c in certs {
                 builder = builder.add_root_certificate(c);
             }
@@ -197,6 +253,8 @@ impl Client {
             rt,
             tokens: Mutex::new(HashMap::new()),
             use_basic: AtomicBool::new(false),
+            redirects: Mutex::new(HashMap::new()),
+            no_range: Mutex::new(HashSet::new()),
         })
     }
 
@@ -205,151 +263,63 @@ impl Client {
         &self.cfg.registry
     }
 
+    /// The base URL requests go to (`https://host/` or `http://host/`).
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
     fn url(&self, path: &str) -> Url {
         // `path` is built from validated names only; a failed join is a bug, reported as such.
         self.base.join(path).unwrap_or_else(|_| self.base.clone())
     }
 
-    fn unauthorized(&self, detail: &str) -> SourceError {
-        SourceError::Unauthorized {
-            registry: self.cfg.registry.clone(),
-            hint: format!(
-                "{detail}; give credentials with --username and --password-stdin, or --auth-file FILE (or log in with `oras login {}`)",
-                self.cfg.registry
-            ),
-        }
+    fn same_origin(&self, url: &Url) -> bool {
+        url.origin() == self.base.origin()
     }
 
-    fn auth_header(&self, scope: &str) -> Option<HeaderValue> {
-        let value = if let Some(t) = self
-            .tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(scope)
-            .filter(|t| t.expires > Instant::now())
-        {
-            format!("Bearer {}", t.value)
-        } else if self.use_basic.load(Ordering::Relaxed) {
-            let c = self.cfg.credentials.as_ref()?;
-            use base64::Engine;
-            let raw = format!("{}:{}", c.username, c.password);
+    /// A transport failure as one line, with a hint for TLS trust and scheme mix-ups.
+    fn unreachable(&self, e: &reqwest::Error) -> SourceError {
+        let chain = error_chain(e);
+        let detail = if is_certificate_error(&chain) {
             format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
+                "{chain}; the registry's TLS certificate is not trusted: give its CA with --ca-file PEM, or skip verification with --insecure"
             )
+        } else if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
+            format!("{chain}; it may speak plain HTTP: use --plain-http or an http:// SOURCE")
         } else {
-            return None;
+            chain
         };
-        let mut v = HeaderValue::from_str(&value).ok()?;
-        v.set_sensitive(true);
-        Some(v)
-    }
-
-    /// Answer a 401: get a token for `scope`, or switch to Basic credentials.
-    async fn authenticate(&self, resp: &Response, scope: &str) -> Result<(), SourceError> {
-        let challenge = resp
-            .headers()
-            .get_all(reqwest::header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(headers::parse_challenge)
-            .next()
-            .ok_or_else(|| {
-                self.unauthorized("the registry sent no usable WWW-Authenticate challenge")
-            })?;
-        match challenge {
-            Challenge::Basic { .. } => {
-                if self.cfg.credentials.is_none() {
-                    return Err(self.unauthorized("no credentials were given"));
-                }
-                self.use_basic.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-            Challenge::Bearer { realm, service, .. } => {
-                let mut url = Url::parse(&realm)
-                    .map_err(|_| self.unauthorized("the token realm is not a URL"))?;
-                if url.scheme() != "https" && url.scheme() != "http" {
-                    return Err(self.unauthorized("the token realm is not http(s)"));
-                }
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(s) = &service {
-                        q.append_pair("service", s);
-                    }
-                    if !scope.is_empty() {
-                        q.append_pair("scope", scope);
-                    }
-                }
-                let mut req = self.http.get(url);
-                if let Some(c) = &self.cfg.credentials {
-                    req = req.basic_auth(&c.username, Some(&c.password));
-                }
-                let answer = req.send().await.map_err(|e| SourceError::Unreachable {
-                    target: "token service".into(),
-                    detail: e.without_url().to_string(),
-                })?;
-                match answer.status() {
-                    s if s.is_success() => {}
-                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                        return Err(self.unauthorized(if self.cfg.credentials.is_some() {
-                            "the token service refused the credentials"
-                        } else {
-                            "anonymous access was refused"
-                        }))
-                    }
-                    s => {
-                        return Err(SourceError::Status {
-                            url: "token service".into(),
-                            status: s.as_u16(),
-                        })
-                    }
-                }
-                let body = read_capped(answer, 1 << 20, "token answer").await?;
-                let t: TokenAnswer =
-                    serde_json::from_slice(&body).map_err(|e| SourceError::Protocol {
-                        what: "token answer".into(),
-                        detail: e.to_string(),
-                    })?;
-                let value = t
-                    .token
-                    .filter(|t| !t.is_empty())
-                    .or(t.access_token)
-                    .ok_or_else(|| self.unauthorized("the token answer holds no token"))?;
-                // Renew a little early, and assume the spec's 60 s when no lifetime is given.
-                let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(1));
-                let expires = Instant::now() + life.mul_f64(0.9);
-                log::debug!("got a bearer token for scope {scope:?}, valid {life:?}");
-                self.tokens
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(scope.to_string(), Token { value, expires });
-                Ok(())
-            }
+        SourceError::Unreachable {
+            target: self.cfg.registry.clone(),
+            detail,
         }
     }
 
-    /// Send a GET with auth, retries and backoff. Returns the final response, whatever its
-    /// status, except 401 (after one renewal) and transient failures (after the retries).
+    /// Send a GET with auth, retries, backoff and redirects. Returns the final response,
+    /// whatever its status, except a 401 from the registry (after one renewal) and
+    /// transient failures (after the retries). `Authorization` is only sent to the
+    /// registry's own origin, and a 401 from elsewhere is returned as it is.
     async fn get(&self, url: Url, scope: &str, extra: HeaderMap) -> Result<Response, SourceError> {
+        let mut url = url;
         let mut attempt = 0u32;
         let mut renewed = false;
+        let mut hops = 0usize;
         loop {
+            let own = self.same_origin(&url);
             let mut req = self.http.get(url.clone()).headers(extra.clone());
-            if let Some(auth) = self.auth_header(scope) {
-                req = req.header(AUTHORIZATION, auth);
+            if own {
+                if let Some(auth) = self.auth_header(scope) {
+                    req = req.header(AUTHORIZATION, auth);
+                }
             }
             let delay = match req.send().await {
                 Err(e) => {
-                    let err = SourceError::Unreachable {
-                        target: self.cfg.registry.clone(),
-                        detail: error_chain(&e),
-                    };
-                    if attempt >= self.cfg.retries {
+                    let err = self.unreachable(&e);
+                    if attempt >= self.cfg.retries || is_certificate_error(&error_chain(&e)) {
                         return Err(err);
                     }
                     log::warn!(
-                        "{} {}: {err}; retrying (attempt {})",
-                        "GET",
+                        "GET {}: {err}; retrying (attempt {})",
                         url.path(),
                         attempt + 1
                     );
@@ -357,16 +327,30 @@ impl Client {
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    if status == StatusCode::UNAUTHORIZED {
-                        if renewed {
-                            return Err(
-                                self.unauthorized("the registry refused the credentials or token")
+                    if status.is_redirection() {
+                        if let Some(next) = redirect_target(&url, &resp) {
+                            hops += 1;
+                            if hops > MAX_REDIRECTS {
+                                return Err(SourceError::Protocol {
+                                    what: format!("GET {}", url.path()),
+                                    detail: format!("more than {MAX_REDIRECTS} redirects"),
+                                });
+                            }
+                            let next = next?;
+                            log::debug!(
+                                "GET {}: HTTP {status}, redirected to {}",
+                                url.path(),
+                                describe_origin(&next)
                             );
+                            url = next;
+                            continue;
                         }
-                        self.tokens
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(scope);
+                    }
+                    if status == StatusCode::UNAUTHORIZED && own {
+                        if renewed {
+                            return Err(self.refused());
+                        }
+                        auth::forget(self, scope);
                         self.authenticate(&resp, scope).await?;
                         renewed = true;
                         continue;
@@ -398,7 +382,7 @@ impl Client {
         let what = what.into();
         match resp.status() {
             StatusCode::NOT_FOUND => SourceError::NotFound(what),
-            StatusCode::FORBIDDEN => self.unauthorized(&format!("access to {what} was denied")),
+            StatusCode::FORBIDDEN => self.denied(&what),
             s => SourceError::Status {
                 url: what,
                 status: s.as_u16(),
@@ -409,17 +393,25 @@ impl Client {
     /// `GET /v2/`: is the registry there? A 401 counts as there.
     pub fn ping(&self) -> Result<(), SourceError> {
         self.rt.block_on(async {
-            let resp = self.http.get(self.url("v2/")).send().await.map_err(|e| {
-                SourceError::Unreachable {
-                    target: self.cfg.registry.clone(),
-                    detail: error_chain(&e),
-                }
-            })?;
+            let resp = self
+                .http
+                .get(self.url("v2/"))
+                .send()
+                .await
+                .map_err(|e| self.unreachable(&e))?;
             match resp.status() {
                 s if s.is_success() || s == StatusCode::UNAUTHORIZED => Ok(()),
                 s => Err(SourceError::Protocol {
                     what: format!("registry {}", self.cfg.registry),
-                    detail: format!("GET /v2/ answered HTTP {s}; is this an OCI registry?"),
+                    detail: format!(
+                        "GET {}v2/ answered HTTP {s}; is this an OCI registry{}?",
+                        self.base,
+                        if s == StatusCode::BAD_REQUEST && self.base.scheme() == "http" {
+                            " (if it speaks HTTPS, use an https:// SOURCE)"
+                        } else {
+                            ""
+                        }
+                    ),
                 }),
             }
         })
@@ -427,11 +419,7 @@ impl Client {
 
     /// Fetch manifest bytes by tag or digest; returns the bytes, content type and the
     /// `Docker-Content-Digest` the registry reported.
-    pub fn manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<ManifestAnswer, SourceError> {
+    pub fn manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
         self.rt.block_on(async {
             let mut h = HeaderMap::new();
             h.insert(
@@ -469,6 +457,7 @@ impl Client {
             first,
             &pull_scope(repo),
             &format!("repository {}/{repo}", self.cfg.registry),
+            None,
         )?;
         let mut tags = Vec::new();
         for body in pages {
@@ -484,8 +473,15 @@ impl Client {
 
     /// All repositories, or `None` when the registry does not offer `_catalog`.
     pub fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
+        let scope = "registry:catalog:*";
         let first = self.url(&format!("v2/_catalog?n={PAGE_SIZE}"));
-        let pages = match self.paginate(first, "registry:catalog:*", "catalog") {
+        let mut pages = self.paginate(first, scope, "catalog", None);
+        if let Err(SourceError::Status { status: 400, .. }) = pages {
+            // distribution refuses an `n` above its configured maximum: use its default.
+            log::debug!("catalog: n={PAGE_SIZE} refused; asking with the registry's page size");
+            pages = self.paginate(self.url("v2/_catalog"), scope, "catalog", None);
+        }
+        let pages = match pages {
             Ok(p) => p,
             Err(SourceError::NotFound(_) | SourceError::Unauthorized { .. }) => return Ok(None),
             Err(SourceError::Status { status, .. }) if status < 500 => return Ok(None),
@@ -502,17 +498,53 @@ impl Client {
         Ok(Some(repos))
     }
 
+    /// The Referrers API (`GET /v2/<repo>/referrers/<digest>`), following pagination.
+    /// `NotFound` (or a 400/405/501 status) means the registry has no such API.
+    pub fn referrers_api(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Vec<Descriptor>, SourceError> {
+        let what = format!("referrers of {}/{repo}@{digest}", self.cfg.registry);
+        let first = self.url(&format!("v2/{repo}/referrers/{digest}"));
+        let pages = self.paginate(first, &pull_scope(repo), &what, Some(OCI_INDEX))?;
+        let mut out = Vec::new();
+        for body in pages {
+            match Manifest::parse(&body, Some(OCI_INDEX)) {
+                Ok(Manifest::Index(i)) => out.extend(i.manifests),
+                Ok(Manifest::Image(_)) => {
+                    return Err(SourceError::Protocol {
+                        what,
+                        detail: "the answer is not an image index".into(),
+                    })
+                }
+                Err(source) => return Err(SourceError::Oci { what, source }),
+            }
+        }
+        Ok(out)
+    }
+
     /// Follow `Link: <...>; rel="next"`, refusing links to another origin.
-    fn paginate(&self, first: Url, scope: &str, what: &str) -> Result<Vec<Vec<u8>>, SourceError> {
+    fn paginate(
+        &self,
+        first: Url,
+        scope: &str,
+        what: &str,
+        accept: Option<&'static str>,
+    ) -> Result<Vec<Vec<u8>>, SourceError> {
         self.rt.block_on(async {
             let mut pages = Vec::new();
             let mut next = Some(first);
+            let mut h = HeaderMap::new();
+            if let Some(a) = accept {
+                h.insert(ACCEPT, HeaderValue::from_static(a));
+            }
             while let Some(url) = next.take() {
                 if pages.len() >= MAX_PAGES {
                     log::warn!("{what}: stopped after {MAX_PAGES} pages");
                     break;
                 }
-                let resp = self.get(url.clone(), scope, HeaderMap::new()).await?;
+                let resp = self.get(url.clone(), scope, h.clone()).await?;
                 if !resp.status().is_success() {
                     return Err(self.status_error(&resp, what));
                 }
@@ -522,16 +554,16 @@ impl Client {
                     .and_then(|v| v.to_str().ok())
                     .and_then(headers::parse_link_next)
                 {
-                    let target = url.join(&link).map_err(|e| SourceError::Protocol {
+                    let target = resp.url().join(&link).map_err(|e| SourceError::Protocol {
                         what: what.to_string(),
                         detail: format!("bad Link header: {e}"),
                     })?;
-                    if target.origin() != self.base.origin() {
+                    if !self.same_origin(&target) {
                         return Err(SourceError::Protocol {
                             what: what.to_string(),
                             detail: format!(
                                 "pagination Link points to another origin ({}); refused",
-                                target.origin().ascii_serialization()
+                                describe_origin(&target)
                             ),
                         });
                     }
@@ -542,163 +574,24 @@ impl Client {
             Ok(pages)
         })
     }
+}
 
-    /// Stream `range` (or the whole blob) into `sink`. A body cut short is resumed from
-    /// the bytes already delivered; a server that ignores `Range` is handled.
-    pub fn fetch_blob(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        size: u64,
-        range: Option<Range<u64>>,
-        sink: &mut dyn BlobSink,
-    ) -> Result<(), SourceError> {
-        let what = format!("blob {digest} of {}/{repo}", self.cfg.registry);
-        let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
-        let want = range.clone().unwrap_or(0..size);
-        if want.end > size || want.start > want.end {
-            return Err(SourceError::Protocol {
-                what,
-                detail: format!("range {want:?} is outside the blob's {size} bytes"),
-            });
-        }
-        self.rt.block_on(async {
-            let mut kind: Option<BodyKind> = None;
-            let mut delivered = 0u64; // bytes of `want` (or of the whole blob) given to sink
-            let mut cuts = 0u32;
-            loop {
-                // After a cut, ask for what is left of what this fetch delivers.
-                let (base, total) = match kind {
-                    Some(BodyKind::Whole) => (0, size),
-                    _ => (want.start, want.end - want.start),
-                };
-                let mut h = HeaderMap::new();
-                let ask_range = range.is_some() || delivered > 0;
-                let from = base + delivered;
-                let to = base + total;
-                if ask_range && to > from {
-                    let v = format!("bytes={}-{}", from, to - 1);
-                    h.insert(
-                        RANGE,
-                        HeaderValue::from_str(&v).map_err(|e| SourceError::Protocol {
-                            what: what.clone(),
-                            detail: e.to_string(),
-                        })?,
-                    );
-                }
-                let mut resp = self.get(url.clone(), &pull_scope(repo), h).await?;
-                let status = resp.status();
-                let mut skip = 0u64;
-                match status {
-                    StatusCode::PARTIAL_CONTENT if ask_range => {
-                        let cr = resp
-                            .headers()
-                            .get(reqwest::header::CONTENT_RANGE)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(headers::parse_content_range);
-                        match cr {
-                            Some(cr)
-                                if cr.start == from
-                                    && cr.end_inclusive == to - 1
-                                    && cr.total.is_none_or(|t| t == size) => {}
-                            _ => {
-                                return Err(SourceError::Protocol {
-                                    what,
-                                    detail: format!(
-                                        "Content-Range {:?} does not answer bytes={from}-{}",
-                                        resp.headers().get(reqwest::header::CONTENT_RANGE),
-                                        to - 1
-                                    ),
-                                })
-                            }
-                        }
-                        if kind.is_none() {
-                            kind = Some(BodyKind::Range);
-                        }
-                    }
-                    StatusCode::OK => {
-                        // The whole blob. Either we asked for it, or the server ignored Range.
-                        match kind {
-                            None if range.is_some() => {
-                                log::debug!("{what}: server ignored Range and sent the whole blob");
-                                kind = Some(BodyKind::Whole);
-                            }
-                            None => kind = Some(BodyKind::Whole),
-                            Some(BodyKind::Whole) => skip = delivered,
-                            Some(BodyKind::Range) => skip = want.start + delivered,
-                        }
-                    }
-                    StatusCode::RANGE_NOT_SATISFIABLE => {
-                        return Err(SourceError::Protocol {
-                            what,
-                            detail:
-                                "range not satisfiable: the blob is shorter than its descriptor"
-                                    .into(),
-                        })
-                    }
-                    _ => return Err(self.status_error(&resp, what)),
-                }
-                let Some(k) = kind else { continue };
-                let total = match k {
-                    BodyKind::Whole => size,
-                    BodyKind::Range => want.end - want.start,
-                };
-                if delivered == 0 {
-                    sink.begin(k).map_err(|e| SourceError::Io {
-                        path: what.clone(),
-                        source: e,
-                    })?;
-                }
-                let mut cut = None;
-                loop {
-                    match resp.chunk().await {
-                        Ok(Some(mut bytes)) => {
-                            if skip > 0 {
-                                let n = skip.min(bytes.len() as u64) as usize;
-                                skip -= n as u64;
-                                let _ = bytes.split_to(n);
-                                if bytes.is_empty() {
-                                    continue;
-                                }
-                            }
-                            if delivered + bytes.len() as u64 > total {
-                                return Err(SourceError::Protocol {
-                                    what,
-                                    detail: format!(
-                                        "body is longer than the {total} bytes expected"
-                                    ),
-                                });
-                            }
-                            delivered += bytes.len() as u64;
-                            sink.data(&bytes).map_err(|e| SourceError::Io {
-                                path: what.clone(),
-                                source: e,
-                            })?;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            cut = Some(error_chain(&e));
-                            break;
-                        }
-                    }
-                }
-                if delivered == total {
-                    return Ok(());
-                }
-                let detail =
-                    cut.unwrap_or_else(|| format!("body ended after {delivered} of {total} bytes"));
-                if cuts >= self.cfg.retries {
-                    return Err(SourceError::Unreachable {
-                        target: what,
-                        detail,
-                    });
-                }
-                cuts += 1;
-                log::warn!("{what}: {detail}; resuming at byte {delivered} (attempt {cuts})");
-                tokio::time::sleep(backoff(cuts - 1)).await;
-            }
-        })
-    }
+/// Where a redirect points, if the response has a `Location`; an error for a target that
+/// is not http(s).
+fn redirect_target(from: &Url, resp: &Response) -> Option<Result<Url, SourceError>> {
+    let loc = resp.headers().get(LOCATION)?.to_str().ok()?;
+    Some(match from.join(loc) {
+        Ok(u) if u.scheme() == "https" || u.scheme() == "http" => Ok(u),
+        _ => Err(SourceError::Protocol {
+            what: format!("GET {}", from.path()),
+            detail: "redirect to something other than an http(s) URL".into(),
+        }),
+    })
+}
+
+/// `scheme://host:port` of a URL, never its path or query.
+fn describe_origin(u: &Url) -> String {
+    u.origin().ascii_serialization()
 }
 
 fn pull_scope(repo: &str) -> String {
@@ -713,7 +606,15 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base / 2 + jitter)
 }
 
-/// An error and its causes on one line, without the URL's query (which may hold a signature).
+/// Whether a transport error chain says the peer's certificate was refused.
+fn is_certificate_error(chain: &str) -> bool {
+    chain.contains("invalid peer certificate")
+        || chain.contains("UnknownIssuer")
+        || chain.contains("certificate verify failed")
+}
+
+/// An error and its causes on one line, without the URL (whose query may hold a
+/// signature).
 fn error_chain(e: &reqwest::Error) -> String {
     let mut s = if e.is_timeout() {
         "timed out".to_string()
@@ -724,8 +625,11 @@ fn error_chain(e: &reqwest::Error) -> String {
     };
     let mut src = std::error::Error::source(e);
     while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = cause.source();
     }
     s
@@ -776,17 +680,47 @@ mod tests {
     }
 
     #[test]
-    fn debug_redacts_password() {
-        let c = Credentials {
-            username: "u".into(),
-            password: "hunter2".into(),
-        };
+    fn debug_redacts_secrets() {
+        let c = Credentials::new("u", "hunter2", "--username");
         assert!(!format!("{c:?}").contains("hunter2"));
+        let t = Credentials::identity_token(String::new(), "tok-123".into(), "file");
+        assert_eq!(t.username, "<token>");
+        assert!(!format!("{t:?}").contains("tok-123"));
+        let cfg = ClientConfig {
+            credentials: Some(c),
+            ..ClientConfig::new("r.example")
+        };
+        assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 
     #[test]
     fn backoff_grows_and_is_capped() {
         assert!(backoff(0) <= Duration::from_millis(200));
         assert!(backoff(20) <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn docker_hub_names_map_to_its_api_host() {
+        assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("index.docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("ghcr.io"), "ghcr.io");
+        let c = Client::new(ClientConfig::new("docker.io")).unwrap();
+        assert_eq!(c.base_url().as_str(), "https://registry-1.docker.io/");
+        assert_eq!(
+            c.url("v2/library/alpine/manifests/latest").as_str(),
+            "https://registry-1.docker.io/v2/library/alpine/manifests/latest"
+        );
+        let local = Client::new(ClientConfig::new("127.0.0.1:5000")).unwrap();
+        assert_eq!(local.base_url().as_str(), "http://127.0.0.1:5000/");
+    }
+
+    #[test]
+    fn certificate_errors_are_recognised() {
+        assert!(is_certificate_error(
+            "connection failed: invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(!is_certificate_error(
+            "connection failed: Connection refused"
+        ));
     }
 }
