@@ -63,7 +63,7 @@ impl Client {
         let hint = match &self.cfg.credentials {
             Some(c) => format!("{detail} (credentials from {})", c.origin),
             None => format!(
-                "{detail}; no credentials were found for {r}: give them with --username and \
+                "{detail}; no credentials were found: give them with --username and \
                  --password-stdin, or --auth-file FILE, or log in with `oras login {r}` or \
                  `docker login {r}`"
             ),

@@ -1,0 +1,567 @@
+//! The registry client against real servers on loopback: `docker-registry` 2.8 with
+//! htpasswd (Basic) and token auth, TLS with a test CA, a token service signing JWTs,
+//! proxies that redirect blobs to another host or paginate, and real `orasfs` mounts.
+//! Every server and mount is stopped on drop, also when an assertion fails.
+
+mod registry_support;
+
+use std::fs;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde_json::json;
+
+use registry_support::certs;
+use registry_support::distribution::{htpasswd, Auth, Config, Distribution, Pusher};
+use registry_support::orasfs::{mount, mount_fails, Failed, Mounted, Run};
+use registry_support::token::{TokenServer, ISSUER, SERVICE};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "Pw-7f3e9c1b-never-logged";
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn write(dir: &Path, rel: &str, text: &str) -> PathBuf {
+    let p = dir.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, text).unwrap();
+    p
+}
+
+/// An auth file with one `auths` entry.
+fn auths(key: &str, entry: serde_json::Value) -> String {
+    json!({ "auths": { key: entry } }).to_string()
+}
+
+fn password_stdin(password: &str) -> Run {
+    Run::new()
+        .arg("--username")
+        .arg(USER)
+        .arg("--password-stdin")
+        .stdin(&format!("{password}\n"))
+}
+
+fn expect_mount(source: &str, run: &Run, how: &str) -> Mounted {
+    mount(source, run).unwrap_or_else(|f| panic!("{how}: mount failed: {}", f.stderr))
+}
+
+/// A one-line "authentication required" failure naming the registry and the fix.
+fn assert_auth_required(f: &Failed, registry: &str) {
+    assert!(!f.status.success());
+    let line = f.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    assert!(line.contains("authentication required"), "{line}");
+    assert!(line.contains(registry), "{line}");
+    assert!(line.contains("--username"), "{line}");
+    assert!(line.contains("--auth-file"), "{line}");
+}
+
+/// A credential helper script answering for `server` only, logging what it was asked.
+fn credential_helper(dir: &Path, name: &str, server: &str, user: &str, secret: &str) -> PathBuf {
+    let bin = dir.join(format!("helper-bin-{name}"));
+    fs::create_dir_all(&bin).unwrap();
+    let log = bin.join("asked.log");
+    let script = bin.join(format!("docker-credential-{name}"));
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread -r url\necho \"$1 $url\" >> {log}\n\
+             if [ \"$1\" = get ] && [ \"$url\" = \"{server}\" ]; then\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{secret}\"}}' \"$url\"\n\
+             else echo 'credentials not found in native keychain'; exit 1; fi\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[test]
+fn basic_auth_credentials_from_every_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let reg = Distribution::start(&Config {
+        auth: Auth::Htpasswd(htpasswd(dir, &[(USER, PASSWORD)])),
+        ..Config::default()
+    });
+    let addr = reg.addr().to_string();
+    let content = b"hello, private world\n";
+    Pusher::basic(&reg.url(""), None, USER, PASSWORD).push_artifact(
+        "private/data",
+        "v1",
+        &[("hello.txt", content)],
+    );
+    let source = format!("{addr}/private/data:v1");
+    let check = |run: Run, how: &str| {
+        let m = expect_mount(&source, &run, how);
+        assert_eq!(fs::read(m.join("hello.txt")).unwrap(), content, "{how}");
+        m.finish();
+    };
+    let good = json!({ "auth": b64(&format!("{USER}:{PASSWORD}")) });
+    let fields = json!({ "username": USER, "password": PASSWORD });
+
+    check(password_stdin(PASSWORD), "--username --password-stdin");
+
+    let f = write(dir, "explicit.json", &auths(&addr, good.clone()));
+    check(
+        Run::new().arg("--auth-file").arg(f.to_str().unwrap()),
+        "--auth-file",
+    );
+
+    let f = write(
+        dir,
+        "registry-auth.json",
+        &auths(&format!("https://{addr}"), fields.clone()),
+    );
+    check(
+        Run::new().env("REGISTRY_AUTH_FILE", f.to_str().unwrap()),
+        "$REGISTRY_AUTH_FILE",
+    );
+
+    let run_dir = dir.join("xdg-run");
+    write(
+        &run_dir,
+        "containers/auth.json",
+        &auths(&addr, good.clone()),
+    );
+    check(
+        Run::new().env("XDG_RUNTIME_DIR", run_dir.to_str().unwrap()),
+        "$XDG_RUNTIME_DIR/containers/auth.json",
+    );
+
+    let docker_config = dir.join("docker-config");
+    write(
+        &docker_config,
+        "config.json",
+        &auths(&format!("http://{addr}/"), good.clone()),
+    );
+    check(
+        Run::new().env("DOCKER_CONFIG", docker_config.to_str().unwrap()),
+        "$DOCKER_CONFIG/config.json",
+    );
+
+    // ~/.docker/config.json naming a credential helper for this registry only.
+    let home = dir.join("home");
+    let bin = credential_helper(dir, "test", &addr, USER, PASSWORD);
+    write(
+        &home,
+        ".docker/config.json",
+        &json!({"credHelpers": {addr.clone(): "test"}, "auths": {addr.clone(): {}}}).to_string(),
+    );
+    check(
+        Run::new().env("HOME", home.to_str().unwrap()).path(&bin),
+        "credHelpers",
+    );
+    let asked = fs::read_to_string(bin.join("asked.log")).unwrap();
+    assert_eq!(asked.trim(), format!("get {addr}"));
+
+    // credsStore: one helper for every registry.
+    let store_home = dir.join("store-home");
+    let store_bin = credential_helper(dir, "store", &addr, USER, PASSWORD);
+    write(
+        &store_home,
+        ".docker/config.json",
+        &json!({"credsStore": "store"}).to_string(),
+    );
+    check(
+        Run::new()
+            .env("HOME", store_home.to_str().unwrap())
+            .path(&store_bin),
+        "credsStore",
+    );
+
+    // --auth-file is the only file read when given: a wrong password there is not
+    // rescued by good credentials in $DOCKER_CONFIG.
+    let wrong = write(
+        dir,
+        "wrong.json",
+        &auths(&addr, json!({"username": USER, "password": "not-it"})),
+    );
+    let f = mount_fails(
+        &source,
+        &Run::new()
+            .arg("--auth-file")
+            .arg(wrong.to_str().unwrap())
+            .env("DOCKER_CONFIG", docker_config.to_str().unwrap()),
+    );
+    assert!(f.stderr.contains("refused"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("wrong.json"),
+        "names where they came from: {}",
+        f.stderr
+    );
+    assert!(!f.stderr.contains("not-it"));
+
+    // Without credentials: refused before mounting, saying what to do.
+    let f = mount_fails(&source, &Run::new());
+    assert_auth_required(&f, &addr);
+
+    // A wrong password on standard input.
+    let f = mount_fails(&source, &password_stdin("wrong-password"));
+    assert!(f.stderr.contains("authentication required"), "{}", f.stderr);
+    assert!(f.stderr.contains("refused"), "{}", f.stderr);
+    assert!(!f.stderr.contains("wrong-password"));
+
+    // A malformed auth file: one line naming the file, never its content.
+    let broken = write(
+        dir,
+        "broken.json",
+        &format!(r#"{{"auths": {{"{addr}": {{"auth": ["{PASSWORD}"]}}}}}}"#),
+    );
+    let f = mount_fails(
+        &source,
+        &Run::new().env("REGISTRY_AUTH_FILE", broken.to_str().unwrap()),
+    );
+    let line = f.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("broken.json") && line.contains("malformed"),
+        "{line}"
+    );
+    assert!(!line.contains(PASSWORD), "{line}");
+}
+
+/// A token-auth registry with its token service; `alice` may pull anything, anyone may
+/// pull `public/data`.
+struct TokenSetup {
+    _tmp: tempfile::TempDir,
+    tokens: TokenServer,
+    reg: Distribution,
+    push: Pusher,
+}
+
+const IDENTITY_TOKEN: &str = "idt-5b0d2a77-refresh";
+
+fn token_setup() -> TokenSetup {
+    let tmp = tempfile::tempdir().unwrap();
+    let signer = certs::token_signer(tmp.path());
+    let tokens = TokenServer::start(&signer);
+    {
+        let mut st = tokens.state();
+        st.users.insert(USER.into(), PASSWORD.into());
+        st.refresh_tokens.insert(IDENTITY_TOKEN.into(), USER.into());
+        st.public.insert("public/data".into());
+    }
+    let reg = Distribution::start(&Config {
+        auth: Auth::Token {
+            realm: tokens.realm(),
+            service: SERVICE.into(),
+            issuer: ISSUER.into(),
+            bundle: signer.bundle.clone(),
+        },
+        ..Config::default()
+    });
+    let push = Pusher::new(&reg.url(""), None, tokens.pusher_auth());
+    TokenSetup {
+        _tmp: tmp,
+        tokens,
+        reg,
+        push,
+    }
+}
+
+#[test]
+fn token_auth_anonymous_scope_credentials_identity_token_and_wrong_password() {
+    let t = token_setup();
+    let addr = t.reg.addr().to_string();
+    t.push
+        .push_artifact("public/data", "v1", &[("open.txt", b"for everyone\n")]);
+    t.push
+        .push_artifact("private/data", "v1", &[("closed.txt", b"for alice\n")]);
+
+    // Anonymous pull of a public repository: a token for the pull scope, no credentials.
+    let m = expect_mount(&format!("{addr}/public/data:v1"), &Run::new(), "anonymous");
+    assert_eq!(fs::read(m.join("open.txt")).unwrap(), b"for everyone\n");
+    m.finish();
+    let anon: Vec<_> = t
+        .tokens
+        .requests()
+        .into_iter()
+        .filter(|r| r.scope == "repository:public/data:pull")
+        .collect();
+    assert!(!anon.is_empty());
+    assert!(anon.iter().all(|r| r.user.is_none() && r.method == "GET"));
+    assert!(anon.iter().all(|r| r.granted == ["pull"]));
+
+    // The private repository without credentials: the service grants nothing, the
+    // registry refuses, and the mount fails saying how to authenticate.
+    let private = format!("{addr}/private/data:v1");
+    let f = mount_fails(&private, &Run::new());
+    assert_auth_required(&f, &addr);
+
+    // With credentials the scope is granted.
+    let m = expect_mount(&private, &password_stdin(PASSWORD), "password");
+    assert_eq!(fs::read(m.join("closed.txt")).unwrap(), b"for alice\n");
+    m.finish();
+    assert!(t
+        .tokens
+        .requests()
+        .iter()
+        .any(|r| r.user.as_deref() == Some(USER)
+            && r.scope == "repository:private/data:pull"
+            && r.granted == ["pull"]));
+
+    // A wrong password: the token service refuses, the mount fails.
+    let f = mount_fails(&private, &password_stdin("not-the-password"));
+    assert!(f.stderr.contains("authentication required"), "{}", f.stderr);
+    assert!(f.stderr.contains("token service refused"), "{}", f.stderr);
+
+    // An identity token from an auth file: exchanged with POST grant_type=refresh_token
+    // (the answer carries `access_token`, not `token`).
+    let dir = t._tmp.path();
+    let f = write(
+        dir,
+        "idtoken.json",
+        &auths(&addr, json!({ "identitytoken": IDENTITY_TOKEN })),
+    );
+    let m = expect_mount(
+        &private,
+        &Run::new().arg("--auth-file").arg(f.to_str().unwrap()),
+        "identity token",
+    );
+    assert_eq!(fs::read(m.join("closed.txt")).unwrap(), b"for alice\n");
+    m.finish();
+    assert!(t.tokens.requests().iter().any(|r| r.method == "POST"
+        && r.grant_type.as_deref() == Some("refresh_token")
+        && r.user.as_deref() == Some(USER)
+        && r.granted == ["pull"]));
+
+    // The `<token>` user name from a credential helper also means an identity token.
+    let bin = credential_helper(dir, "tok", &addr, "<token>", IDENTITY_TOKEN);
+    let home = dir.join("tok-home");
+    write(
+        &home,
+        ".docker/config.json",
+        &json!({"credHelpers": {addr.clone(): "tok"}}).to_string(),
+    );
+    let before = t.tokens.requests().len();
+    let m = expect_mount(
+        &private,
+        &Run::new().env("HOME", home.to_str().unwrap()).path(&bin),
+        "helper identity token",
+    );
+    assert_eq!(fs::read(m.join("closed.txt")).unwrap(), b"for alice\n");
+    m.finish();
+    assert!(t.tokens.requests()[before..]
+        .iter()
+        .any(|r| r.method == "POST" && r.user.as_deref() == Some(USER)));
+}
+
+/// Deterministic incompressible bytes.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+fn read_at(f: &fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0; len];
+    f.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+#[test]
+fn expired_tokens_are_renewed_mid_read_and_a_refused_renewal_fails_the_read() {
+    let t = token_setup();
+    const MIB: usize = 1 << 20;
+    let big = random_bytes(20 * MIB, 7);
+    t.push
+        .push_artifact("private/big", "v1", &[("big.bin", &big)]);
+    let scope = "repository:private/big:pull";
+    let issued = || {
+        t.tokens
+            .requests()
+            .iter()
+            .filter(|r| r.scope == scope && r.status == 200)
+            .count()
+    };
+    // Honest short tokens: the service says 2 s and the registry accepts them for 2 s.
+    {
+        let mut st = t.tokens.state();
+        st.expires_in = 2;
+        st.registry_life = 2;
+    }
+    let m = expect_mount(
+        &format!("{}/private/big:v1", t.reg.addr()),
+        &password_stdin(PASSWORD),
+        "mount",
+    );
+    // One open file read from far-apart places, so every read needs a new range request.
+    let f = fs::File::open(m.join("big.bin")).unwrap();
+    let at = |mib: usize| read_at(&f, (mib * MIB) as u64, 4096);
+    assert_eq!(at(0).unwrap(), big[..4096]);
+    let n0 = issued();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(at(4).unwrap(), big[4 * MIB..4 * MIB + 4096]);
+    let n1 = issued();
+    assert!(
+        n1 > n0,
+        "an expired token is replaced before use ({n0} → {n1})"
+    );
+
+    // A token whose stated lifetime is a lie: the client trusts it, the registry stops
+    // accepting it after 2 s, answers 401, and the client fetches a new one — the reader
+    // sees nothing of it.
+    {
+        let mut st = t.tokens.state();
+        st.expires_in = 3600;
+        st.registry_life = 2;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(at(8).unwrap(), big[8 * MIB..8 * MIB + 4096]);
+    let n2 = issued();
+    assert!(n2 > n1);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(at(12).unwrap(), big[12 * MIB..12 * MIB + 4096]);
+    let n3 = issued();
+    assert!(
+        n3 > n2,
+        "a 401 on a cached token fetches a new one ({n2} → {n3})"
+    );
+
+    // Every new token is refused too: one renewal, then the read fails with EACCES.
+    t.tokens.state().registry_life = -1;
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let e = at(16).expect_err("a read whose renewed token is refused fails");
+    assert_eq!(e.raw_os_error(), Some(13), "EACCES: {e}");
+    let n4 = issued();
+    assert!(
+        n4 > n3 && n4 - n3 <= 4,
+        "a bounded number of renewals, not a loop ({n3} → {n4})"
+    );
+    drop(f);
+    m.finish();
+}
+
+#[test]
+fn tls_needs_a_trusted_ca_or_insecure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = certs::tls(tmp.path());
+    let reg = Distribution::start(&Config {
+        tls: Some((tls.cert.clone(), tls.key.clone())),
+        ..Config::default()
+    });
+    Pusher::new(&reg.url(""), Some(&tls.ca), Box::new(|_| None)).push_artifact(
+        "secure/data",
+        "v1",
+        &[("s.txt", b"over TLS\n")],
+    );
+    let https = format!("https://{}/secure/data:v1", reg.addr());
+    let ca = tls.ca.to_str().unwrap();
+
+    // The test CA is not in the system roots: refused, with a one-line hint.
+    let f = mount_fails(&https, &Run::new());
+    let line = f.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains("certificate"), "{line}");
+    assert!(
+        line.contains("--ca-file") && line.contains("--insecure"),
+        "{line}"
+    );
+
+    // A loopback registry without the https:// prefix is spoken to in plain HTTP; the
+    // TLS registry answers 400, and the message says what to do.
+    let f = mount_fails(&format!("{}/secure/data:v1", reg.addr()), &Run::new());
+    assert!(f.stderr.contains("https://"), "{}", f.stderr);
+
+    // --ca-file adds the CA.
+    let m = expect_mount(&https, &Run::new().arg("--ca-file").arg(ca), "--ca-file");
+    assert_eq!(fs::read(m.join("s.txt")).unwrap(), b"over TLS\n");
+    m.finish();
+
+    // --insecure skips verification, and says so.
+    let m = expect_mount(&https, &Run::new().arg("--insecure"), "--insecure");
+    assert_eq!(fs::read(m.join("s.txt")).unwrap(), b"over TLS\n");
+    let log = m.finish();
+    assert!(
+        log.contains("--insecure") && log.contains("not verified"),
+        "{log}"
+    );
+
+    // A CA file that is not PEM is refused up front.
+    let junk = write(tmp.path(), "junk.pem", "not a certificate");
+    let f = mount_fails(
+        &https,
+        &Run::new().arg("--ca-file").arg(junk.to_str().unwrap()),
+    );
+    assert!(f.stderr.contains("junk.pem"), "{}", f.stderr);
+
+    // https:// and --plain-http contradict each other.
+    let f = mount_fails(&https, &Run::new().arg("--plain-http"));
+    assert!(f.stderr.contains("contradict"), "{}", f.stderr);
+}
+
+/// Mount with `RUST_LOG=trace`, read everything, and return the whole log.
+fn traced_session(source: &str, run: Run, files: &[(&str, &[u8])]) -> String {
+    let m = expect_mount(source, &run.env("RUST_LOG", "trace"), "traced");
+    for (name, bytes) in files {
+        assert_eq!(&fs::read(m.join(name)).unwrap(), bytes, "{name}");
+    }
+    m.finish()
+}
+
+fn assert_no_secret(log: &str, secrets: &[String]) {
+    assert!(log.len() > 1000, "trace logging was on: {log}");
+    for s in secrets {
+        assert!(!s.is_empty());
+        assert!(!log.contains(s.as_str()), "a secret reached the log");
+    }
+    let lower = log.to_ascii_lowercase();
+    assert!(
+        !lower.contains("authorization:"),
+        "a header reached the log"
+    );
+    assert!(!lower.contains("basic "), "a Basic value reached the log");
+}
+
+#[test]
+fn no_secret_reaches_the_log_at_trace_level() {
+    let big = random_bytes(6 << 20, 3);
+    let files: [(&str, &[u8]); 2] = [("small.txt", b"small\n"), ("big.bin", &big)];
+
+    // Bearer tokens.
+    let t = token_setup();
+    t.push.push_artifact("private/logs", "v1", &files);
+    let log = traced_session(
+        &format!("{}/private/logs:v1", t.reg.addr()),
+        password_stdin(PASSWORD),
+        &files,
+    );
+    assert!(log.contains("got a bearer token"), "the token path ran");
+    let mut secrets = vec![PASSWORD.to_string(), b64(&format!("{USER}:{PASSWORD}"))];
+    let issued = t.tokens.state().issued.clone();
+    assert!(!issued.is_empty());
+    for tok in issued {
+        // The signature alone is secret enough; the header part is the same for all.
+        secrets.push(tok.rsplit('.').next().unwrap().to_string());
+        secrets.push(tok);
+    }
+    assert_no_secret(&log, &secrets);
+
+    // Basic credentials.
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Distribution::start(&Config {
+        auth: Auth::Htpasswd(htpasswd(tmp.path(), &[(USER, PASSWORD)])),
+        ..Config::default()
+    });
+    Pusher::basic(&reg.url(""), None, USER, PASSWORD).push_artifact("private/logs", "v1", &files);
+    let log = traced_session(
+        &format!("{}/private/logs:v1", reg.addr()),
+        password_stdin(PASSWORD),
+        &files,
+    );
+    assert_no_secret(
+        &log,
+        &[PASSWORD.to_string(), b64(&format!("{USER}:{PASSWORD}"))],
+    );
+}
