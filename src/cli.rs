@@ -40,7 +40,7 @@ pub enum Command {
         after_help = SOURCE_HELP,
         override_usage = "orasfs mount [OPTIONS] [SOURCE] MOUNTPOINT"
     )]
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Inspect or trim the blob cache.
     Cache(CacheArgs),
     /// Unmount an orasfs mount.
@@ -146,6 +146,10 @@ pub struct MountArgs {
     /// (e.g. 30s, 5m; 0 asks every time).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub metadata_ttl: Duration,
+    /// Serve verified blobs through orasfs even where the kernel could read them directly
+    /// (FUSE passthrough, Linux 6.9+).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,

@@ -8,17 +8,68 @@ use fuser::{
     ReplyOpen, ReplyXattr, Request,
 };
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use fuser::{BackingId, InitFlags, KernelConfig};
+
 use crate::error::{to_errno, FsError};
 use crate::fs::{Attr, Fs};
 
 /// Adapts [`Fs`] to FUSE.
 pub struct FuseFs {
-    fs: std::sync::Arc<Fs>,
+    fs: Arc<Fs>,
+    /// Hand verified blob files to the kernel (FUSE passthrough), when it allows.
+    passthrough: AtomicBool,
+    backing: Mutex<Backing>,
+}
+
+/// Kernel backing ids for passthrough: one per inode while any handle has it open.
+#[derive(Default)]
+struct Backing {
+    by_fh: HashMap<u64, Arc<BackingId>>,
+    by_ino: HashMap<u64, Weak<BackingId>>,
 }
 
 impl FuseFs {
-    pub fn new(fs: std::sync::Arc<Fs>) -> Self {
-        Self { fs }
+    /// `passthrough` asks for FUSE passthrough; it is used only if the kernel grants it.
+    pub fn new(fs: Arc<Fs>, passthrough: bool) -> Self {
+        Self {
+            fs,
+            passthrough: AtomicBool::new(passthrough),
+            backing: Mutex::new(Backing::default()),
+        }
+    }
+
+    fn backing(&self) -> std::sync::MutexGuard<'_, Backing> {
+        self.backing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open a verified file by passthrough; `None` if it cannot be (then open normally).
+    fn try_passthrough(&self, ino: u64, fh: u64, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let file = self.fs.verified_file(ino)?;
+        let mut b = self.backing();
+        let id = match b.by_ino.get(&ino).and_then(Weak::upgrade) {
+            Some(id) => id,
+            None => match reply.open_backing(&file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    b.by_ino.insert(ino, Arc::downgrade(&id));
+                    id
+                }
+                Err(e) => {
+                    log::warn!("FUSE passthrough unavailable ({e}); serving reads through orasfs");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    return None;
+                }
+            },
+        };
+        b.by_fh.insert(fh, id.clone());
+        Some(id)
     }
 }
 
@@ -64,6 +115,20 @@ fn name_str(name: &OsStr) -> Option<&str> {
 }
 
 impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.passthrough.load(Ordering::Relaxed) {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            if granted {
+                log::info!("FUSE passthrough on: verified blobs are read by the kernel directly");
+            } else {
+                log::info!("the kernel does not offer FUSE passthrough; reads go through orasfs");
+            }
+            self.passthrough.store(granted, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name_str(name) else {
             return reply.error(Errno::ENOENT);
@@ -87,7 +152,15 @@ impl Filesystem for FuseFs {
             Ok(fh) if self.fs.is_volatile(ino.0) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
             }
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => match self.try_passthrough(ino.0, fh, &reply) {
+                Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                // The kernel may keep pages across opens only once they are verified: pages
+                // of a blob that later fails its digest must not outlive the failure.
+                None if self.fs.is_verified(ino.0) => {
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+                None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            },
             Err(e) => reply.error(self.errno(&e)),
         }
     }
@@ -131,6 +204,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.fs.release(fh.0);
+        self.backing().by_fh.remove(&fh.0);
         reply.ok();
     }
 

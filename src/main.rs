@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                 }
             };
             orasfs::logging::init(args.verbose, args.log_format);
+            let args = *args;
             let result = orasfs::mount::prepare(&args)
                 .and_then(|p| orasfs::mount::run(&args, p, &readiness));
             if let Err(msg) = &result {

@@ -246,8 +246,12 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     config.n_threads = Some(args.threads.clamp(1, 64));
     let fs = Arc::new(prepared.fs);
     let mountpoint = args.mountpoint();
-    let mut session = fuser::Session::new(FuseFs::new(fs.clone()), &mountpoint, &config)
-        .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
+    let mut session = fuser::Session::new(
+        FuseFs::new(fs.clone(), !args.no_passthrough),
+        &mountpoint,
+        &config,
+    )
+    .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

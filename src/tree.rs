@@ -293,16 +293,13 @@ impl Tree {
         }
     }
 
-    /// Create the children of a directory whose content is fixed by a manifest.
+    /// Create the children of a directory whose content is fixed by an image manifest.
+    /// (Index entries need a fetch each, so they are added on lookup.)
     fn fill_fixed(&self, ino: Ino, node: &Node) {
-        match node {
-            Node::Image(m) => {
-                if let Manifest::Image(image) = &m.fetched.manifest {
-                    self.fill_image(ino, m, image);
-                }
+        if let Node::Image(m) = node {
+            if let Manifest::Image(image) = &m.fetched.manifest {
+                self.fill_image(ino, m, image);
             }
-            // Index entries need a fetch each, so they are added on lookup.
-            _ => {}
         }
     }
 
