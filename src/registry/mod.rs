@@ -426,7 +426,8 @@ impl Client {
                 ACCEPT,
                 HeaderValue::from_static(crate::oci::MANIFEST_ACCEPT),
             );
-            let what = format!("{}/{repo}:{reference}", self.cfg.registry);
+            let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
+            let what = format!("{}/{repo}{sep}{reference}", self.cfg.registry);
             let resp = self
                 .get(
                     self.url(&format!("v2/{repo}/manifests/{reference}")),

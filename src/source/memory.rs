@@ -97,7 +97,7 @@ impl Source for MemorySource {
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
-        let not_found = || SourceError::NotFound(format!("{repo}:{reference}"));
+        let not_found = || SourceError::NotFound(reference.qualify(repo));
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(t) => self

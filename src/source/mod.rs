@@ -23,6 +23,16 @@ pub enum Reference {
     Digest(Digest),
 }
 
+impl Reference {
+    /// `repo:tag` or `repo@sha256:…`, as users write references.
+    pub fn qualify(&self, repo: &str) -> String {
+        match self {
+            Reference::Tag(t) => format!("{repo}:{t}"),
+            Reference::Digest(d) => format!("{repo}@{d}"),
+        }
+    }
+}
+
 impl std::fmt::Display for Reference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -40,7 +40,7 @@ impl Source for RegistrySource {
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         let (bytes, content_type, reported) = self.client.manifest(repo, &reference.to_string())?;
-        let what = format!("{}/{repo}:{reference}", self.client.registry());
+        let what = format!("{}/{}", self.client.registry(), reference.qualify(repo));
         let expected = match reference {
             Reference::Digest(d) => Some(d.clone()),
             Reference::Tag(_) => match reported.as_deref().map(Digest::parse) {
