@@ -8,12 +8,14 @@ mod registry_support;
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use serde_json::json;
 
 use registry_support::certs;
 use registry_support::distribution::{htpasswd, Auth, Config, Distribution, Pusher};
+use registry_support::http::{forward, Reply, Request, Server};
 use registry_support::orasfs::{mount, mount_fails, Failed, Mounted, Run};
 use registry_support::token::{TokenServer, ISSUER, SERVICE};
 
@@ -563,5 +565,390 @@ fn no_secret_reaches_the_log_at_trace_level() {
     assert_no_secret(
         &log,
         &[PASSWORD.to_string(), b64(&format!("{USER}:{PASSWORD}"))],
+    );
+}
+
+/// What the "CDN" on 127.0.0.2 saw of one request.
+#[derive(Debug, Clone)]
+struct CdnHit {
+    hex: String,
+    authorization: bool,
+    range: Option<String>,
+    status: u16,
+}
+
+/// A blob store on another host that serves what the proxy put there, while the
+/// signature in the URL is the current one; honours `Range` unless told not to.
+#[derive(Default)]
+struct Cdn {
+    blobs: std::collections::HashMap<String, Vec<u8>>,
+    sig: u64,
+    ignore_range: bool,
+    hits: Vec<CdnHit>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn serve_range(bytes: &[u8], range: Option<&str>) -> Reply {
+    let parsed = range
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+    match parsed {
+        Some((a, b)) if a <= b && b < bytes.len() => Reply::new(206)
+            .header("Content-Range", &format!("bytes {a}-{b}/{}", bytes.len()))
+            .body(bytes[a..=b].to_vec()),
+        Some(_) => Reply::new(416),
+        None => Reply::new(200).body(bytes.to_vec()),
+    }
+}
+
+fn cdn_server(cdn: Arc<Mutex<Cdn>>) -> Server {
+    Server::start(
+        "127.0.0.2",
+        Arc::new(move |req: Request| {
+            let mut c = lock(&cdn);
+            let hex = req.path().trim_start_matches("/cdn/").to_string();
+            let fresh = req.param("sig") == Some(c.sig.to_string());
+            let range = req.header("range").map(str::to_string);
+            let reply = match c.blobs.get(&hex) {
+                _ if !fresh => Reply::new(403),
+                None => Reply::new(404),
+                Some(b) if c.ignore_range => Reply::new(200).body(b.clone()),
+                Some(b) => serve_range(b, range.as_deref()),
+            };
+            c.hits.push(CdnHit {
+                hex,
+                authorization: req.header("authorization").is_some(),
+                range,
+                status: reply.status,
+            });
+            reply
+        }),
+    )
+}
+
+/// A proxy in front of `upstream` that answers blob GETs the registry allows with a 307
+/// to the CDN (putting the blob there), and forwards everything else. Records the blob
+/// GETs it saw as `(hex, had Authorization)`.
+fn redirecting_proxy(
+    upstream: String,
+    cdn: Arc<Mutex<Cdn>>,
+    cdn_addr: String,
+    seen: Arc<Mutex<Vec<(String, bool)>>>,
+) -> Server {
+    Server::start(
+        "127.0.0.1",
+        Arc::new(move |req: Request| {
+            let blob = req
+                .path()
+                .rsplit_once("/blobs/sha256:")
+                .map(|(_, hex)| hex.to_string());
+            let Some(hex) = blob.filter(|_| req.method == "GET") else {
+                return forward(&upstream, &req, &[]);
+            };
+            lock(&seen).push((hex.clone(), req.header("authorization").is_some()));
+            // Ask the registry (which checks the credentials) for the whole blob.
+            let answer = forward(&upstream, &req, &["range"]);
+            if answer.status != 200 {
+                return answer;
+            }
+            let mut c = lock(&cdn);
+            c.blobs.insert(hex.clone(), answer.body);
+            Reply::new(307).header(
+                "Location",
+                &format!("http://{cdn_addr}/cdn/{hex}?sig={}", c.sig),
+            )
+        }),
+    )
+}
+
+#[test]
+fn blob_redirects_to_another_host_keep_range_drop_authorization_and_expire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Distribution::start(&Config {
+        auth: Auth::Htpasswd(htpasswd(tmp.path(), &[(USER, PASSWORD)])),
+        ..Config::default()
+    });
+    const MIB: usize = 1 << 20;
+    let big = random_bytes(12 * MIB, 11);
+    let pushed = Pusher::basic(&reg.url(""), None, USER, PASSWORD).push_artifact(
+        "private/cdn",
+        "v1",
+        &[("big.bin", &big)],
+    );
+    let hex = pushed.layers[0].0.trim_start_matches("sha256:").to_string();
+    let cdn = Arc::new(Mutex::new(Cdn::default()));
+    let cdn_srv = cdn_server(cdn.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let proxy = redirecting_proxy(
+        reg.addr().to_string(),
+        cdn.clone(),
+        cdn_srv.addr(),
+        seen.clone(),
+    );
+
+    let m = expect_mount(
+        &format!("{}/private/cdn:v1", proxy.addr()),
+        &password_stdin(PASSWORD),
+        "redirect",
+    );
+    let f = fs::File::open(m.join("big.bin")).unwrap();
+    let at = |mib: usize| read_at(&f, (mib * MIB) as u64, 4096).unwrap();
+    let registry_gets = || lock(&seen).iter().filter(|(h, _)| *h == hex).count();
+    let cdn_hits = || -> Vec<CdnHit> {
+        lock(&cdn)
+            .hits
+            .iter()
+            .filter(|h| h.hex == hex)
+            .cloned()
+            .collect()
+    };
+
+    assert_eq!(at(0), big[..4096]);
+    assert_eq!(registry_gets(), 1);
+    assert!(
+        lock(&seen).iter().all(|(_, auth)| *auth),
+        "the registry gets credentials"
+    );
+    let hits = cdn_hits();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(
+        hits[0].range.as_deref(),
+        Some("bytes=0-1048575"),
+        "Range is re-sent"
+    );
+
+    // The next range goes straight to the remembered location.
+    assert_eq!(at(6), big[6 * MIB..6 * MIB + 4096]);
+    assert_eq!(registry_gets(), 1, "no second trip through the registry");
+    assert_eq!(
+        cdn_hits().last().unwrap().range.as_deref(),
+        Some("bytes=6291456-7340031")
+    );
+
+    // The signature expires: the CDN answers 403, the client asks the registry again and
+    // follows the fresh redirect, and the reader notices nothing.
+    lock(&cdn).sig += 1;
+    assert_eq!(at(10), big[10 * MIB..10 * MIB + 4096]);
+    assert_eq!(registry_gets(), 2);
+    let hits = cdn_hits();
+    let statuses: Vec<u16> = hits.iter().map(|h| h.status).collect();
+    assert_eq!(statuses, [206, 206, 403, 206], "{hits:?}");
+    assert!(
+        hits.iter().all(|h| !h.authorization),
+        "no Authorization to another host"
+    );
+    assert!(
+        hits.iter().all(|h| h.range.is_some()),
+        "every CDN request has a Range"
+    );
+    drop(f);
+    m.finish();
+}
+
+#[test]
+fn a_server_that_ignores_range_is_not_asked_for_ranges_of_that_blob_again() {
+    use orasfs::oci::Digest;
+    use orasfs::registry::{Client, ClientConfig};
+    use orasfs::source::{BodyKind, VecSink};
+
+    let body = random_bytes(64 << 10, 5);
+    let cdn = Arc::new(Mutex::new(Cdn {
+        ignore_range: true,
+        ..Cdn::default()
+    }));
+    let digest = Digest::of(&body);
+    lock(&cdn)
+        .blobs
+        .insert(digest.hex().to_string(), body.clone());
+    let cdn_srv = cdn_server(cdn.clone());
+    // The "registry" redirects every blob GET to the CDN.
+    let target = cdn_srv.addr();
+    let registry = Server::start(
+        "127.0.0.1",
+        Arc::new(move |req: Request| {
+            let hex = req
+                .path()
+                .rsplit_once("sha256:")
+                .map(|(_, h)| h.to_string());
+            match hex {
+                Some(h) => {
+                    Reply::new(302).header("Location", &format!("http://{target}/cdn/{h}?sig=0"))
+                }
+                None => Reply::new(200),
+            }
+        }),
+    );
+    let client = Client::new(ClientConfig::new(&registry.addr())).unwrap();
+    for _ in 0..2 {
+        let mut sink = VecSink::with_limit(body.len() as u64);
+        client
+            .fetch_blob("r", &digest, body.len() as u64, Some(100..200), &mut sink)
+            .unwrap();
+        assert_eq!(sink.kind, Some(BodyKind::Whole));
+        assert_eq!(sink.bytes, body);
+    }
+    let ranges: Vec<Option<String>> = lock(&cdn).hits.iter().map(|h| h.range.clone()).collect();
+    assert_eq!(ranges, [Some("bytes=100-199".to_string()), None]);
+}
+
+/// `(n, last)` of a tag page request.
+type PageAsked = (Option<String>, Option<String>);
+
+/// A proxy in front of distribution 2.8 (whose tag lists are not paginated) that pages
+/// `tags/list` by `n` and `last` as later registries do, and forwards everything else.
+/// With `evil` set, every `Link` it sends (its own, and the registry's catalog links)
+/// points at `elsewhere` instead. Records `(n, last)` of each tag page asked for.
+fn paginating_proxy(
+    upstream: String,
+    evil: Arc<std::sync::atomic::AtomicBool>,
+    elsewhere: String,
+    pages: Arc<Mutex<Vec<PageAsked>>>,
+) -> Server {
+    use std::sync::atomic::Ordering;
+    Server::start(
+        "127.0.0.1",
+        Arc::new(move |req: Request| {
+            let retarget = |link: &str| {
+                if evil.load(Ordering::SeqCst) {
+                    link.replacen("</", &format!("<http://{elsewhere}/"), 1)
+                } else {
+                    link.to_string()
+                }
+            };
+            if !req.path().ends_with("/tags/list") {
+                let mut r = forward(&upstream, &req, &[]);
+                if let Some(link) = r.get("link").map(str::to_string) {
+                    r.set("Link", &retarget(&link));
+                }
+                return r;
+            }
+            let (n, last) = (req.param("n"), req.param("last"));
+            lock(&pages).push((n.clone(), last.clone()));
+            let all = Request {
+                target: req.path().to_string(),
+                ..req.clone()
+            };
+            let r = forward(&upstream, &all, &[]);
+            if r.status != 200 {
+                return r;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            let mut tags: Vec<String> = serde_json::from_value(v["tags"].clone()).unwrap();
+            tags.sort();
+            let n: usize = n.and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+            let rest: Vec<String> = tags
+                .into_iter()
+                .filter(|t| last.as_ref().is_none_or(|l| t > l))
+                .collect();
+            let page: Vec<String> = rest.iter().take(n).cloned().collect();
+            let mut reply = Reply::json(200, &json!({"name": v["name"], "tags": page}));
+            if rest.len() > page.len() {
+                let link = format!(
+                    "<{}?n={n}&last={}>; rel=\"next\"",
+                    req.path(),
+                    page.last().unwrap()
+                );
+                reply = reply.header("Link", &retarget(&link));
+            }
+            reply
+        }),
+    )
+}
+
+#[test]
+fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let reg = Distribution::start(&Config {
+        catalog_max: Some(5),
+        ..Config::default()
+    });
+    let push = Pusher::anonymous(&reg.url(""));
+    let first = push.push_artifact("many/tags", "t0000", &[("x", b"x")]);
+    // Tags are pushed from a few threads: each PUT costs the registry a few fsyncs.
+    std::thread::scope(|s| {
+        for lane in 0..8 {
+            let (push, manifest) = (&push, &first.manifest);
+            s.spawn(move || {
+                for i in (1..=1000).filter(|i| i % 8 == lane) {
+                    push.push_manifest(
+                        "many/tags",
+                        &format!("t{i:04}"),
+                        registry_support::distribution::OCI_MANIFEST,
+                        manifest,
+                    );
+                }
+            });
+        }
+    });
+    for i in 0..11 {
+        push.push_artifact(&format!("r/a{i:02}"), "v1", &[("y", b"y")]);
+    }
+    let evil = Arc::new(AtomicBool::new(false));
+    let elsewhere_hits = Arc::new(Mutex::new(0usize));
+    let counter = elsewhere_hits.clone();
+    let elsewhere = Server::start(
+        "127.0.0.2",
+        Arc::new(move |_req: Request| {
+            *lock(&counter) += 1;
+            Reply::json(
+                200,
+                &json!({"tags": ["planted"], "repositories": ["planted"]}),
+            )
+        }),
+    );
+    let pages = Arc::new(Mutex::new(Vec::new()));
+    let proxy = paginating_proxy(
+        reg.addr().to_string(),
+        evil.clone(),
+        elsewhere.addr(),
+        pages.clone(),
+    );
+
+    // 1001 tags arrive in two pages of at most 1000.
+    let m = expect_mount(&format!("{}/many/tags", proxy.addr()), &Run::new(), "tags");
+    let tags = registry_support::orasfs::names(m.path());
+    assert_eq!(tags.len(), 1001);
+    assert_eq!(tags[0], "t0000");
+    assert_eq!(tags[1000], "t1000");
+    m.finish();
+    let asked = lock(&pages).clone();
+    assert!(asked.len() >= 2, "{asked:?}");
+    assert_eq!(asked[0], (Some("1000".to_string()), None));
+    assert_eq!(
+        asked[1],
+        (Some("1000".to_string()), Some("t0999".to_string()))
+    );
+
+    // The catalog: distribution refuses n=1000 above its maxentries (5), so the client
+    // asks with the registry's page size and follows its Link headers: 13 repositories in
+    // pages of 5.
+    let m = expect_mount(reg.addr(), &Run::new(), "catalog");
+    assert_eq!(registry_support::orasfs::names(m.path()), ["many", "r"]);
+    let repos = registry_support::orasfs::names(&m.join("r"));
+    assert_eq!(repos.len(), 11, "{repos:?}");
+    assert_eq!(repos[10], "a10");
+    m.finish();
+
+    // A Link to another origin is refused: the repository mount fails before mounting,
+    evil.store(true, Ordering::SeqCst);
+    let f = mount_fails(&format!("{}/many/tags", proxy.addr()), &Run::new());
+    assert!(
+        f.stderr.contains("another origin") && f.stderr.contains("refused"),
+        "{}",
+        f.stderr
+    );
+    // and a registry root's listing fails rather than show what another host says.
+    let m = expect_mount(&proxy.addr(), &Run::new(), "evil catalog");
+    let listed = fs::read_dir(m.path()).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    assert!(listed.is_err(), "{listed:?}");
+    m.finish();
+    assert_eq!(
+        *lock(&elsewhere_hits),
+        0,
+        "nothing was asked of the other origin"
     );
 }

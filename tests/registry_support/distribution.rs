@@ -85,10 +85,15 @@ impl Distribution {
     }
 
     fn try_start(cfg: &Config) -> Result<Distribution, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("orasfs-reg-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        // Storage on tmpfs where there is one: distribution syncs every write, and a disk
+        // makes a thousand tag pushes take many seconds.
+        let mut b = tempfile::Builder::new();
+        b.prefix("orasfs-reg-");
+        let dir = match Path::new("/dev/shm").is_dir() {
+            true => b.tempdir_in("/dev/shm").or_else(|_| b.tempdir()),
+            false => b.tempdir(),
+        }
+        .map_err(|e| e.to_string())?;
         let addr = format!("127.0.0.1:{}", free_port());
         let storage = dir.path().join("storage");
         fs::create_dir(&storage).map_err(|e| e.to_string())?;
@@ -220,7 +225,8 @@ impl Pushed {
     }
 }
 
-type AuthFn = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// Gives the `Authorization` value for a request to a repository.
+pub type AuthFn = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Pushes through the distribution API; `auth(repo)` gives the `Authorization` value.
 pub struct Pusher {

@@ -253,7 +253,7 @@ impl TokenServer {
 
     /// A function giving `Authorization` values with pull and push on a repository, for
     /// a [`super::distribution::Pusher`].
-    pub fn pusher_auth(&self) -> Box<dyn Fn(&str) -> Option<String> + Send + Sync> {
+    pub fn pusher_auth(&self) -> super::distribution::AuthFn {
         let signer = self.signer.clone();
         Box::new(move |repo: &str| {
             let access = json!([{"type": "repository", "name": repo, "actions": ["pull", "push"]}]);
