@@ -29,7 +29,12 @@ pub fn encode(digest: &Digest, index: u64, data: &[u8]) -> Vec<u8> {
 }
 
 /// Decode and check a chunk file; `None` if anything about it is off.
-pub fn decode(digest: &Digest, index: u64, expected_len: usize, mut file: Vec<u8>) -> Option<Vec<u8>> {
+pub fn decode(
+    digest: &Digest,
+    index: u64,
+    expected_len: usize,
+    mut file: Vec<u8>,
+) -> Option<Vec<u8>> {
     if file.len() != HEADER_LEN + expected_len || &file[..8] != MAGIC {
         return None;
     }
@@ -63,7 +68,11 @@ mod tests {
         let enc = encode(&d, 3, &data);
         assert_eq!(decode(&d, 3, 1000, enc.clone()), Some(data.clone()));
         assert_eq!(decode(&d, 4, 1000, enc.clone()), None, "wrong index");
-        assert_eq!(decode(&Digest::of(b"x"), 3, 1000, enc.clone()), None, "wrong blob");
+        assert_eq!(
+            decode(&Digest::of(b"x"), 3, 1000, enc.clone()),
+            None,
+            "wrong blob"
+        );
         let mut flipped = enc.clone();
         flipped[HEADER_LEN + 10] ^= 1;
         assert_eq!(decode(&d, 3, 1000, flipped), None);

@@ -108,13 +108,21 @@ mod tests {
     #[test]
     fn followers_get_the_leaders_result_and_abandonment_fails_them() {
         let f: Flights<u32, u32> = Flights::default();
-        let Role::Leader(lead) = f.join(1) else { panic!() };
-        let Role::Follower(follow) = f.join(1) else { panic!() };
+        let Role::Leader(lead) = f.join(1) else {
+            panic!()
+        };
+        let Role::Follower(follow) = f.join(1) else {
+            panic!()
+        };
         let h = std::thread::spawn(move || follow.wait());
         lead.finish(Ok(7));
         assert_eq!(h.join().unwrap(), Ok(7));
-        let Role::Leader(lead) = f.join(1) else { panic!("finished flights are gone") };
-        let Role::Follower(follow) = f.join(1) else { panic!() };
+        let Role::Leader(lead) = f.join(1) else {
+            panic!("finished flights are gone")
+        };
+        let Role::Follower(follow) = f.join(1) else {
+            panic!()
+        };
         drop(lead);
         assert!(follow.wait().is_err());
     }
