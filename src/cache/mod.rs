@@ -17,8 +17,9 @@
 //! and drops the blob's cached bytes. Concurrent misses on a chunk share one fetch.
 
 pub mod chunk;
-pub mod manage;
 pub mod flight;
+pub mod manage;
+pub mod usage;
 pub mod whole;
 
 use std::collections::HashMap;

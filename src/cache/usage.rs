@@ -1,0 +1,255 @@
+//! Measuring a cache directory on disk: which blobs it holds, how many bytes each one
+//! takes and when each was last used. The mount scans once at start; the offline
+//! `orasfs cache` commands scan every time. Nothing here follows a symbolic link: entries
+//! are examined with `lstat`, and a link is at most removed, never entered.
+//!
+//! Sizes are apparent sizes (file lengths), the same measure the size cap uses. "Last
+//! used" is the newest modification time of the blob's verified file and chunk directory;
+//! see [`super::evict`] for how reads keep it current.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::oci::Digest;
+
+/// What the cache holds of one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobUsage {
+    pub digest: Digest,
+    /// Bytes of its verified file, sidecar and chunk files.
+    pub bytes: u64,
+    pub last_used: SystemTime,
+    /// A whole-blob file with its CRC sidecar.
+    pub verified: bool,
+    /// A directory of chunks (a blob fetched in part).
+    pub partial: bool,
+}
+
+/// A scan of a cache's `v1/` directory.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Blobs, oldest use first.
+    pub blobs: Vec<BlobUsage>,
+    /// Bytes of every file under `v1/`, including temp files and strays.
+    pub total: u64,
+}
+
+/// Scan `root` (a cache's `v1/` directory). A missing directory is an empty cache.
+pub fn scan(root: &Path) -> Usage {
+    let mut blobs: BTreeMap<Digest, BlobUsage> = BTreeMap::new();
+    fn entry(blobs: &mut BTreeMap<Digest, BlobUsage>, digest: Digest) -> &mut BlobUsage {
+        blobs.entry(digest.clone()).or_insert(BlobUsage {
+            digest,
+            bytes: 0,
+            last_used: SystemTime::UNIX_EPOCH,
+            verified: false,
+            partial: false,
+        })
+    }
+    let mut sidecars = Vec::new();
+    for (name, meta) in entries(&root.join("blobs/sha256")) {
+        if !meta.is_file() {
+            continue;
+        }
+        if let Some(d) = digest_named(&name) {
+            let b = entry(&mut blobs, d);
+            b.bytes += meta.len();
+            b.last_used = b
+                .last_used
+                .max(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            b.verified = true;
+        } else if let Some(d) = name.strip_suffix(".crc").and_then(digest_named) {
+            sidecars.push((d, meta.len()));
+        }
+    }
+    for (d, len) in sidecars {
+        entry(&mut blobs, d).bytes += len;
+    }
+    for (name, meta) in entries(&root.join("chunks/sha256")) {
+        if let (true, Some(d)) = (meta.is_dir(), digest_named(&name)) {
+            let bytes = dir_bytes(&root.join("chunks/sha256").join(&name));
+            let b = entry(&mut blobs, d);
+            b.bytes += bytes;
+            b.last_used = b
+                .last_used
+                .max(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            b.partial = true;
+        }
+    }
+    // A blob file is trusted only beside its sidecar.
+    let side = |d: &Digest| root.join("blobs/sha256").join(format!("{}.crc", d.hex()));
+    let mut blobs: Vec<BlobUsage> = blobs
+        .into_values()
+        .map(|mut b| {
+            b.verified =
+                b.verified && fs::symlink_metadata(side(&b.digest)).is_ok_and(|m| m.is_file());
+            b
+        })
+        .collect();
+    blobs.sort_by(|a, b| {
+        a.last_used
+            .cmp(&b.last_used)
+            .then_with(|| a.digest.cmp(&b.digest))
+    });
+    Usage {
+        blobs,
+        total: dir_bytes(root),
+    }
+}
+
+/// The directory's entries with their `lstat` metadata; unreadable ones are skipped.
+fn entries(dir: &Path) -> Vec<(String, fs::Metadata)> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let meta = fs::symlink_metadata(e.path()).ok()?;
+            Some((name, meta))
+        })
+        .collect()
+}
+
+fn digest_named(name: &str) -> Option<Digest> {
+    Digest::parse(&format!("sha256:{name}")).ok()
+}
+
+/// Bytes of the regular files under `path`, not following symbolic links.
+pub fn dir_bytes(path: &Path) -> u64 {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(m) if m.is_dir() => fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| dir_bytes(&e.path())).sum())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Remove a path: a directory recursively (links inside are unlinked, not followed), a
+/// file or a link by unlinking it. Returns the bytes freed; a missing path frees none.
+pub fn remove_path(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let bytes = dir_bytes(path);
+    let removed = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match removed {
+        Ok(()) => bytes,
+        Err(e) => {
+            log::warn!("cache: cannot remove {}: {e}", path.display());
+            bytes.saturating_sub(dir_bytes(path))
+        }
+    }
+}
+
+/// Remove every cached byte of one blob from a cache's `v1/` directory; returns bytes freed.
+pub fn remove_blob(root: &Path, digest: &Digest) -> u64 {
+    let blobs = root.join("blobs/sha256");
+    // The blob file goes before its sidecar, so a half-removed blob is never trusted.
+    remove_path(&blobs.join(digest.hex()))
+        + remove_path(&blobs.join(format!("{}.crc", digest.hex())))
+        + remove_path(&root.join("chunks/sha256").join(digest.hex()))
+}
+
+/// Record a use of a blob: set the modification time of its verified file (or, for a
+/// partial blob, its chunk directory) to now.
+pub fn touch(root: &Path, digest: &Digest) -> io::Result<()> {
+    let whole = root.join("blobs/sha256").join(digest.hex());
+    let target = if fs::symlink_metadata(&whole).is_ok_and(|m| m.is_file()) {
+        whole
+    } else {
+        root.join("chunks/sha256").join(digest.hex())
+    };
+    if !fs::symlink_metadata(&target).is_ok_and(|m| m.is_file() || m.is_dir()) {
+        return Ok(());
+    }
+    File::open(&target)?.set_modified(SystemTime::now())
+}
+
+/// A byte count in binary units: `0 B`, `1023 B`, `1.5 KiB`, `20.0 GiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes_use_binary_units() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(1024), "1.0 KiB");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 20), "5.0 MiB");
+        assert_eq!(human(20 << 30), "20.0 GiB");
+        assert_eq!(human(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn scan_counts_verified_partial_and_strays() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("v1");
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+        fs::create_dir_all(root.join("chunks/sha256").join(b.hex())).unwrap();
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        fs::write(root.join("blobs/sha256").join(a.hex()), vec![0; 100]).unwrap();
+        fs::write(
+            root.join("blobs/sha256").join(format!("{}.crc", a.hex())),
+            vec![0; 20],
+        )
+        .unwrap();
+        fs::write(
+            root.join("chunks/sha256").join(b.hex()).join("0"),
+            vec![0; 50],
+        )
+        .unwrap();
+        fs::write(
+            root.join("chunks/sha256").join(b.hex()).join("1"),
+            vec![0; 7],
+        )
+        .unwrap();
+        // A blob file without a sidecar is a blob, but not a verified one.
+        fs::write(root.join("blobs/sha256").join(c.hex()), vec![0; 3]).unwrap();
+        fs::write(root.join("blobs/sha256/README"), vec![0; 5]).unwrap();
+        fs::write(root.join("tmp/x.chunk"), vec![0; 9]).unwrap();
+        let u = scan(&root);
+        let by: BTreeMap<_, _> = u.blobs.iter().map(|b| (b.digest.clone(), b)).collect();
+        assert_eq!(by.len(), 3);
+        assert_eq!(
+            (by[&a].bytes, by[&a].verified, by[&a].partial),
+            (120, true, false)
+        );
+        assert_eq!(
+            (by[&b].bytes, by[&b].verified, by[&b].partial),
+            (57, false, true)
+        );
+        assert_eq!(
+            (by[&c].bytes, by[&c].verified, by[&c].partial),
+            (3, false, false)
+        );
+        assert_eq!(u.total, 120 + 57 + 3 + 5 + 9);
+        assert_eq!(remove_blob(&root, &b), 57);
+        assert!(!root.join("chunks/sha256").join(b.hex()).exists());
+        assert_eq!(scan(Path::new("/nonexistent/orasfs/v1")).blobs.len(), 0);
+    }
+}
