@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::cache::{BlobCache, BlobRef};
+use crate::cache::prefetch::{Prefetcher, Stream};
+use crate::cache::{BlobCache, BlobRef, PinGuard};
 use crate::error::FsError;
 use crate::tree::{Ino, Node, Tree, ROOT};
 
@@ -59,8 +60,15 @@ impl Default for FsConfig {
     }
 }
 
+/// An open file. A blob's handle pins the blob in the cache (no eviction while it is
+/// open; the pin goes with the last reference, so a read racing `release` keeps it) and
+/// carries its read-ahead state.
 enum Handle {
-    Blob(BlobRef),
+    Blob {
+        blob: BlobRef,
+        stream: Stream,
+        _pin: PinGuard,
+    },
     Inline(Arc<Vec<u8>>),
 }
 
@@ -71,6 +79,7 @@ pub struct Fs {
     cfg: FsConfig,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    prefetch: Prefetcher,
     started: SystemTime,
     /// Failed operations by kind, for `orasfs stats`.
     pub errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -80,6 +89,7 @@ impl Fs {
     pub fn new(tree: Tree, cache: Arc<BlobCache>, cfg: FsConfig) -> Self {
         Self {
             tree,
+            prefetch: Prefetcher::new(cache.clone()),
             cache,
             cfg,
             handles: Mutex::new(HashMap::new()),
@@ -193,7 +203,11 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         let handle = match self.tree.node(ino)? {
-            Node::Blob { blob, .. } => Handle::Blob(blob),
+            Node::Blob { blob, .. } => Handle::Blob {
+                _pin: self.cache.pin_guard(&blob.digest),
+                stream: self.prefetch.stream(),
+                blob,
+            },
             Node::Inline { bytes, .. } => Handle::Inline(bytes),
             Node::StatsFile => Handle::Inline(Arc::new(crate::stats::snapshot(self).into_bytes())),
             _ => return Err(FsError::IsDir),
@@ -227,12 +241,18 @@ impl Fs {
                 let end = start.saturating_add(size as usize).min(bytes.len());
                 Ok(bytes[start..end].to_vec())
             }
-            Handle::Blob(blob) => {
-                Ok(self
-                    .cache
-                    .read(self.tree.source().as_ref(), blob, offset, size)?)
+            Handle::Blob { blob, stream, .. } => {
+                let src = self.tree.source();
+                self.prefetch.on_read(src, blob, stream, offset, size);
+                Ok(self.cache.read(src.as_ref(), blob, offset, size)?)
             }
         }
+    }
+
+    /// Wait until background work (read-ahead, promotion) is done.
+    pub fn wait_idle(&self) {
+        self.prefetch.wait_idle();
+        self.cache.wait_for_background();
     }
 
     /// Extended attributes: `user.oci.*` describe the content, `user.orasfs.verified`

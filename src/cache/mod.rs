@@ -15,10 +15,20 @@
 //! and the sha256 equals its digest. Chunks are hashed in order as they arrive, so the read
 //! that completes a blob learns the verdict before it returns; a mismatch fails that read
 //! and drops the blob's cached bytes. Concurrent misses on a chunk share one fetch.
+//!
+//! Size: [`evict`] keeps the cache under `--cache-size` and above `--cache-min-free` by
+//! evicting least recently used blobs, never one that is pinned by an open file. Reads:
+//! [`prefetch`] fetches ahead of sequential readers through the same single-flight chunk
+//! path, so a read never fetches what a read-ahead is already bringing.
 
 pub mod chunk;
+pub mod evict;
+mod fetch;
 pub mod flight;
 pub mod manage;
+pub mod prefetch;
+#[cfg(test)]
+mod tests;
 pub mod usage;
 pub mod whole;
 
@@ -27,15 +37,18 @@ use std::fs;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use lru::LruCache;
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{CacheError, SourceError};
+use crate::error::CacheError;
 use crate::oci::Digest;
-use crate::source::{BlobSink, BodyKind, Source};
+use crate::source::Source;
 use chunk::CHUNK_SIZE;
+use evict::{Admission, Ledger, Limits, Mode, SpaceProbe};
+use fetch::FetchSink;
 use flight::{Flights, Role};
 use whole::{io_err, Verified, WholeWriter};
 
@@ -67,6 +80,8 @@ pub struct CacheConfig {
     pub min_free_percent: f64,
     /// Bound on memory for in-flight and read-ahead data.
     pub max_memory: u64,
+    /// How free space on the cache's filesystem is measured (statvfs; tests substitute).
+    pub space_probe: SpaceProbe,
 }
 
 impl CacheConfig {
@@ -80,6 +95,7 @@ impl CacheConfig {
             max_size: None,
             min_free_percent: 5.0,
             max_memory: 64 * 1024 * 1024,
+            space_probe: evict::statvfs_space,
         }
     }
 }
@@ -103,6 +119,15 @@ pub struct CacheStats {
     pub integrity_failures: AtomicU64,
     pub corrupt_chunks: AtomicU64,
     pub write_failures: AtomicU64,
+    /// Blobs evicted to keep the size cap or the free-space floor, and their bytes.
+    pub evicted_blobs: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    /// Chunks served without being written because the cap or floor left no room.
+    pub store_refused: AtomicU64,
+    /// Chunks claimed by read-ahead, and read-ahead runs skipped for want of memory.
+    pub prefetch_chunks: AtomicU64,
+    pub prefetch_skipped: AtomicU64,
+    pub prefetch_failures: AtomicU64,
 }
 
 struct HashState {
@@ -112,6 +137,52 @@ struct HashState {
 }
 
 type Chunk = Arc<Vec<u8>>;
+/// What a chunk's flight yields: the chunk, or `None` when a read-ahead gave up on it,
+/// and whoever waited should fetch it itself.
+type ChunkFlight = Option<Chunk>;
+/// The duty to fetch one chunk that others may be waiting for.
+pub(crate) type ChunkLead = flight::Lead<(Digest, u64), ChunkFlight>;
+
+/// Who a fetch is for: a read waiting on it, or read-ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeadMode {
+    Foreground,
+    ReadAhead,
+}
+
+/// How many times a read takes over chunks whose read-ahead gave up before it fails.
+const TAKEOVERS: usize = 4;
+
+/// Keeps a blob from eviction while it lives.
+pub struct PinGuard {
+    cache: Arc<BlobCache>,
+    digest: Digest,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.cache.unpin(&self.digest);
+    }
+}
+
+/// Counts background promotions, so tests and shutdown can wait for them.
+#[derive(Default)]
+struct Background {
+    running: Mutex<usize>,
+    idle: Condvar,
+}
+
+struct BackgroundTask<'a>(&'a Background);
+
+impl Drop for BackgroundTask<'_> {
+    fn drop(&mut self) {
+        let mut n = lock(&self.0.running);
+        *n -= 1;
+        if *n == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
 
 /// The cache. Use it through an `Arc`: completing a blob promotes it in the background.
 pub struct BlobCache {
@@ -119,9 +190,11 @@ pub struct BlobCache {
     root: PathBuf,
     hashing: Mutex<HashMap<Digest, Arc<Mutex<HashState>>>>,
     verified: Mutex<HashMap<Digest, Arc<Verified>>>,
-    chunk_flights: Flights<(Digest, u64), Chunk>,
+    chunk_flights: Flights<(Digest, u64), ChunkFlight>,
     whole_flights: Flights<Digest, ()>,
     hot: Mutex<LruCache<(Digest, u64), Chunk>>,
+    ledger: Ledger,
+    background: Background,
     pub stats: CacheStats,
 }
 
@@ -130,7 +203,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl BlobCache {
-    /// Open (creating if needed) the cache and sweep temp files a crash left behind.
+    /// Open (creating if needed) the cache, sweep temp files a crash left behind, measure
+    /// what it holds, and evict down to the limits if they shrank since the last run.
     pub fn open(cfg: CacheConfig) -> Result<Arc<Self>, CacheError> {
         let root = cfg.dir.join("v1");
         for sub in ["blobs/sha256", "chunks/sha256", "tmp"] {
@@ -141,7 +215,8 @@ impl BlobCache {
         let mut swept = 0;
         if let Ok(entries) = fs::read_dir(&tmp) {
             for e in entries.flatten() {
-                if fs::remove_file(e.path()).is_ok() {
+                usage::remove_path(&e.path());
+                if fs::symlink_metadata(e.path()).is_err() {
                     swept += 1;
                 }
             }
@@ -149,8 +224,21 @@ impl BlobCache {
         if swept > 0 {
             log::info!("cache: swept {swept} temp files left by an earlier run");
         }
+        let scanned = usage::scan(&root);
+        log::debug!(
+            "cache: {} holds {} blobs, {}",
+            root.display(),
+            scanned.blobs.len(),
+            usage::human(scanned.total)
+        );
+        let ledger = Ledger::new(
+            scanned
+                .blobs
+                .into_iter()
+                .map(|b| (b.digest, b.bytes, b.last_used)),
+        );
         let hot = NonZeroUsize::new(cfg.hot_chunks.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Ok(Arc::new(Self {
+        let cache = Arc::new(Self {
             cfg,
             root,
             hashing: Mutex::new(HashMap::new()),
@@ -158,8 +246,12 @@ impl BlobCache {
             chunk_flights: Flights::default(),
             whole_flights: Flights::default(),
             hot: Mutex::new(LruCache::new(hot)),
+            ledger,
+            background: Background::default(),
             stats: CacheStats::default(),
-        }))
+        });
+        cache.make_room(None, 0, Mode::Force);
+        Ok(cache)
     }
 
     /// The cache's versioned root (`<dir>/v1`).
@@ -167,11 +259,58 @@ impl BlobCache {
         &self.root
     }
 
+    pub fn config(&self) -> &CacheConfig {
+        &self.cfg
+    }
+
+    /// Bytes the cache holds on disk, as accounted for the size cap.
+    pub fn disk_usage(&self) -> u64 {
+        self.ledger.total()
+    }
+
+    /// Keep a blob from eviction (counted: every `pin` needs an `unpin`).
+    pub fn pin(&self, d: &Digest) {
+        self.ledger.pin(d);
+    }
+
+    pub fn unpin(&self, d: &Digest) {
+        self.ledger.unpin(d);
+    }
+
+    /// Pin a blob until the guard is dropped.
+    pub fn pin_guard(self: &Arc<Self>, d: &Digest) -> PinGuard {
+        self.pin(d);
+        PinGuard {
+            cache: self.clone(),
+            digest: d.clone(),
+        }
+    }
+
+    /// Whether reads of this blob go chunk by chunk (and so may read ahead), rather than
+    /// through a whole-blob fetch.
+    pub fn reads_ahead(&self, blob: &BlobRef) -> bool {
+        blob.size > self.cfg.small_blob && self.cfg.verify == VerifyMode::Lazy
+    }
+
+    /// Wait until background promotions have finished.
+    pub fn wait_for_background(&self) {
+        let mut n = lock(&self.background.running);
+        while *n > 0 {
+            n = self
+                .background
+                .idle
+                .wait(n)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(d.hex())
     }
     fn sidecar_path(&self, d: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(format!("{}.crc", d.hex()))
+        self.root
+            .join("blobs/sha256")
+            .join(format!("{}.crc", d.hex()))
     }
     fn chunk_dir(&self, d: &Digest) -> PathBuf {
         self.root.join("chunks/sha256").join(d.hex())
@@ -199,7 +338,10 @@ impl BlobCache {
                 Some(v)
             }
             None => {
-                log::warn!("cache: {} is damaged or incomplete; dropping it", blob.digest);
+                log::warn!(
+                    "cache: {} is damaged or incomplete; dropping it",
+                    blob.digest
+                );
                 self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
                 self.drop_verified(&blob.digest);
                 None
@@ -217,8 +359,9 @@ impl BlobCache {
 
     fn drop_verified(&self, d: &Digest) {
         lock(&self.verified).remove(d);
-        let _ = fs::remove_file(self.blob_path(d));
-        let _ = fs::remove_file(self.sidecar_path(d));
+        let freed =
+            usage::remove_path(&self.blob_path(d)) + usage::remove_path(&self.sidecar_path(d));
+        self.ledger.release(d, freed);
     }
 
     /// Read `len` bytes at `offset`, fetching what is missing.
@@ -232,10 +375,10 @@ impl BlobCache {
         if offset >= blob.size || len == 0 {
             return Ok(Vec::new());
         }
+        let _pin = self.pin_guard(&blob.digest);
+        self.note_use(&blob.digest);
         let end = blob.size.min(offset + len as u64);
-        if (blob.size <= self.cfg.small_blob || self.cfg.verify == VerifyMode::Strict)
-            && self.verified(blob).is_none()
-        {
+        if !self.reads_ahead(blob) && self.verified(blob).is_none() {
             self.ensure_verified(src, blob)?;
         }
         let first = offset / CHUNK_SIZE;
@@ -254,8 +397,21 @@ impl BlobCache {
         Ok(out)
     }
 
+    /// Move a blob to the front of the LRU list, and now and then refresh its time on disk.
+    fn note_use(&self, d: &Digest) {
+        if self.ledger.touch(d, SystemTime::now()) {
+            if let Err(e) = usage::touch(&self.root, d) {
+                log::debug!("cache: cannot record the use of {d}: {e}");
+            }
+        }
+    }
+
     /// Fetch (if needed) the whole blob and verify it; afterwards it is a verified file.
-    pub fn ensure_verified(&self, src: &dyn Source, blob: &BlobRef) -> Result<Arc<Verified>, CacheError> {
+    pub fn ensure_verified(
+        &self,
+        src: &dyn Source,
+        blob: &BlobRef,
+    ) -> Result<Arc<Verified>, CacheError> {
         loop {
             if let Some(v) = self.verified(blob) {
                 return Ok(v);
@@ -278,20 +434,38 @@ impl BlobCache {
     }
 
     fn fetch_whole(&self, src: &dyn Source, blob: &BlobRef) -> Result<(), CacheError> {
-        let mut sink = FetchSink::new(self, blob, blob.size);
+        let mut sink = FetchSink::whole(self, blob);
         self.stats.fetch_requests.fetch_add(1, Ordering::Relaxed);
-        src.fetch_blob(&blob.repo, &blob.digest, blob.size, None, &mut sink)
-            .map_err(|e| sink.explain(e))?;
+        let fetched = src
+            .fetch_blob(&blob.repo, &blob.digest, blob.size, None, &mut sink)
+            .map_err(|e| sink.explain(e));
         self.stats
             .fetched_bytes
             .fetch_add(sink.received, Ordering::Relaxed);
-        match sink.finish()? {
-            Fetched::Whole => Ok(()),
-            Fetched::Range(_) => Err(CacheError::Source(SourceError::Protocol {
-                what: format!("blob {}", blob.digest),
-                detail: "asked for the whole blob, got a range".into(),
-            })),
-        }
+        sink.finish(fetched).map(|_| ())
+    }
+
+    /// Account a whole-blob file about to be written, evicting others to make room. It is
+    /// admitted even over the limits: a blob fetched whole must land to be verified.
+    fn reserve_whole(&self, blob: &BlobRef) -> u64 {
+        let bytes = blob.size + whole::sidecar_len(blob.size);
+        self.make_room(Some(&blob.digest), bytes, Mode::Force);
+        bytes
+    }
+
+    /// A whole-blob file landed: its chunks and hashing state are redundant now.
+    fn settle_whole(&self, blob: &BlobRef) {
+        let freed = usage::remove_path(&self.chunk_dir(&blob.digest));
+        self.ledger.release(&blob.digest, freed);
+        lock(&self.hashing).remove(&blob.digest);
+    }
+
+    /// Whether chunk `i` is in memory or on disk (without reading or checking it).
+    fn has_chunk(&self, blob: &BlobRef, i: u64) -> bool {
+        lock(&self.hot).contains(&(blob.digest.clone(), i))
+            || lock(&self.verified).contains_key(&blob.digest)
+            || self.blob_path(&blob.digest).exists()
+            || self.chunk_path(&blob.digest, i).exists()
     }
 
     /// A chunk from memory, the verified file or the chunk files, checked; `None` on a miss.
@@ -304,7 +478,10 @@ impl BlobCache {
             match v.chunk(&blob.digest, i) {
                 Some(d) => d,
                 None => {
-                    log::warn!("cache: chunk {i} of verified blob {} fails its checksum; refetching", blob.digest);
+                    log::warn!(
+                        "cache: chunk {i} of verified blob {} fails its checksum; refetching",
+                        blob.digest
+                    );
                     self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
                     self.drop_verified(&blob.digest);
                     return None;
@@ -317,9 +494,13 @@ impl BlobCache {
             match chunk::decode(&blob.digest, i, len, raw) {
                 Some(d) => d,
                 None => {
-                    log::warn!("cache: chunk {i} of {} fails its checksum; refetching", blob.digest);
+                    log::warn!(
+                        "cache: chunk {i} of {} fails its checksum; refetching",
+                        blob.digest
+                    );
                     self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
-                    let _ = fs::remove_file(&path);
+                    let freed = usage::remove_path(&path);
+                    self.ledger.release(&blob.digest, freed);
                     return None;
                 }
             }
@@ -329,7 +510,9 @@ impl BlobCache {
         Some(c)
     }
 
-    /// Chunks `first..end` of a blob, fetching the missing ones in contiguous runs.
+    /// Chunks `first..end` of a blob, fetching the missing ones in contiguous runs. A
+    /// chunk another reader or a read-ahead is fetching is waited for, not fetched again;
+    /// if a read-ahead gives up on it, this read fetches it itself.
     fn load_chunks(
         self: &Arc<Self>,
         src: &dyn Source,
@@ -337,104 +520,208 @@ impl BlobCache {
         first: u64,
         end: u64,
     ) -> Result<Vec<Chunk>, CacheError> {
-        let mut out: Vec<Option<Chunk>> = (first..end).map(|i| self.cached_chunk(blob, i)).collect();
-        let hits = out.iter().filter(|c| c.is_some()).count() as u64;
-        self.stats.hits.fetch_add(hits, Ordering::Relaxed);
-        let mut leads = Vec::new();
-        let mut follows = Vec::new();
-        for (k, slot) in out.iter_mut().enumerate() {
-            if slot.is_some() {
+        let mut out: Vec<Option<Chunk>> = vec![None; (end - first) as usize];
+        let mut todo: Vec<u64> = (first..end).collect();
+        for attempt in 0..=TAKEOVERS {
+            let mut leads = Vec::new();
+            let mut follows = Vec::new();
+            for i in todo.drain(..) {
+                let slot = &mut out[(i - first) as usize];
+                if let Some(c) = self.cached_chunk(blob, i) {
+                    if attempt == 0 {
+                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *slot = Some(c);
+                    continue;
+                }
+                match self.chunk_flights.join((blob.digest.clone(), i)) {
+                    Role::Leader(lead) => match self.cached_chunk(blob, i) {
+                        // Another reader stored it between our look and our claim.
+                        Some(c) => {
+                            lead.finish(Ok(Some(c.clone())));
+                            *slot = Some(c);
+                        }
+                        None => leads.push((i, lead)),
+                    },
+                    Role::Follower(f) => follows.push((i, f)),
+                }
+            }
+            if attempt == 0 {
+                self.stats
+                    .misses
+                    .fetch_add((leads.len() + follows.len()) as u64, Ordering::Relaxed);
+            }
+            for (i, c) in self.fetch_leads(src, blob, leads, LeadMode::Foreground)? {
+                out[(i - first) as usize] = Some(c);
+            }
+            for (i, f) in follows {
+                match f.wait().map_err(CacheError::SharedFetch)? {
+                    Some(c) => out[(i - first) as usize] = Some(c),
+                    None => todo.push(i),
+                }
+            }
+            if todo.is_empty() {
+                break;
+            }
+            log::debug!(
+                "{}: read-ahead gave up on {} chunks; fetching them",
+                blob.digest,
+                todo.len()
+            );
+        }
+        if !todo.is_empty() {
+            return Err(CacheError::SharedFetch(format!(
+                "read-ahead of {} kept failing",
+                blob.digest
+            )));
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Claim the fetch of every chunk in `first..end` that is neither cached nor in
+    /// flight, for a read-ahead. Readers that need one of them wait for it from now on.
+    fn claim_missing(&self, blob: &BlobRef, first: u64, end: u64) -> Vec<(u64, ChunkLead)> {
+        let mut out = Vec::new();
+        for i in first..end {
+            if self.has_chunk(blob, i) {
                 continue;
             }
-            let i = first + k as u64;
-            match self.chunk_flights.join((blob.digest.clone(), i)) {
-                Role::Leader(lead) => match self.cached_chunk(blob, i) {
-                    // Another reader stored it between our look and our claim.
-                    Some(c) => {
-                        lead.finish(Ok(c.clone()));
-                        *slot = Some(c);
-                    }
-                    None => leads.push((i, lead)),
-                },
-                Role::Follower(f) => follows.push((k, f)),
+            if let Role::Leader(lead) = self.chunk_flights.join((blob.digest.clone(), i)) {
+                match self
+                    .has_chunk(blob, i)
+                    .then(|| self.cached_chunk(blob, i))
+                    .flatten()
+                {
+                    Some(c) => lead.finish(Ok(Some(c))),
+                    None => out.push((i, lead)),
+                }
             }
         }
-        self.stats
-            .misses
-            .fetch_add((leads.len() + follows.len()) as u64, Ordering::Relaxed);
-        // Group the chunks we lead into contiguous runs, one request each.
+        out
+    }
+
+    /// Fetch the chunks we lead, one range request per contiguous run of up to `max_run`.
+    /// On a failure the remaining leads are released (see [`FetchSink::finish`]).
+    fn fetch_leads(
+        &self,
+        src: &dyn Source,
+        blob: &BlobRef,
+        leads: Vec<(u64, ChunkLead)>,
+        mode: LeadMode,
+    ) -> Result<Vec<(u64, Chunk)>, CacheError> {
+        let mut got = Vec::new();
         let mut leads = leads.into_iter().peekable();
         while let Some((start, lead)) = leads.next() {
             let mut run = vec![lead];
             let mut stop = start + 1;
-            while stop - start < self.cfg.max_run && leads.peek().is_some_and(|(i, _)| *i == stop) {
+            while stop - start < self.cfg.max_run.max(1)
+                && leads.peek().is_some_and(|(i, _)| *i == stop)
+            {
                 if let Some((_, l)) = leads.next() {
                     run.push(l);
                 }
                 stop += 1;
             }
-            let chunks = match self.fetch_run(src, blob, start, stop) {
-                Ok(c) => c,
+            match self.fetch_run(src, blob, start, run, mode) {
+                Ok(c) => got.extend(c),
                 Err(e) => {
                     let msg = e.to_string();
-                    for l in run {
-                        l.finish(Err(msg.clone()));
+                    for (_, l) in leads {
+                        l.finish(match mode {
+                            LeadMode::Foreground => Err(msg.clone()),
+                            LeadMode::ReadAhead => Ok(None),
+                        });
                     }
                     return Err(e);
                 }
-            };
-            for ((i, c), l) in (start..stop).zip(chunks).zip(run) {
-                l.finish(Ok(c.clone()));
-                out[(i - first) as usize] = Some(c);
             }
         }
-        for (k, f) in follows {
-            out[k] = Some(f.wait().map_err(CacheError::SharedFetch)?);
-        }
-        Ok(out.into_iter().flatten().collect())
+        Ok(got)
     }
 
-    /// Fetch chunks `start..stop` with one range request and store them.
-    fn fetch_run(self: &Arc<Self>, src: &dyn Source, blob: &BlobRef, start: u64, stop: u64) -> Result<Vec<Chunk>, CacheError> {
+    /// Fetch chunks `start..start + run.len()` with one range request, storing each and
+    /// handing it to its waiters as it completes.
+    fn fetch_run(
+        &self,
+        src: &dyn Source,
+        blob: &BlobRef,
+        start: u64,
+        run: Vec<ChunkLead>,
+        mode: LeadMode,
+    ) -> Result<Vec<(u64, Chunk)>, CacheError> {
+        let stop = start + run.len() as u64;
         let from = start * CHUNK_SIZE;
         let to = blob.size.min(stop * CHUNK_SIZE);
-        let mut sink = FetchSink::new(self, blob, to - from);
+        let mut sink = FetchSink::range(self, blob, start, run, mode);
         self.stats.fetch_requests.fetch_add(1, Ordering::Relaxed);
-        src.fetch_blob(&blob.repo, &blob.digest, blob.size, Some(from..to), &mut sink)
-            .map_err(|e| sink.explain(e))?;
+        let fetched = src
+            .fetch_blob(
+                &blob.repo,
+                &blob.digest,
+                blob.size,
+                Some(from..to),
+                &mut sink,
+            )
+            .map_err(|e| sink.explain(e));
         self.stats
             .fetched_bytes
             .fetch_add(sink.received, Ordering::Relaxed);
-        match sink.finish()? {
-            Fetched::Range(bytes) => {
-                let mut chunks = Vec::with_capacity((stop - start) as usize);
-                for (k, piece) in bytes.chunks(CHUNK_SIZE as usize).enumerate() {
-                    let c = Arc::new(piece.to_vec());
-                    self.store_chunk(blob, start + k as u64, &c);
-                    chunks.push(c);
+        sink.finish(fetched)
+    }
+
+    /// Make room for `bytes` more of blob `d` (or, with `None`, just enforce the limits):
+    /// evict what the size cap and free-space floor require, as far as `mode` allows.
+    /// False when there is no room (never with [`Mode::Force`]).
+    fn make_room(&self, d: Option<&Digest>, bytes: u64, mode: Mode) -> bool {
+        let floor_need = if self.cfg.min_free_percent > 0.0 {
+            evict::floor_need(
+                (self.cfg.space_probe)(&self.root),
+                self.cfg.min_free_percent,
+                bytes,
+            )
+        } else {
+            0
+        };
+        let limits = Limits {
+            cap: self.cfg.max_size,
+            floor_need,
+        };
+        match self.ledger.admit(d, bytes, limits, mode) {
+            Admission::Refused => false,
+            Admission::Admitted(victims) => {
+                for v in victims {
+                    self.forget_memory(&v.digest);
+                    let freed = usage::remove_blob(&self.root, &v.digest);
+                    self.stats.evicted_blobs.fetch_add(1, Ordering::Relaxed);
+                    self.stats.evicted_bytes.fetch_add(freed, Ordering::Relaxed);
+                    log::debug!("cache: evicted {} ({})", v.digest, usage::human(freed));
                 }
-                Ok(chunks)
+                true
             }
-            // The server ignored the range; the blob is now verified on disk.
-            Fetched::Whole => (start..stop)
-                .map(|i| {
-                    self.cached_chunk(blob, i).ok_or_else(|| CacheError::Integrity {
-                        digest: blob.digest.clone(),
-                        detail: format!("chunk {i} missing right after a verified whole fetch"),
-                    })
-                })
-                .collect(),
         }
     }
 
-    /// Keep a fetched chunk in memory and on disk. A disk failure (full, read-only) is
-    /// logged and the bytes are still served.
+    /// Keep a fetched chunk in memory and on disk. When the limits leave no room, or the
+    /// disk fails (full, read-only), the chunk is still served, from memory.
     fn store_chunk(&self, blob: &BlobRef, i: u64, data: &Chunk) {
         lock(&self.hot).put((blob.digest.clone(), i), data.clone());
+        let bytes = (chunk::HEADER_LEN + data.len()) as u64;
+        if !self.make_room(Some(&blob.digest), bytes, Mode::Evict) {
+            let n = self.stats.store_refused.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                log::info!(
+                    "cache: no room under the size cap or free-space floor; serving {} uncached",
+                    blob.digest
+                );
+            }
+            return;
+        }
         let dir = self.chunk_dir(&blob.digest);
-        let tmp = self
-            .tmp_dir()
-            .join(format!("{}.{i}.{}.chunk", blob.digest.hex(), rand::random::<u32>()));
+        let tmp = self.tmp_dir().join(format!(
+            "{}.{i}.{}.chunk",
+            blob.digest.hex(),
+            rand::random::<u32>()
+        ));
         let write = || -> std::io::Result<()> {
             fs::create_dir_all(&dir)?;
             fs::write(&tmp, chunk::encode(&blob.digest, i, data))?;
@@ -442,9 +729,13 @@ impl BlobCache {
         };
         if let Err(e) = write() {
             let _ = fs::remove_file(&tmp);
+            self.ledger.release(&blob.digest, bytes);
             let n = self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() || n == 0 {
-                log::warn!("cache: cannot store chunk {i} of {} ({e}); serving it uncached", blob.digest);
+                log::warn!(
+                    "cache: cannot store chunk {i} of {} ({e}); serving it uncached",
+                    blob.digest
+                );
             }
         }
     }
@@ -475,7 +766,9 @@ impl BlobCache {
             return Ok(());
         }
         while st.next < count {
-            let Some(c) = self.cached_chunk(blob, st.next) else { break };
+            let Some(c) = self.cached_chunk(blob, st.next) else {
+                break;
+            };
             st.hasher.update(c.as_slice());
             st.next += 1;
         }
@@ -486,8 +779,13 @@ impl BlobCache {
         if actual != blob.digest {
             st.next = 0;
             drop(st);
-            self.stats.integrity_failures.fetch_add(1, Ordering::Relaxed);
-            log::error!("{}: the fetched bytes hash to {actual}; dropping them from the cache", blob.digest);
+            self.stats
+                .integrity_failures
+                .fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "{}: the fetched bytes hash to {actual}; dropping them from the cache",
+                blob.digest
+            );
             self.forget_blob(&blob.digest);
             return Err(CacheError::Integrity {
                 digest: blob.digest.clone(),
@@ -498,32 +796,56 @@ impl BlobCache {
         drop(st);
         self.stats.verified_blobs.fetch_add(1, Ordering::Relaxed);
         log::debug!("{}: all {} bytes verified", blob.digest, blob.size);
+        *lock(&self.background.running) += 1;
         let cache = self.clone();
         let blob = blob.clone();
-        std::thread::spawn(move || cache.promote(&blob));
+        std::thread::spawn(move || {
+            let _task = BackgroundTask(&cache.background);
+            let _pin = cache.pin_guard(&blob.digest);
+            cache.promote(&blob);
+        });
         Ok(())
     }
 
     /// Turn a blob's chunks into a verified whole-blob file (hashing again while copying).
+    /// The copy briefly doubles the blob's footprint, so it evicts others to make room
+    /// only for a blob of at most a quarter of the cap; a bigger one is promoted only into
+    /// room that is free already. Without room, the chunks stay as they are (they are
+    /// served just the same; only the verdict is not kept across a restart).
     fn promote(&self, blob: &BlobRef) {
+        let bytes = blob.size + whole::sidecar_len(blob.size);
+        let mode = match self.cfg.max_size {
+            Some(cap) if bytes > cap / 4 => Mode::Spare,
+            _ => Mode::Evict,
+        };
+        if !self.make_room(Some(&blob.digest), bytes, mode) {
+            log::debug!(
+                "cache: no room to promote {}; keeping its chunks",
+                blob.digest
+            );
+            return;
+        }
         let result = (|| -> Result<(), CacheError> {
             let mut w = WholeWriter::create(&self.tmp_dir(), &blob.digest, blob.size)?;
             for i in 0..chunk::chunk_count(blob.size) {
-                let c = self.cached_chunk(blob, i).ok_or_else(|| CacheError::Integrity {
-                    digest: blob.digest.clone(),
-                    detail: format!("chunk {i} vanished before promotion"),
-                })?;
+                let c = self
+                    .cached_chunk(blob, i)
+                    .ok_or_else(|| CacheError::Integrity {
+                        digest: blob.digest.clone(),
+                        detail: format!("chunk {i} vanished before promotion"),
+                    })?;
                 w.write(&c).map_err(|e| io_err(&self.tmp_dir(), e))?;
             }
-            w.finish(&self.blob_path(&blob.digest), &self.sidecar_path(&blob.digest))
+            w.finish(
+                &self.blob_path(&blob.digest),
+                &self.sidecar_path(&blob.digest),
+            )
         })();
         match result {
-            Ok(()) => {
-                let _ = fs::remove_dir_all(self.chunk_dir(&blob.digest));
-                lock(&self.hashing).remove(&blob.digest);
-            }
+            Ok(()) => self.settle_whole(blob),
             Err(e) => {
                 log::warn!("cache: could not promote {}: {e}", blob.digest);
+                self.ledger.release(&blob.digest, bytes);
                 if matches!(e, CacheError::Integrity { .. }) {
                     self.forget_blob(&blob.digest);
                 } else if let Some(s) = lock(&self.hashing).get(&blob.digest) {
@@ -536,118 +858,25 @@ impl BlobCache {
         }
     }
 
-    /// Drop every cached byte of a blob: memory, chunk files and verified file.
-    fn forget_blob(&self, d: &Digest) {
+    /// Drop a blob's in-memory state: hashing progress, verified file, hot chunks.
+    fn forget_memory(&self, d: &Digest) {
         lock(&self.hashing).remove(d);
+        lock(&self.verified).remove(d);
         let mut hot = lock(&self.hot);
-        let stale: Vec<_> = hot.iter().map(|(k, _)| k.clone()).filter(|(k, _)| k == d).collect();
+        let stale: Vec<_> = hot
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|(k, _)| k == d)
+            .collect();
         for k in stale {
             hot.pop(&k);
         }
-        drop(hot);
-        let _ = fs::remove_dir_all(self.chunk_dir(d));
-        self.drop_verified(d);
-    }
-}
-
-enum Fetched {
-    Range(Vec<u8>),
-    Whole,
-}
-
-/// Receives one fetch: a range into memory, or a whole blob into a verified file.
-struct FetchSink<'a> {
-    cache: &'a BlobCache,
-    blob: &'a BlobRef,
-    expect: u64,
-    kind: Option<BodyKind>,
-    buf: Vec<u8>,
-    whole: Option<WholeWriter>,
-    received: u64,
-    failed: Option<CacheError>,
-}
-
-impl<'a> FetchSink<'a> {
-    fn new(cache: &'a BlobCache, blob: &'a BlobRef, expect: u64) -> Self {
-        Self {
-            cache,
-            blob,
-            expect,
-            kind: None,
-            buf: Vec::new(),
-            whole: None,
-            received: 0,
-            failed: None,
-        }
     }
 
-    /// Prefer the sink's own error (e.g. a cache write failure) over the transport's view.
-    fn explain(&mut self, e: SourceError) -> CacheError {
-        self.failed.take().unwrap_or(CacheError::Source(e))
-    }
-
-    fn finish(self) -> Result<Fetched, CacheError> {
-        match self.kind {
-            Some(BodyKind::Range) => {
-                if self.buf.len() as u64 != self.expect {
-                    return Err(CacheError::Source(SourceError::Protocol {
-                        what: format!("blob {}", self.blob.digest),
-                        detail: format!("got {} bytes for a {}-byte range", self.buf.len(), self.expect),
-                    }));
-                }
-                Ok(Fetched::Range(self.buf))
-            }
-            Some(BodyKind::Whole) => {
-                let w = self.whole.ok_or_else(|| CacheError::Io {
-                    path: "whole-blob temp file".into(),
-                    source: std::io::Error::other("not created"),
-                })?;
-                let c = self.cache;
-                let r = w.finish(&c.blob_path(&self.blob.digest), &c.sidecar_path(&self.blob.digest));
-                if let Err(CacheError::Integrity { .. }) = &r {
-                    c.stats.integrity_failures.fetch_add(1, Ordering::Relaxed);
-                    log::error!("{}: fetched blob does not match its digest", self.blob.digest);
-                }
-                r.map(|_| Fetched::Whole)
-            }
-            None => Err(CacheError::Source(SourceError::Protocol {
-                what: format!("blob {}", self.blob.digest),
-                detail: "no body".into(),
-            })),
-        }
-    }
-}
-
-impl BlobSink for FetchSink<'_> {
-    fn begin(&mut self, kind: BodyKind) -> std::io::Result<()> {
-        self.kind = Some(kind);
-        if kind == BodyKind::Whole {
-            match WholeWriter::create(&self.cache.tmp_dir(), &self.blob.digest, self.blob.size) {
-                Ok(w) => self.whole = Some(w),
-                Err(e) => {
-                    let msg = e.to_string();
-                    self.failed = Some(e);
-                    return Err(std::io::Error::other(msg));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.received += bytes.len() as u64;
-        match &mut self.whole {
-            Some(w) => w.write(bytes),
-            None => {
-                if self.buf.len() as u64 + bytes.len() as u64 > self.expect {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "range body longer than asked",
-                    ));
-                }
-                self.buf.extend_from_slice(bytes);
-                Ok(())
-            }
-        }
+    /// Drop every cached byte of a blob: memory, chunk files and verified file.
+    fn forget_blob(&self, d: &Digest) {
+        self.forget_memory(d);
+        usage::remove_blob(&self.root, d);
+        self.ledger.forget(d);
     }
 }

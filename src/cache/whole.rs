@@ -50,10 +50,15 @@ impl Verified {
     }
 }
 
+/// The length of the sidecar of a blob of `size` bytes: magic, size, one CRC per chunk,
+/// and a CRC of all that.
+pub fn sidecar_len(size: u64) -> u64 {
+    8 + 8 + 4 * chunk::chunk_count(size) + 4
+}
+
 fn read_sidecar(path: &Path, size: u64) -> Option<Vec<u32>> {
     let bytes = fs::read(path).ok()?;
-    let count = chunk::chunk_count(size) as usize;
-    if bytes.len() != 8 + 8 + 4 * count + 4 || &bytes[..8] != SIDECAR_MAGIC {
+    if bytes.len() as u64 != sidecar_len(size) || &bytes[..8] != SIDECAR_MAGIC {
         return None;
     }
     let body = &bytes[..bytes.len() - 4];
@@ -72,7 +77,8 @@ fn read_sidecar(path: &Path, size: u64) -> Option<Vec<u32>> {
     )
 }
 
-/// Writes a whole blob to a temp file, hashing and checksumming as it goes.
+/// Writes a whole blob to a temp file, hashing and checksumming as it goes. A writer
+/// dropped before [`WholeWriter::finish`] removes its temp file.
 pub struct WholeWriter {
     digest: Digest,
     size: u64,
@@ -82,6 +88,7 @@ pub struct WholeWriter {
     written: u64,
     pending: Vec<u8>,
     crcs: Vec<u32>,
+    done: bool,
 }
 
 impl WholeWriter {
@@ -97,6 +104,7 @@ impl WholeWriter {
             written: 0,
             pending: Vec::new(),
             crcs: Vec::new(),
+            done: false,
         })
     }
 
@@ -132,9 +140,7 @@ impl WholeWriter {
     /// Check length and digest; on success move the blob and its sidecar into place.
     pub fn finish(mut self, dest: &Path, sidecar: &Path) -> Result<(), CacheError> {
         let result = self.finish_inner(dest, sidecar);
-        if result.is_err() {
-            let _ = fs::remove_file(&self.tmp);
-        }
+        self.done = result.is_ok();
         result
     }
 
@@ -170,6 +176,15 @@ impl WholeWriter {
         fs::rename(&side_tmp, sidecar).map_err(|e| io_err(sidecar, e))?;
         fs::rename(&self.tmp, dest).map_err(|e| io_err(dest, e))?;
         Ok(())
+    }
+}
+
+impl Drop for WholeWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+            let _ = fs::remove_file(self.tmp.with_extension("crc"));
+        }
     }
 }
 

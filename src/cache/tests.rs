@@ -1,0 +1,460 @@
+//! Tests of eviction, the size cap, the free-space floor and read-ahead, through the
+//! filesystem core against the in-memory source (which counts requests and bytes).
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::chunk::CHUNK_SIZE;
+use super::evict::Space;
+use super::usage::dir_bytes;
+use super::{BlobCache, BlobRef, CacheConfig};
+use crate::error::SourceError;
+use crate::fs::{Fs, FsConfig};
+use crate::oci::{Descriptor, Digest, ANNOTATION_TITLE, OCI_MANIFEST};
+use crate::source::memory::MemorySource;
+use crate::source::{BlobSink, FetchedManifest, Reference, Source};
+use crate::tree::{RootKind, Tree, TreeConfig, ROOT};
+
+const MIB: u64 = 1024 * 1024;
+
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u64 * 2654435761 % 251) as u8 ^ seed)
+        .collect()
+}
+
+fn desc_json(d: &Descriptor) -> serde_json::Value {
+    let mut v = serde_json::json!({"mediaType": d.media_type, "digest": d.digest.to_string(), "size": d.size});
+    if !d.annotations.is_empty() {
+        v["annotations"] = serde_json::to_value(&d.annotations).unwrap();
+    }
+    v
+}
+
+/// An artifact `r:t` with files `f0`, `f1`, ... of the given sizes, mounted over `src`
+/// (or a wrapper of it) with a cache in `dir`.
+struct Setup {
+    mem: Arc<MemorySource>,
+    fs: Fs,
+    data: Vec<Vec<u8>>,
+    blobs: Vec<BlobRef>,
+    inos: Vec<u64>,
+}
+
+fn publish(mem: &MemorySource, sizes: &[usize]) -> (Vec<Vec<u8>>, Vec<Descriptor>) {
+    let mut data = Vec::new();
+    let mut layers = Vec::new();
+    for (k, n) in sizes.iter().enumerate() {
+        let d = bytes(*n, k as u8 + 1);
+        let mut desc = mem.put_blob("application/octet-stream", d.clone());
+        desc.annotations
+            .insert(ANNOTATION_TITLE.into(), format!("f{k}"));
+        data.push(d);
+        layers.push(desc);
+    }
+    let config = mem.put_blob("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc_json(&config),
+        "layers": layers.iter().map(desc_json).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    mem.put_manifest("r", Some("t"), manifest);
+    (data, layers)
+}
+
+fn mount(
+    mem: Arc<MemorySource>,
+    src: Arc<dyn Source>,
+    dir: &Path,
+    sizes: &[usize],
+    tune: impl FnOnce(&mut CacheConfig),
+) -> Setup {
+    let (data, layers) = publish(&mem, sizes);
+    let tree = Tree::new(
+        src,
+        RootKind::Artifact("r".into(), Reference::Tag("t".into())),
+        TreeConfig::default(),
+    )
+    .unwrap();
+    let mut cfg = CacheConfig::new(dir.to_path_buf());
+    cfg.min_free_percent = 0.0;
+    tune(&mut cfg);
+    let fs = Fs::new(tree, BlobCache::open(cfg).unwrap(), FsConfig::default());
+    let inos = (0..sizes.len())
+        .map(|k| fs.lookup(ROOT, &format!("f{k}")).unwrap().ino)
+        .collect();
+    let blobs = layers
+        .iter()
+        .map(|l| BlobRef {
+            repo: "r".into(),
+            digest: l.digest.clone(),
+            size: l.size,
+        })
+        .collect();
+    Setup {
+        mem,
+        fs,
+        data,
+        blobs,
+        inos,
+    }
+}
+
+fn setup(dir: &Path, sizes: &[usize], tune: impl FnOnce(&mut CacheConfig)) -> Setup {
+    let mem = Arc::new(MemorySource::new());
+    mount(mem.clone(), mem, dir, sizes, tune)
+}
+
+/// Read a whole file through one handle in reads of `step` bytes.
+fn read_through(fs: &Fs, fh: u64, step: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = fs.read(fh, out.len() as u64, step).unwrap();
+        if b.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&b);
+    }
+}
+
+fn read_file(fs: &Fs, ino: u64, step: u32) -> Vec<u8> {
+    let fh = fs.open(ino, false).unwrap();
+    let out = read_through(fs, fh, step);
+    fs.release(fh);
+    out
+}
+
+fn requests(s: &Setup) -> u64 {
+    s.mem.blob_requests.load(Ordering::Relaxed)
+}
+
+fn served(s: &Setup) -> u64 {
+    s.mem.blob_bytes.load(Ordering::Relaxed)
+}
+
+fn cached(dir: &Path, d: &Digest) -> bool {
+    dir.join("v1/blobs/sha256").join(d.hex()).exists()
+        || dir.join("v1/chunks/sha256").join(d.hex()).exists()
+}
+
+/// The cache's size on disk (apparent bytes of every file under `v1/`) must equal what it
+/// accounts, and stay under `cap`.
+fn assert_within(s: &Setup, dir: &Path, cap: u64) {
+    s.fs.wait_idle();
+    let on_disk = dir_bytes(&dir.join("v1"));
+    assert!(on_disk <= cap, "{on_disk} bytes on disk, cap {cap}");
+    assert_eq!(
+        s.fs.cache().disk_usage(),
+        on_disk,
+        "the running total matches the disk"
+    );
+}
+
+#[test]
+fn sequential_reads_fetch_ahead_in_few_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path(), &[40 * MIB as usize], |_| {});
+    let (r0, b0) = (requests(&s), served(&s));
+    assert_eq!(read_file(&s.fs, s.inos[0], 128 * 1024), s.data[0]);
+    s.fs.wait_idle();
+    let reqs = requests(&s) - r0;
+    eprintln!(
+        "sequential 40 MiB in 128 KiB reads: {reqs} requests, {} chunks read ahead",
+        s.fs.cache().stats.prefetch_chunks.load(Ordering::Relaxed)
+    );
+    assert!(reqs <= 24, "{reqs} requests for 320 reads");
+    assert_eq!(served(&s) - b0, 40 * MIB, "no byte is fetched twice");
+    assert!(s.fs.cache().stats.prefetch_chunks.load(Ordering::Relaxed) >= 30);
+}
+
+#[test]
+fn random_reads_do_not_read_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let s = setup(dir.path(), &[size as usize], |_| {});
+    let fh = s.fs.open(s.inos[0], false).unwrap();
+    let (r0, b0) = (requests(&s), served(&s));
+    // Scattered offsets, each at least 2 MiB from the last read and inside one chunk.
+    let mut offsets: Vec<u64> = Vec::new();
+    let mut x: u64 = 12345;
+    while offsets.len() < 40 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 20) % (size - 4096);
+        let far = offsets.last().is_none_or(|p| off.abs_diff(*p) > 2 * MIB);
+        if far && off % CHUNK_SIZE <= CHUNK_SIZE - 4096 {
+            offsets.push(off);
+        }
+    }
+    for &off in &offsets {
+        let got = s.fs.read(fh, off, 4096).unwrap();
+        assert_eq!(got, &s.data[0][off as usize..off as usize + 4096]);
+    }
+    s.fs.wait_idle();
+    let reads = offsets.len() as u64;
+    let (reqs, bytes) = (requests(&s) - r0, served(&s) - b0);
+    eprintln!("{reads} random 4 KiB reads: {reqs} requests, {bytes} bytes");
+    assert!(
+        bytes <= reads * CHUNK_SIZE,
+        "{bytes} bytes for {reads} reads"
+    );
+    assert!(reqs <= reads);
+    assert_eq!(
+        s.fs.cache().stats.prefetch_chunks.load(Ordering::Relaxed),
+        0
+    );
+    s.fs.release(fh);
+}
+
+/// A source whose read-ahead requests all fail (foreground reads succeed).
+struct FailingReadAhead(Arc<MemorySource>);
+
+impl Source for FailingReadAhead {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
+        self.0.catalog()
+    }
+    fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
+        self.0.tags(repo)
+    }
+    fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
+        self.0.manifest(repo, reference)
+    }
+    fn fetch_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        range: Option<Range<u64>>,
+        sink: &mut dyn BlobSink,
+    ) -> Result<(), SourceError> {
+        if std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("orasfs-readahead"))
+        {
+            return Err(SourceError::Status {
+                url: "memory://read-ahead".into(),
+                status: 503,
+            });
+        }
+        self.0.fetch_blob(repo, digest, size, range, sink)
+    }
+}
+
+#[test]
+fn a_failing_read_ahead_never_fails_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemorySource::new());
+    let s = mount(
+        mem.clone(),
+        Arc::new(FailingReadAhead(mem)),
+        dir.path(),
+        &[20 * MIB as usize],
+        |_| {},
+    );
+    assert_eq!(read_file(&s.fs, s.inos[0], 128 * 1024), s.data[0]);
+    s.fs.wait_idle();
+    assert!(s.fs.cache().stats.prefetch_failures.load(Ordering::Relaxed) > 0);
+    assert!(s.fs.cache().stats.prefetch_chunks.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn the_size_cap_holds_and_evicted_blobs_lose_their_memory_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 12 * MIB;
+    let size = 5 * MIB as usize + 3;
+    let s = setup(dir.path(), &[size; 4], |c| {
+        c.small_blob = 0;
+        c.max_size = Some(cap);
+    });
+    for k in 0..4 {
+        assert_eq!(
+            read_file(&s.fs, s.inos[k], 128 * 1024),
+            s.data[k],
+            "blob {k}"
+        );
+        assert_within(&s, dir.path(), cap);
+        if k == 0 {
+            assert!(
+                s.fs.cache().is_verified(&s.blobs[0]),
+                "read whole, verified, promoted"
+            );
+        }
+    }
+    let c = s.fs.cache();
+    assert!(c.stats.evicted_blobs.load(Ordering::Relaxed) >= 2);
+    assert!(
+        !cached(dir.path(), &s.blobs[0].digest),
+        "the least recently used went first"
+    );
+    assert!(
+        !c.is_verified(&s.blobs[0]),
+        "eviction drops the verified state with the file"
+    );
+    assert_eq!(
+        s.fs.getxattr(s.inos[0], "user.orasfs.verified").unwrap(),
+        b"false"
+    );
+    // Its chunks are gone from memory too: reading it again fetches it again.
+    let r0 = requests(&s);
+    let fh = s.fs.open(s.inos[0], false).unwrap();
+    assert_eq!(s.fs.read(fh, 10, 100).unwrap(), &s.data[0][10..110]);
+    assert!(requests(&s) > r0);
+    assert_eq!(read_through(&s.fs, fh, 1 << 20), s.data[0]);
+    s.fs.release(fh);
+    assert_within(&s, dir.path(), cap);
+}
+
+#[test]
+fn a_blob_open_for_reading_is_never_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 10 * MIB;
+    let s = setup(dir.path(), &[4 * MIB as usize; 3], |c| {
+        c.small_blob = 0;
+        c.max_size = Some(cap);
+    });
+    let pinned = s.fs.open(s.inos[0], false).unwrap();
+    assert_eq!(read_through(&s.fs, pinned, 128 * 1024), s.data[0]);
+    s.fs.wait_idle();
+    for k in 1..3 {
+        assert_eq!(read_file(&s.fs, s.inos[k], 128 * 1024), s.data[k]);
+        assert_within(&s, dir.path(), cap);
+    }
+    assert!(
+        s.fs.cache().stats.evicted_blobs.load(Ordering::Relaxed) >= 1,
+        "something had to go"
+    );
+    assert!(
+        !cached(dir.path(), &s.blobs[1].digest),
+        "the unpinned, least recently used blob went"
+    );
+    assert!(
+        cached(dir.path(), &s.blobs[0].digest),
+        "the open one stayed"
+    );
+    let r0 = requests(&s);
+    assert_eq!(s.fs.read(pinned, 0, 4 * MIB as u32).unwrap(), s.data[0]);
+    assert_eq!(
+        requests(&s),
+        r0,
+        "the open blob is still served from the cache"
+    );
+    s.fs.release(pinned);
+    // Once closed it is fair game: reading the others again evicts it.
+    for k in 1..3 {
+        assert_eq!(read_file(&s.fs, s.inos[k], MIB as u32), s.data[k]);
+    }
+    assert_within(&s, dir.path(), cap);
+    assert!(!cached(dir.path(), &s.blobs[0].digest));
+}
+
+/// A filesystem of 100 MiB with 18 MiB free before the cache's own files.
+fn small_disk(root: &Path) -> Option<Space> {
+    Some(Space {
+        total: 100 * MIB,
+        avail: (18 * MIB).saturating_sub(dir_bytes(root)),
+    })
+}
+
+#[test]
+fn the_free_space_floor_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keeping 10% (10 MiB) free leaves the cache 8 MiB.
+    let s = setup(dir.path(), &[3 * MIB as usize; 4], |c| {
+        c.small_blob = 0;
+        c.min_free_percent = 10.0;
+        c.space_probe = small_disk;
+    });
+    for k in 0..4 {
+        assert_eq!(read_file(&s.fs, s.inos[k], 256 * 1024), s.data[k]);
+        assert_within(&s, dir.path(), 8 * MIB);
+    }
+    assert!(s.fs.cache().stats.evicted_blobs.load(Ordering::Relaxed) >= 1);
+    assert!(
+        cached(dir.path(), &s.blobs[3].digest),
+        "the newest blob is kept"
+    );
+}
+
+#[test]
+fn concurrent_readers_under_a_tight_cap_read_correct_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 8 * MIB;
+    let s = Arc::new(setup(dir.path(), &[3 * MIB as usize + 7; 6], |c| {
+        c.small_blob = 0;
+        c.max_size = Some(cap);
+    }));
+    let threads: Vec<_> = (0..6)
+        .map(|k| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2 {
+                    assert_eq!(
+                        read_file(&s.fs, s.inos[k], 128 * 1024),
+                        s.data[k],
+                        "blob {k}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_within(&s, dir.path(), cap);
+}
+
+fn backdate(dir: &Path, d: &Digest, hours: u64) {
+    let t = SystemTime::now() - Duration::from_secs(hours * 3600);
+    for p in [
+        dir.join("v1/blobs/sha256").join(d.hex()),
+        dir.join("v1/chunks/sha256").join(d.hex()),
+    ] {
+        if p.exists() {
+            std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
+        }
+    }
+}
+
+#[test]
+fn use_is_recorded_on_disk_and_a_smaller_cap_applies_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 2 * MIB as usize;
+    let blobs = {
+        let s = setup(dir.path(), &[size; 3], |c| c.small_blob = 0);
+        for k in 0..3 {
+            assert_eq!(read_file(&s.fs, s.inos[k], MIB as u32), s.data[k]);
+        }
+        s.fs.wait_idle();
+        s.blobs.clone()
+    };
+    // Blob 0 is the oldest on disk, then 1, then 2.
+    for (k, b) in blobs.iter().enumerate() {
+        backdate(dir.path(), &b.digest, 3 - k as u64);
+    }
+    {
+        // Reading blob 0 in a new session records the use on disk.
+        let s = setup(dir.path(), &[size; 3], |c| c.small_blob = 0);
+        let r0 = requests(&s);
+        assert_eq!(read_file(&s.fs, s.inos[0], MIB as u32), s.data[0]);
+        assert_eq!(requests(&s), r0, "served from the cache");
+        s.fs.wait_idle();
+    }
+    // Reopened with room for two blobs: the least recently used (1) is evicted at once.
+    let s = setup(dir.path(), &[size; 3], |c| {
+        c.small_blob = 0;
+        c.max_size = Some(2 * size as u64 + MIB);
+    });
+    assert!(cached(dir.path(), &blobs[0].digest));
+    assert!(!cached(dir.path(), &blobs[1].digest));
+    assert!(cached(dir.path(), &blobs[2].digest));
+    assert_within(&s, dir.path(), 2 * size as u64 + MIB);
+}
