@@ -268,9 +268,12 @@ impl BlobCache {
         self.ledger.total()
     }
 
-    /// Keep a blob from eviction (counted: every `pin` needs an `unpin`).
+    /// Keep a blob from eviction (counted: every `pin` needs an `unpin`). Pinning is a
+    /// use: it moves the blob to the front of the LRU list (reads the kernel serves
+    /// without asking us, as with FUSE passthrough, are then still counted once per open).
     pub fn pin(&self, d: &Digest) {
         self.ledger.pin(d);
+        self.note_use(d);
     }
 
     pub fn unpin(&self, d: &Digest) {

@@ -458,3 +458,32 @@ fn use_is_recorded_on_disk_and_a_smaller_cap_applies_at_open() {
     assert!(cached(dir.path(), &blobs[2].digest));
     assert_within(&s, dir.path(), 2 * size as u64 + MIB);
 }
+
+#[test]
+fn whole_blob_fetches_are_accounted_under_the_cap() {
+    let cap = 8 * MIB;
+    // Strict mode fetches and verifies whole blobs before the first byte.
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path(), &[3 * MIB as usize; 4], |c| {
+        c.verify = super::VerifyMode::Strict;
+        c.max_size = Some(cap);
+    });
+    for k in 0..4 {
+        assert_eq!(read_file(&s.fs, s.inos[k], 128 * 1024), s.data[k]);
+        assert!(s.fs.cache().is_verified(&s.blobs[k]));
+        assert_within(&s, dir.path(), cap);
+    }
+    assert!(s.fs.cache().stats.evicted_blobs.load(Ordering::Relaxed) >= 2);
+    // A server that ignores ranges sends whole blobs to the chunked path.
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path(), &[3 * MIB as usize; 4], |c| {
+        c.small_blob = 0;
+        c.max_size = Some(cap);
+    });
+    s.mem.ignore_ranges.store(true, Ordering::Relaxed);
+    for k in 0..4 {
+        assert_eq!(read_file(&s.fs, s.inos[k], 128 * 1024), s.data[k]);
+        assert_within(&s, dir.path(), cap);
+    }
+    assert!(s.fs.cache().stats.evicted_blobs.load(Ordering::Relaxed) >= 2);
+}
