@@ -78,27 +78,35 @@ impl LayoutSource {
 
     fn index(&self) -> Result<ImageIndex, SourceError> {
         let bytes = self.read_small(&self.root.join("index.json"))?;
-        match Manifest::parse(&bytes, Some(crate::oci::OCI_INDEX)) {
+        // Judge the document by its own mediaType and shape first, so an image manifest
+        // saved as index.json is refused rather than read as an empty index; only a
+        // document that says nothing about itself is taken as the index it should be.
+        match Manifest::parse(&bytes, None) {
             Ok(Manifest::Index(i)) => Ok(i),
-            Ok(Manifest::Image(_)) => Err(self.bad("index.json is not an index".into())),
-            Err(e) => Err(self.bad(format!("index.json: {e}"))),
+            Ok(Manifest::Image(_)) => {
+                Err(self.bad("index.json is an image manifest, not an index".into()))
+            }
+            Err(_) => match Manifest::parse(&bytes, Some(crate::oci::OCI_INDEX)) {
+                Ok(Manifest::Index(i)) => Ok(i),
+                Ok(Manifest::Image(_)) => Err(self.bad("index.json is not an index".into())),
+                Err(e) => Err(self.bad(format!("index.json: {e}"))),
+            },
         }
     }
 
-    /// The path of a blob, refusing one that leads out of the layout.
+    /// The real path of a blob, refusing one that leads out of the layout — through a
+    /// symlink at the blob itself or at any directory above it (`blobs/`, `blobs/sha256/`).
     fn blob_path(&self, digest: &Digest) -> Result<PathBuf, SourceError> {
         let path = self.root.join("blobs").join("sha256").join(digest.hex());
-        let meta = std::fs::symlink_metadata(&path)
+        std::fs::symlink_metadata(&path)
             .map_err(|_| SourceError::NotFound(format!("blob {digest} in {}", self.name())))?;
-        if meta.file_type().is_symlink() {
-            let target = path
-                .canonicalize()
-                .map_err(|e| self.bad(format!("blob {digest}: {e}")))?;
-            if !target.starts_with(&self.root) {
-                return Err(self.bad(format!("blob {digest} is a symlink out of the layout")));
-            }
+        let real = path
+            .canonicalize()
+            .map_err(|e| self.bad(format!("blob {digest}: {e}")))?;
+        if !real.starts_with(&self.root) {
+            return Err(self.bad(format!("blob {digest} is a symlink out of the layout")));
         }
-        Ok(path)
+        Ok(real)
     }
 }
 
