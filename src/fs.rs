@@ -111,7 +111,9 @@ impl Fs {
         let (is_dir, size, mtime) = match node {
             Node::Blob { desc, mtime, .. } => (false, desc.size, *mtime),
             Node::Inline { bytes, mtime, .. } => (false, bytes.len() as u64, *mtime),
-            Node::Image(m) | Node::Index(m) | Node::SubDir { manifest: m } => (true, 0, m.mtime),
+            Node::Image(m) | Node::Index(m) | Node::SubDir { manifest: m } | Node::Referrers(m) => {
+                (true, 0, m.mtime)
+            }
             Node::Namespace { .. } | Node::Repo { .. } | Node::ControlDir | Node::Hosts => {
                 (true, 0, self.started)
             }
@@ -135,7 +137,9 @@ impl Fs {
     /// How long the kernel may trust this entry: long when nothing can change it.
     pub fn ttl(&self, ino: Ino) -> Duration {
         match self.tree.node(ino) {
-            Ok(Node::Namespace { .. } | Node::Repo { .. } | Node::Hosts) => self.cfg.mutable_ttl,
+            Ok(Node::Namespace { .. } | Node::Repo { .. } | Node::Hosts | Node::Referrers(_)) => {
+                self.cfg.mutable_ttl
+            }
             Ok(Node::Image(m) | Node::Index(m))
                 if matches!(m.reference, crate::source::Reference::Tag(_)) =>
             {
@@ -297,6 +301,7 @@ impl Fs {
                 }
             }
             Node::SubDir { .. }
+            | Node::Referrers(_)
             | Node::Namespace { .. }
             | Node::Repo { .. }
             | Node::ControlDir

@@ -12,7 +12,9 @@ use crate::oci::{Descriptor, Platform};
 /// Names orasfs itself places in a manifest directory; titles may not take them.
 pub const MANIFEST_FILE: &str = ".manifest.json";
 pub const CONFIG_FILE: &str = ".config.json";
-pub const RESERVED: &[&str] = &[MANIFEST_FILE, CONFIG_FILE, ".referrers", ".orasfs"];
+/// The directory of artifacts whose `subject` is the manifest.
+pub const REFERRERS_DIR: &str = ".referrers";
+pub const RESERVED: &[&str] = &[MANIFEST_FILE, CONFIG_FILE, REFERRERS_DIR, ".orasfs"];
 /// Longest file-name component Linux accepts.
 pub const MAX_COMPONENT: usize = 255;
 
@@ -176,6 +178,94 @@ fn platform_name(p: &Platform) -> Option<String> {
     }
 }
 
+/// Hex digits of the digest in a referrer's name.
+const REFERRER_HEX: usize = 12;
+/// Longest artifact-type word in a referrer's name.
+const MAX_TYPE_WORD: usize = 32;
+
+/// A short word for an artifact type, for referrer directory names:
+///
+/// 1. well-known families: SBOMs (`spdx`, `cyclonedx`, `syft`) → `sbom`; signatures
+///    (`cosign`, `notary`, `signature`, a `.sig` word) → `signature`; `in-toto` statements
+///    and attestations → `attestation`;
+/// 2. otherwise the last word of the subtype, after dropping a `+suffix` and version words
+///    (`v1`, `v1alpha2`, `1.0`), split on `.`: `application/vnd.acme.model.v1+json` →
+///    `model`; lowercased, characters other than `a-z`, `0-9` and `-` become `-`, at most
+///    32 characters;
+/// 3. no artifact type, or nothing left: `artifact`.
+pub fn artifact_type_word(artifact_type: Option<&str>) -> String {
+    let Some(t) = artifact_type.map(str::to_ascii_lowercase) else {
+        return "artifact".into();
+    };
+    let subtype = t.split_once('/').map_or(t.as_str(), |(_, s)| s);
+    let base = subtype.split('+').next().unwrap_or(subtype);
+    let words: Vec<&str> = base.split('.').collect();
+    let has = |w: &str| words.contains(&w);
+    if ["spdx", "cyclonedx", "syft", "sbom"]
+        .iter()
+        .any(|f| t.contains(f))
+    {
+        return "sbom".into();
+    }
+    if t.contains("cosign") || t.contains("notary") || t.contains("signature") || has("sig") {
+        return "signature".into();
+    }
+    if t.contains("in-toto") || t.contains("intoto") || t.contains("attestation") {
+        return "attestation".into();
+    }
+    let is_version = |w: &str| {
+        let digits = w.strip_prefix('v').unwrap_or(w);
+        digits.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let word = words
+        .iter()
+        .rev()
+        .find(|w| !w.is_empty() && !is_version(w))
+        .map(|w| {
+            w.chars()
+                .map(|c| {
+                    if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(MAX_TYPE_WORD)
+                .collect::<String>()
+        })
+        .map(|w| w.trim_matches('-').to_string())
+        .unwrap_or_default();
+    if word.is_empty() {
+        "artifact".into()
+    } else {
+        word
+    }
+}
+
+/// Directory names for referrers, in order: `<artifact type word>-<12 hex of the
+/// digest>` (see [`artifact_type_word`]); a name taken by an earlier referrer gets the
+/// digest's full 64 hex digits instead; a digest listed twice is shown once.
+pub fn referrer_names(referrers: &[Descriptor]) -> Vec<(String, Descriptor)> {
+    let mut out: Vec<(String, Descriptor)> = Vec::new();
+    let mut taken = HashSet::new();
+    let mut seen = HashSet::new();
+    for d in referrers {
+        if !seen.insert(d.digest.clone()) {
+            continue;
+        }
+        let word = artifact_type_word(d.artifact_type.as_deref());
+        let short = format!("{word}-{}", &d.digest.hex()[..REFERRER_HEX]);
+        let name = if taken.contains(&short) {
+            format!("{word}-{}", d.digest.hex())
+        } else {
+            short
+        };
+        taken.insert(name.clone());
+        out.push((name, d.clone()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +368,55 @@ mod tests {
         let names = index_entry_names(&[a, b.clone(), layer(3, None)]);
         assert_eq!(names[0], "linux-arm64-v8");
         assert_eq!(names[1], format!("sha256-{}", b.digest.hex()));
+    }
+
+    #[test]
+    fn artifact_type_words() {
+        for (t, w) in [
+            ("application/spdx+json", "sbom"),
+            ("application/vnd.cyclonedx+xml", "sbom"),
+            (
+                "application/vnd.dev.cosign.artifact.sig.v1+json",
+                "signature",
+            ),
+            ("application/vnd.cncf.notary.signature", "signature"),
+            ("application/vnd.in-toto+json", "attestation"),
+            ("application/vnd.acme.model.v1+json", "model"),
+            ("application/vnd.oci.image.config.v1+json", "config"),
+            ("application/sarif+json", "sarif"),
+            ("application/vnd.acme.Weird_Name.v2", "weird-name"),
+            ("text/plain", "plain"),
+            ("application/v1.2", "artifact"),
+            ("application/", "artifact"),
+        ] {
+            assert_eq!(artifact_type_word(Some(t)), w, "{t}");
+        }
+        assert_eq!(artifact_type_word(None), "artifact");
+        let long = format!("application/{}", "x".repeat(300));
+        assert_eq!(artifact_type_word(Some(&long)).len(), MAX_TYPE_WORD);
+    }
+
+    #[test]
+    fn referrer_names_are_unique() {
+        let d = |hex: &str, t: Option<&str>| Descriptor {
+            artifact_type: t.map(str::to_string),
+            digest: Digest::parse(&format!("sha256:{hex}")).unwrap(),
+            ..layer(0, None)
+        };
+        let a = format!("1a2b3c4d5e6f{}", "0".repeat(52));
+        let b = format!("1a2b3c4d5e6f{}", "1".repeat(52));
+        let names: Vec<String> = referrer_names(&[
+            d(&a, Some("application/spdx+json")),
+            d(&b, Some("application/spdx+json")),
+            d(&a, Some("application/spdx+json")),
+            d(&b, None),
+        ])
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+        assert_eq!(
+            names,
+            ["sbom-1a2b3c4d5e6f".to_string(), format!("sbom-{b}")]
+        );
     }
 }

@@ -47,6 +47,9 @@ pub enum Node {
     Index(Arc<ManifestNode>),
     /// A directory made by titles with `/` inside an image.
     SubDir { manifest: Arc<ManifestNode> },
+    /// `.referrers/` in a manifest directory: one subdirectory per artifact whose
+    /// `subject` is that manifest, as the source lists them.
+    Referrers(Arc<ManifestNode>),
     /// A layer or config blob.
     Blob {
         blob: BlobRef,
@@ -114,6 +117,8 @@ impl Default for TreeConfig {
 type Listing = (Instant, Arc<Vec<String>>);
 /// The catalog (`None` when the source has none) and when it was fetched.
 type CatalogListing = (Instant, Option<Arc<Vec<String>>>);
+/// A manifest's referrers, named, and when they were listed.
+type ReferrerListing = (Instant, Arc<Vec<(String, Descriptor)>>);
 
 /// The inode table and the metadata caches behind it.
 pub struct Tree {
@@ -127,10 +132,17 @@ pub struct Tree {
     catalog: Mutex<HashMap<String, CatalogListing>>,
     hosts: Option<Arc<MultiSource>>,
     warned: Mutex<HashSet<String>>,
+    /// Referrer listings by (repository, subject digest).
+    referrers: Mutex<HashMap<(String, Digest), ReferrerListing>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The key under which a referrer that does not name `m` as its subject is remembered.
+fn referrer_key(m: &ManifestNode, referrer: &Descriptor) -> String {
+    format!("referrer:{}:{}", m.digest, referrer.digest)
 }
 
 /// Parse an RFC 3339 `created` annotation.
@@ -157,6 +169,7 @@ impl Tree {
                 _ => None,
             },
             warned: Mutex::new(HashSet::new()),
+            referrers: Mutex::new(HashMap::new()),
         };
         let root_node = match root {
             RootKind::Registry => Node::Namespace {
@@ -293,13 +306,16 @@ impl Tree {
         }
     }
 
-    /// Create the children of a directory whose content is fixed by an image manifest.
-    /// (Index entries need a fetch each, so they are added on lookup.)
+    /// Create the children of a directory whose content is fixed by an image manifest,
+    /// and the `.referrers/` of images and indexes — reachable by name but not listed, like
+    /// `.orasfs/`, so tree walks (`find`, `cp -r`, `du`) do not fetch every manifest's
+    /// referrers. (Index entries need a fetch each, so they are added on lookup.)
     fn fill_fixed(&self, ino: Ino, node: &Node) {
-        if let Node::Image(m) = node {
+        if let Node::Image(m) | Node::Index(m) = node {
             if let Manifest::Image(image) = &m.fetched.manifest {
                 self.fill_image(ino, m, image);
             }
+            self.add(ino, names::REFERRERS_DIR, Node::Referrers(m.clone()));
         }
     }
 
@@ -376,6 +392,7 @@ impl Tree {
             Node::Repo { repo } => self.lookup_in_repo(parent, repo, name, false),
             Node::Namespace { prefix } => self.lookup_namespace(parent, prefix, name),
             Node::Hosts => self.lookup_host(parent, name),
+            Node::Referrers(m) => self.lookup_referrer(parent, m, name),
             Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => Err(FsError::NotDir),
         }
     }
@@ -397,6 +414,62 @@ impl Tree {
         // An index that names itself (directly or in a cycle) just shows the same content
         // one level down; each level costs a lookup, so no loop runs unbounded.
         let fetched = self.fetch_manifest(&m.repo, &reference)?;
+        let node = self.manifest_node(&m.repo, reference, fetched);
+        let ino = self.add(parent, name, node.clone());
+        self.fill_fixed(ino, &node);
+        Ok(ino)
+    }
+
+    /// The referrers of a manifest, named, from a listing no older than the TTL.
+    fn referrers_of(&self, m: &ManifestNode) -> Result<Arc<Vec<(String, Descriptor)>>, FsError> {
+        let key = (m.repo.clone(), m.digest.clone());
+        if let Some((at, r)) = lock(&self.referrers).get(&key) {
+            if at.elapsed() < self.cfg.metadata_ttl {
+                return Ok(r.clone());
+            }
+        }
+        let found = self.source.referrers(&m.repo, &m.digest)?;
+        let list = Arc::new(names::referrer_names(&found));
+        lock(&self.referrers).insert(key, (Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// A referrer of `m` by name; shown only if its manifest names `m` as its subject.
+    fn lookup_referrer(
+        &self,
+        parent: Ino,
+        m: &Arc<ManifestNode>,
+        name: &str,
+    ) -> Result<Ino, FsError> {
+        let list = self.referrers_of(m)?;
+        let (_, desc) = list
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or(FsError::NotFound)?;
+        if let Some(c) = self.child(parent, name) {
+            if let Ok(Node::Image(r) | Node::Index(r)) = self.node(c) {
+                if r.digest == desc.digest {
+                    return Ok(c);
+                }
+            }
+        }
+        let reference = Reference::Digest(desc.digest.clone());
+        let fetched = self.fetch_manifest(&m.repo, &reference)?;
+        let subject = serde_json::from_slice::<serde_json::Value>(&fetched.bytes)
+            .ok()
+            .and_then(|v| Some(v.get("subject")?.get("digest")?.as_str()?.to_string()));
+        if subject.as_deref() != Some(m.digest.to_string().as_str()) {
+            self.warn_once(referrer_key(m, desc), || {
+                format!(
+                    "{}@{}: listed as a referrer of {}, but its subject is {}; not shown",
+                    m.repo,
+                    desc.digest,
+                    m.digest,
+                    subject.as_deref().unwrap_or("missing")
+                )
+            });
+            return Err(FsError::NotFound);
+        }
         let node = self.manifest_node(&m.repo, reference, fetched);
         let ino = self.add(parent, name, node.clone());
         self.fill_fixed(ino, &node);
@@ -580,6 +653,15 @@ impl Tree {
             Node::Repo { repo } => self.tags(repo)?.to_vec(),
             Node::Namespace { prefix } => self.namespace_names(prefix)?,
             Node::Hosts => self.hosts.as_ref().map(|m| m.visited()).unwrap_or_default(),
+            Node::Referrers(m) => {
+                // Referrers already found not to name this subject are left out quietly.
+                let list = self.referrers_of(m)?;
+                let refused = lock(&self.warned);
+                list.iter()
+                    .filter(|(_, d)| !refused.contains(&referrer_key(m, d)))
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            }
             Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => {
                 return Err(FsError::NotDir)
             }
@@ -604,12 +686,18 @@ impl Tree {
         };
         e.children
             .iter()
-            .map(|(n, c)| {
-                let is_dir = nodes
-                    .get(*c as usize - 1)
-                    .map(|e| e.node.is_dir())
-                    .unwrap_or(false);
-                (n.clone(), *c, is_dir)
+            .filter_map(|(n, c)| {
+                let child = nodes.get(*c as usize - 1);
+                // `.referrers/` is looked up by name only.
+                if let Some(Entry {
+                    node: Node::Referrers(_),
+                    ..
+                }) = child
+                {
+                    return None;
+                }
+                let is_dir = child.map(|e| e.node.is_dir()).unwrap_or(false);
+                Some((n.clone(), *c, is_dir))
             })
             .collect()
     }
@@ -646,5 +734,6 @@ impl Tree {
         lock(&self.tags).clear();
         lock(&self.resolved).clear();
         lock(&self.catalog).clear();
+        lock(&self.referrers).clear();
     }
 }

@@ -952,3 +952,104 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
         "nothing was asked of the other origin"
     );
 }
+
+#[test]
+fn referrers_from_the_tag_schema_appear_under_dot_referrers() {
+    use registry_support::distribution::{Pushed, OCI_INDEX, OCI_MANIFEST};
+    use registry_support::orasfs::names;
+    let reg = Distribution::start(&Config::default());
+    let push = Pusher::anonymous(&reg.url(""));
+    let repo = "eo/products";
+    let subject = push.push_artifact(repo, "v1", &[("imagery.tif", b"tiff bytes")]);
+    let other = push.push_artifact(repo, "other", &[("x.txt", b"x")]);
+    let referrer = |subject: &Pushed, file: (&str, &[u8]), artifact_type: &str| {
+        push.push_artifact_with(
+            repo,
+            None,
+            &[file],
+            "application/octet-stream",
+            json!({"artifactType": artifact_type, "subject": subject.descriptor()}),
+        )
+    };
+    const SPDX: &str = "application/spdx+json";
+    const COSIGN: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+    const REPORT: &str = "application/vnd.acme.report.v1+json";
+    let sbom_doc: &[u8] = br#"{"spdxVersion": "SPDX-2.3"}"#;
+    let sbom = referrer(&subject, ("sbom.spdx.json", sbom_doc), SPDX);
+    let sig = referrer(&subject, ("signature.sig", b"signed"), COSIGN);
+    // Listed under v1's tag but pointing at another subject: must not be shown.
+    let stray = referrer(&other, ("stray.txt", b"stray"), REPORT);
+    let hex = |p: &Pushed| p.digest.trim_start_matches("sha256:").to_string();
+    let entry = |p: &Pushed, t: &str| json!({"mediaType": OCI_MANIFEST, "digest": p.digest, "size": p.manifest.len(), "artifactType": t});
+    // The fallback tag schema: an index tagged sha256-<hex of the subject>, as ORAS
+    // clients keep it for registries without the Referrers API (distribution 2.8).
+    let put_index = |entries: Vec<serde_json::Value>| {
+        let index = serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
+        )
+        .unwrap();
+        push.push_manifest(
+            repo,
+            &format!("sha256-{}", hex(&subject)),
+            OCI_INDEX,
+            &index,
+        );
+    };
+    put_index(vec![
+        entry(&sbom, SPDX),
+        entry(&sig, COSIGN),
+        entry(&stray, REPORT),
+    ]);
+
+    let m = expect_mount(
+        &format!("{}/{repo}", reg.addr()),
+        &Run::new().arg("--metadata-ttl").arg("0"),
+        "referrers",
+    );
+    let v1 = m.join("v1");
+    // Reachable by name, not listed: tree walks do not fetch every manifest's referrers.
+    assert!(!names(&v1).contains(&".referrers".to_string()));
+    let refs = v1.join(".referrers");
+    assert!(refs.is_dir());
+    let sbom_dir = format!("sbom-{}", &hex(&sbom)[..12]);
+    let sig_dir = format!("signature-{}", &hex(&sig)[..12]);
+    assert_eq!(names(&refs), [sbom_dir.clone(), sig_dir.clone()]);
+    assert_eq!(
+        names(&refs.join(&sbom_dir)),
+        [".config.json", ".manifest.json", "sbom.spdx.json"]
+    );
+    assert_eq!(
+        fs::read(refs.join(&sbom_dir).join("sbom.spdx.json")).unwrap(),
+        sbom_doc
+    );
+    assert_eq!(
+        fs::read(refs.join(&sbom_dir).join(".manifest.json")).unwrap(),
+        sbom.manifest
+    );
+    assert_eq!(
+        fs::read(refs.join(&sig_dir).join("signature.sig")).unwrap(),
+        b"signed"
+    );
+    // A manifest nobody refers to has an empty .referrers/.
+    assert!(names(&m.join("other").join(".referrers")).is_empty());
+    // Reached by digest, the same referrers.
+    let by_digest = m.join(&subject.digest).join(".referrers");
+    assert_eq!(names(&by_digest), [sbom_dir.clone(), sig_dir.clone()]);
+
+    // A new referrer pushed, and the tag index updated: it shows up.
+    let notes = referrer(&subject, ("notes.md", b"# notes"), "text/markdown");
+    put_index(vec![
+        entry(&sbom, SPDX),
+        entry(&sig, COSIGN),
+        entry(&notes, "text/markdown"),
+    ]);
+    let notes_dir = format!("markdown-{}", &hex(&notes)[..12]);
+    let mut want = vec![sbom_dir, sig_dir, notes_dir.clone()];
+    want.sort();
+    assert_eq!(names(&refs), want);
+    assert_eq!(
+        fs::read(refs.join(&notes_dir).join("notes.md")).unwrap(),
+        b"# notes"
+    );
+    m.finish();
+}

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::error::SourceError;
-use crate::oci::{Digest, Manifest, OciError, MAX_METADATA_SIZE};
+use crate::oci::{Descriptor, Digest, Manifest, OciError, MAX_METADATA_SIZE};
 
 /// A tag or a digest inside one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -124,6 +124,12 @@ pub trait Source: Send + Sync {
         range: Option<Range<u64>>,
         sink: &mut dyn BlobSink,
     ) -> Result<(), SourceError>;
+    /// Descriptors of the manifests whose `subject` is `digest` (OCI referrers). A source
+    /// that keeps none answers an empty list.
+    fn referrers(&self, repo: &str, digest: &Digest) -> Result<Vec<Descriptor>, SourceError> {
+        let _ = (repo, digest);
+        Ok(Vec::new())
+    }
 }
 
 /// A sink that collects a bounded body in memory.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{BlobSink, FetchedManifest, Reference, Source};
 use crate::error::SourceError;
-use crate::oci::Digest;
+use crate::oci::{Descriptor, Digest};
 
 /// Makes the source for a registry host.
 pub type Connect = Box<dyn Fn(&str) -> Result<Arc<dyn Source>, SourceError> + Send + Sync>;
@@ -21,7 +21,9 @@ pub struct MultiSource {
 
 impl std::fmt::Debug for MultiSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MultiSource").field("hosts", &self.visited()).finish()
+        f.debug_struct("MultiSource")
+            .field("hosts", &self.visited())
+            .finish()
     }
 }
 
@@ -76,11 +78,7 @@ impl Source for MultiSource {
         src.tags(&rest)
     }
 
-    fn manifest(
-        &self,
-        repo: &str,
-        reference: &Reference,
-    ) -> Result<FetchedManifest, SourceError> {
+    fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         let (src, rest) = self.route(repo)?;
         src.manifest(&rest, reference)
     }
@@ -95,6 +93,11 @@ impl Source for MultiSource {
     ) -> Result<(), SourceError> {
         let (src, rest) = self.route(repo)?;
         src.fetch_blob(&rest, digest, size, range, sink)
+    }
+
+    fn referrers(&self, repo: &str, digest: &Digest) -> Result<Vec<Descriptor>, SourceError> {
+        let (src, rest) = self.route(repo)?;
+        src.referrers(&rest, digest)
     }
 }
 

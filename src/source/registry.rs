@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use super::{BlobSink, FetchedManifest, Reference, Source};
 use crate::error::SourceError;
-use crate::oci::{Digest, OciError};
+use crate::oci::{Descriptor, Digest, Manifest, OciError};
 use crate::registry::Client;
 
 /// A registry reached over HTTP(S).
@@ -81,5 +81,34 @@ impl Source for RegistrySource {
         sink: &mut dyn BlobSink,
     ) -> Result<(), SourceError> {
         self.client.fetch_blob(repo, digest, size, range, sink)
+    }
+
+    /// The Referrers API, or — when the registry has none — the OCI tag schema: an index
+    /// tagged `sha256-<hex of the subject>` listing the referrers.
+    fn referrers(&self, repo: &str, digest: &Digest) -> Result<Vec<Descriptor>, SourceError> {
+        match self.client.referrers_api(repo, digest) {
+            Ok(list) => return Ok(list),
+            Err(SourceError::NotFound(_))
+            | Err(SourceError::Status {
+                status: 400 | 405 | 501,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+        let tag = Reference::Tag(format!("sha256-{}", digest.hex()));
+        match self.manifest(repo, &tag) {
+            Ok(f) => match f.manifest {
+                Manifest::Index(index) => Ok(index.manifests),
+                Manifest::Image(_) => {
+                    log::warn!(
+                        "{}/{repo}:{tag}: the referrers tag holds an image, not an index; ignored",
+                        self.client.registry()
+                    );
+                    Ok(Vec::new())
+                }
+            },
+            Err(SourceError::NotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 }
