@@ -18,6 +18,8 @@ SOURCE forms:
   DIR[:TAG]                      an OCI image layout (tags, or one tag's files)   ./eo-layout:v1
 
 Loopback registries (localhost, 127.0.0.0/8, ::1) use plain HTTP; others HTTPS.
+An https:// before a registry SOURCE forces HTTPS (https://127.0.0.1:5000/repo:tag),
+http:// forces plain HTTP.
 
 Examples:
   orasfs mount 127.0.0.1:5000 /mnt/oci
@@ -103,7 +105,8 @@ pub struct MountArgs {
     /// Cache directory [default: $XDG_CACHE_HOME/orasfs, or /var/cache/orasfs for root].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Talk plain HTTP to the registry (loopback registries always do).
+    /// Talk plain HTTP to the registry (loopback registries do unless SOURCE starts with
+    /// https://).
     #[arg(long)]
     pub plain_http: bool,
     /// Skip TLS certificate verification (unsafe).
@@ -122,9 +125,10 @@ pub struct MountArgs {
     /// Bound on memory used for in-flight and read-ahead data (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_memory: u64,
-    /// Registry credentials file (Docker config.json or containers auth.json format).
-    /// Without it: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
-    /// $DOCKER_CONFIG/config.json, ~/.docker/config.json, in that order.
+    /// Registry credentials file (Docker config.json or containers auth.json format); when
+    /// given, the only file read. Without it: $REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, then $DOCKER_CONFIG/config.json (or
+    /// ~/.docker/config.json); the first with credentials for the registry wins.
     #[arg(long, value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
     /// Registry user name, with the password read from standard input (--password-stdin).
