@@ -426,7 +426,11 @@ impl Client {
                 ACCEPT,
                 HeaderValue::from_static(crate::oci::MANIFEST_ACCEPT),
             );
-            let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
+            let sep = if reference.starts_with("sha256:") {
+                '@'
+            } else {
+                ':'
+            };
             let what = format!("{}/{repo}{sep}{reference}", self.cfg.registry);
             let resp = self
                 .get(
