@@ -193,7 +193,7 @@ impl Client {
                                     .into(),
                         })
                     }
-                    _ => return Err(self.status_error(&resp, what)),
+                    _ => return Err(self.status_error(status, what)),
                 }
                 let Some(k) = kind else { continue };
                 let total = match k {

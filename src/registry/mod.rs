@@ -146,6 +146,22 @@ pub fn api_host(registry: &str) -> &str {
 /// Manifest bytes, their `Content-Type`, and the `Docker-Content-Digest` reported.
 pub type ManifestAnswer = (Vec<u8>, Option<String>, Option<String>);
 
+/// A successful answer read whole: its headers, the URL that gave it, its body.
+struct WholeAnswer {
+    headers: HeaderMap,
+    url: Url,
+    body: Vec<u8>,
+}
+
+impl WholeAnswer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
 /// A blob by repository and digest, for per-blob memories.
 type BlobKey = (String, Digest);
 
@@ -378,9 +394,9 @@ impl Client {
         }
     }
 
-    fn status_error(&self, resp: &Response, what: impl Into<String>) -> SourceError {
+    fn status_error(&self, status: StatusCode, what: impl Into<String>) -> SourceError {
         let what = what.into();
-        match resp.status() {
+        match status {
             StatusCode::NOT_FOUND => SourceError::NotFound(what),
             StatusCode::FORBIDDEN => self.denied(&what),
             s => SourceError::Status {
@@ -432,27 +448,55 @@ impl Client {
                 ':'
             };
             let what = format!("{}/{repo}{sep}{reference}", self.cfg.registry);
-            let resp = self
-                .get(
+            let answer = self
+                .get_whole(
                     self.url(&format!("v2/{repo}/manifests/{reference}")),
                     &pull_scope(repo),
                     h,
+                    MAX_METADATA_SIZE,
+                    &what,
                 )
                 .await?;
-            if !resp.status().is_success() {
-                return Err(self.status_error(&resp, what));
-            }
-            let header = |n: &str| {
-                resp.headers()
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            let content_type = header("content-type");
-            let digest = header("docker-content-digest");
-            let body = read_capped(resp, MAX_METADATA_SIZE, &what).await?;
-            Ok((body, content_type, digest))
+            let content_type = answer.header("content-type");
+            let digest = answer.header("docker-content-digest");
+            Ok((answer.body, content_type, digest))
         })
+    }
+
+    /// A successful GET read whole (up to `limit` bytes). A body cut short is asked for
+    /// again, like any transient failure, up to the configured retries.
+    async fn get_whole(
+        &self,
+        url: Url,
+        scope: &str,
+        h: HeaderMap,
+        limit: u64,
+        what: &str,
+    ) -> Result<WholeAnswer, SourceError> {
+        let mut cuts = 0u32;
+        loop {
+            let resp = self.get(url.clone(), scope, h.clone()).await?;
+            if !resp.status().is_success() {
+                return Err(self.status_error(resp.status(), what));
+            }
+            let headers = resp.headers().clone();
+            let final_url = resp.url().clone();
+            match read_capped(resp, limit, what).await {
+                Ok(body) => {
+                    return Ok(WholeAnswer {
+                        headers,
+                        url: final_url,
+                        body,
+                    })
+                }
+                Err(e @ SourceError::Unreachable { .. }) if cuts < self.cfg.retries => {
+                    log::warn!("{what}: {e}; asking again (attempt {})", cuts + 1);
+                    tokio::time::sleep(backoff(cuts)).await;
+                    cuts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// All tags of a repository, following pagination.
@@ -549,17 +593,15 @@ impl Client {
                     log::warn!("{what}: stopped after {MAX_PAGES} pages");
                     break;
                 }
-                let resp = self.get(url.clone(), scope, h.clone()).await?;
-                if !resp.status().is_success() {
-                    return Err(self.status_error(&resp, what));
-                }
-                if let Some(link) = resp
-                    .headers()
-                    .get(reqwest::header::LINK)
-                    .and_then(|v| v.to_str().ok())
+                let page = self
+                    .get_whole(url.clone(), scope, h.clone(), 16 << 20, what)
+                    .await?;
+                if let Some(link) = page
+                    .header(reqwest::header::LINK.as_str())
+                    .as_deref()
                     .and_then(headers::parse_link_next)
                 {
-                    let target = resp.url().join(&link).map_err(|e| SourceError::Protocol {
+                    let target = page.url.join(&link).map_err(|e| SourceError::Protocol {
                         what: what.to_string(),
                         detail: format!("bad Link header: {e}"),
                     })?;
@@ -574,7 +616,7 @@ impl Client {
                     }
                     next = Some(target);
                 }
-                pages.push(read_capped(resp, 16 << 20, what).await?);
+                pages.push(page.body);
             }
             Ok(pages)
         })
