@@ -42,7 +42,9 @@ fn image_manifest(src: &MemorySource, layers: &[Descriptor]) -> Vec<u8> {
 }
 
 fn bytes(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u64 * 2654435761 % 251) as u8 ^ seed).collect()
+    (0..n)
+        .map(|i| (i as u64 * 2654435761 % 251) as u8 ^ seed)
+        .collect()
 }
 
 struct World {
@@ -56,12 +58,21 @@ fn world(src: Arc<MemorySource>, root: RootKind, verify: VerifyMode) -> World {
     world_in(src, root, verify, dir)
 }
 
-fn world_in(src: Arc<MemorySource>, root: RootKind, verify: VerifyMode, dir: tempfile::TempDir) -> World {
+fn world_in(
+    src: Arc<MemorySource>,
+    root: RootKind,
+    verify: VerifyMode,
+    dir: tempfile::TempDir,
+) -> World {
     let tree = Tree::new(src.clone(), root, TreeConfig::default()).unwrap();
     let mut cfg = CacheConfig::new(dir.path().to_path_buf());
     cfg.verify = verify;
     let cache = BlobCache::open(cfg).unwrap();
-    World { src, fs: Fs::new(tree, cache, FsConfig::default()), _dir: dir }
+    World {
+        src,
+        fs: Fs::new(tree, cache, FsConfig::default()),
+        _dir: dir,
+    }
 }
 
 fn path(fs: &Fs, p: &str) -> Result<u64, FsError> {
@@ -87,7 +98,12 @@ fn read_all(fs: &Fs, ino: u64) -> Result<Vec<u8>, FsError> {
 }
 
 fn names(fs: &Fs, ino: u64) -> Vec<String> {
-    fs.readdir(ino).unwrap().into_iter().map(|e| e.name).filter(|n| n != "." && n != "..").collect()
+    fs.readdir(ino)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n != "." && n != "..")
+        .collect()
 }
 
 #[test]
@@ -96,9 +112,15 @@ fn registry_tree_repos_tags_files_and_fallbacks() {
     let big = bytes(3 * CHUNK_SIZE as usize + 17, 1);
     let layers = vec![
         titled(src.put_blob("image/tiff", big.clone()), "imagery.tif"),
-        titled(src.put_blob("application/geo+json", b"{}".to_vec()), "docs/stac.json"),
+        titled(
+            src.put_blob("application/geo+json", b"{}".to_vec()),
+            "docs/stac.json",
+        ),
         src.put_blob("application/octet-stream", b"untitled".to_vec()),
-        titled(src.put_blob("application/octet-stream", b"evil".to_vec()), "../../x"),
+        titled(
+            src.put_blob("application/octet-stream", b"evil".to_vec()),
+            "../../x",
+        ),
     ];
     let m = image_manifest(&src, &layers);
     src.put_manifest("eo/products", Some("v1"), m.clone());
@@ -119,22 +141,51 @@ fn registry_tree_repos_tags_files_and_fallbacks() {
     ];
     want.sort();
     assert_eq!(listed, want);
-    assert_eq!(read_all(&w.fs, path(&w.fs, "eo/products/v1/imagery.tif").unwrap()).unwrap(), big);
-    assert_eq!(read_all(&w.fs, path(&w.fs, "eo/products/v1/.manifest.json").unwrap()).unwrap(), m);
-    assert_eq!(read_all(&w.fs, path(&w.fs, "eo/products/v1/docs/stac.json").unwrap()).unwrap(), b"{}");
+    assert_eq!(
+        read_all(&w.fs, path(&w.fs, "eo/products/v1/imagery.tif").unwrap()).unwrap(),
+        big
+    );
+    assert_eq!(
+        read_all(&w.fs, path(&w.fs, "eo/products/v1/.manifest.json").unwrap()).unwrap(),
+        m
+    );
+    assert_eq!(
+        read_all(&w.fs, path(&w.fs, "eo/products/v1/docs/stac.json").unwrap()).unwrap(),
+        b"{}"
+    );
     let evil = format!("eo/products/v1/sha256-{}", layers[3].digest.hex());
-    assert_eq!(read_all(&w.fs, path(&w.fs, &evil).unwrap()).unwrap(), b"evil");
-    let a = w.fs.getattr(path(&w.fs, "eo/products/v1/imagery.tif").unwrap()).unwrap();
+    assert_eq!(
+        read_all(&w.fs, path(&w.fs, &evil).unwrap()).unwrap(),
+        b"evil"
+    );
+    let a =
+        w.fs.getattr(path(&w.fs, "eo/products/v1/imagery.tif").unwrap())
+            .unwrap();
     assert_eq!((a.size, a.perm, a.is_dir), (big.len() as u64, 0o444, false));
     assert_eq!(w.fs.getattr(v1).unwrap().perm, 0o555);
     let created = w.fs.getattr(v1).unwrap().mtime;
-    assert_eq!(created, std::time::UNIX_EPOCH + std::time::Duration::from_secs(1714564800));
+    assert_eq!(
+        created,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1714564800)
+    );
     // Digest lookup works though it is not listed; unknown names do not.
     let digest = crate::oci::Digest::of(&m);
-    assert_eq!(path(&w.fs, &format!("eo/products/{digest}")).unwrap() != 0, true);
-    assert!(matches!(path(&w.fs, "eo/products/v2"), Err(FsError::NotFound)));
+    let by_digest = path(&w.fs, &format!("eo/products/{digest}")).unwrap();
+    assert!(w.fs.getattr(by_digest).unwrap().is_dir);
+    assert!(!names(&w.fs, path(&w.fs, "eo/products").unwrap()).contains(&digest.to_string()));
+    assert!(matches!(
+        path(&w.fs, "eo/products/v2"),
+        Err(FsError::NotFound)
+    ));
     assert!(matches!(path(&w.fs, "nope"), Err(FsError::NotFound)));
-    assert_eq!(to_errno(&w.fs.open(path(&w.fs, "eo/products/v1/imagery.tif").unwrap(), true).unwrap_err()), libc::EROFS);
+    assert_eq!(
+        to_errno(
+            &w.fs
+                .open(path(&w.fs, "eo/products/v1/imagery.tif").unwrap(), true)
+                .unwrap_err()
+        ),
+        libc::EROFS
+    );
 }
 
 #[test]
@@ -158,9 +209,22 @@ fn index_entries_are_platform_directories() {
     src.put_manifest("app", Some("v1"), serde_json::to_vec(&index).unwrap());
     let w = world(src, RootKind::Repository("app".into()), VerifyMode::Lazy);
     let v1 = path(&w.fs, "v1").unwrap();
-    assert_eq!(names(&w.fs, v1), ["linux-amd64".to_string(), "linux-arm64-v8".into(), format!("sha256-{}", dc.hex())]);
-    assert_eq!(read_all(&w.fs, path(&w.fs, "v1/linux-arm64-v8/bin").unwrap()).unwrap(), b"arm");
-    assert_eq!(read_all(&w.fs, path(&w.fs, "v1/linux-amd64/bin").unwrap()).unwrap(), b"amd");
+    assert_eq!(
+        names(&w.fs, v1),
+        [
+            "linux-amd64".to_string(),
+            "linux-arm64-v8".into(),
+            format!("sha256-{}", dc.hex())
+        ]
+    );
+    assert_eq!(
+        read_all(&w.fs, path(&w.fs, "v1/linux-arm64-v8/bin").unwrap()).unwrap(),
+        b"arm"
+    );
+    assert_eq!(
+        read_all(&w.fs, path(&w.fs, "v1/linux-amd64/bin").unwrap()).unwrap(),
+        b"amd"
+    );
 }
 
 fn single_blob_world(size: usize, verify: VerifyMode) -> (World, Vec<u8>, u64) {
@@ -168,7 +232,11 @@ fn single_blob_world(size: usize, verify: VerifyMode) -> (World, Vec<u8>, u64) {
     let data = bytes(size, 9);
     let layer = titled(src.put_blob("x", data.clone()), "f");
     src.put_manifest("r", Some("t"), image_manifest(&src, &[layer]));
-    let w = world(src, RootKind::Artifact("r".into(), Reference::Tag("t".into())), verify);
+    let w = world(
+        src,
+        RootKind::Artifact("r".into(), Reference::Tag("t".into())),
+        verify,
+    );
     let ino = path(&w.fs, "f").unwrap();
     (w, data, ino)
 }
@@ -178,9 +246,15 @@ fn a_small_read_of_a_large_blob_is_lazy() {
     let (w, data, ino) = single_blob_world(64 * CHUNK_SIZE as usize, VerifyMode::Lazy);
     let fh = w.fs.open(ino, false).unwrap();
     let off = 32 * CHUNK_SIZE + 5;
-    assert_eq!(w.fs.read(fh, off, 65536).unwrap(), &data[off as usize..off as usize + 65536]);
+    assert_eq!(
+        w.fs.read(fh, off, 65536).unwrap(),
+        &data[off as usize..off as usize + 65536]
+    );
     assert!(w.src.blob_bytes.load(Ordering::Relaxed) <= 2 * CHUNK_SIZE);
-    assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"false");
+    assert_eq!(
+        w.fs.getxattr(ino, "user.orasfs.verified").unwrap(),
+        b"false"
+    );
 }
 
 #[test]
@@ -189,7 +263,13 @@ fn corrupted_bytes_never_complete_a_read_and_are_dropped() {
     w.src.corrupt.store(true, Ordering::Relaxed);
     let err = read_all(&w.fs, ino).unwrap_err();
     assert_eq!(to_errno(&err), libc::EIO, "{err}");
-    assert_eq!(w.fs.cache().stats.integrity_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        w.fs.cache()
+            .stats
+            .integrity_failures
+            .load(Ordering::Relaxed),
+        1
+    );
     // A transient fault needs no remount: the next read fetches again and succeeds.
     w.src.corrupt.store(false, Ordering::Relaxed);
     assert_eq!(read_all(&w.fs, ino).unwrap(), data);
@@ -199,12 +279,22 @@ fn corrupted_bytes_never_complete_a_read_and_are_dropped() {
 
 #[test]
 fn small_blobs_and_strict_mode_verify_before_the_first_byte() {
-    for (size, mode) in [(1000, VerifyMode::Lazy), (3 * CHUNK_SIZE as usize, VerifyMode::Strict)] {
-        let src_size = if mode == VerifyMode::Strict { 6 * CHUNK_SIZE as usize } else { size };
+    for (size, mode) in [
+        (1000, VerifyMode::Lazy),
+        (3 * CHUNK_SIZE as usize, VerifyMode::Strict),
+    ] {
+        let src_size = if mode == VerifyMode::Strict {
+            6 * CHUNK_SIZE as usize
+        } else {
+            size
+        };
         let (w, data, ino) = single_blob_world(src_size, mode);
         w.src.corrupt.store(true, Ordering::Relaxed);
         let fh = w.fs.open(ino, false).unwrap();
-        assert!(w.fs.read(fh, 100, 10).is_err(), "no byte of a corrupt blob is served");
+        assert!(
+            w.fs.read(fh, 100, 10).is_err(),
+            "no byte of a corrupt blob is served"
+        );
         w.src.corrupt.store(false, Ordering::Relaxed);
         assert_eq!(w.fs.read(fh, 100, 10).unwrap(), &data[100..110]);
         assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"true");
@@ -216,10 +306,17 @@ fn server_without_range_support_is_served_from_the_whole_blob() {
     let (w, data, ino) = single_blob_world(7 * CHUNK_SIZE as usize, VerifyMode::Lazy);
     w.src.ignore_ranges.store(true, Ordering::Relaxed);
     let fh = w.fs.open(ino, false).unwrap();
-    assert_eq!(w.fs.read(fh, 3 * CHUNK_SIZE, 10).unwrap(), &data[3 * CHUNK_SIZE as usize..][..10]);
+    assert_eq!(
+        w.fs.read(fh, 3 * CHUNK_SIZE, 10).unwrap(),
+        &data[3 * CHUNK_SIZE as usize..][..10]
+    );
     let after_first = w.src.blob_requests.load(Ordering::Relaxed);
     assert_eq!(read_all(&w.fs, ino).unwrap(), data);
-    assert_eq!(w.src.blob_requests.load(Ordering::Relaxed), after_first, "whole blob is cached");
+    assert_eq!(
+        w.src.blob_requests.load(Ordering::Relaxed),
+        after_first,
+        "whole blob is cached"
+    );
 }
 
 #[test]
@@ -236,7 +333,11 @@ fn concurrent_cold_readers_share_fetches() {
         assert_eq!(t.join().unwrap(), data);
     }
     let served = w.src.blob_bytes.load(Ordering::Relaxed);
-    assert!(served <= data.len() as u64 * 11 / 10, "served {served} for {}", data.len());
+    assert!(
+        served <= data.len() as u64 * 11 / 10,
+        "served {served} for {}",
+        data.len()
+    );
 }
 
 #[test]
@@ -244,12 +345,21 @@ fn cache_survives_a_remount_and_tampering_is_refetched() {
     let src = Arc::new(MemorySource::new());
     let data = bytes(6 * CHUNK_SIZE as usize + 11, 3);
     let layer = titled(src.put_blob("x", data.clone()), "f");
-    src.put_manifest("r", Some("t"), image_manifest(&src, &[layer.clone()]));
+    src.put_manifest(
+        "r",
+        Some("t"),
+        image_manifest(&src, std::slice::from_ref(&layer)),
+    );
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().to_path_buf();
     let root = || RootKind::Artifact("r".into(), Reference::Tag("t".into()));
     {
-        let w = world_in(src.clone(), root(), VerifyMode::Lazy, tempfile::tempdir_in(&cache_dir).unwrap());
+        let w = world_in(
+            src.clone(),
+            root(),
+            VerifyMode::Lazy,
+            tempfile::tempdir_in(&cache_dir).unwrap(),
+        );
         // Read only half, so chunks (not a verified blob) stay behind.
         let fh = w.fs.open(path(&w.fs, "f").unwrap(), false).unwrap();
         w.fs.read(fh, 0, 3 * CHUNK_SIZE as u32).unwrap();
@@ -267,13 +377,23 @@ fn cache_survives_a_remount_and_tampering_is_refetched() {
         let before = src.blob_bytes.load(Ordering::Relaxed);
         let tree = Tree::new(src.clone(), root(), TreeConfig::default()).unwrap();
         let cache = BlobCache::open(CacheConfig::new(keep.clone())).unwrap();
-        assert!(!keep.join("v1/tmp/leftover.chunk").exists(), "temp files are swept");
+        assert!(
+            !keep.join("v1/tmp/leftover.chunk").exists(),
+            "temp files are swept"
+        );
         let fs = Fs::new(tree, cache, FsConfig::default());
         let ino = path(&fs, "f").unwrap();
         let fh = fs.open(ino, false).unwrap();
-        assert_eq!(fs.read(fh, 0, 3 * CHUNK_SIZE as u32).unwrap(), &data[..3 * CHUNK_SIZE as usize]);
+        assert_eq!(
+            fs.read(fh, 0, 3 * CHUNK_SIZE as u32).unwrap(),
+            &data[..3 * CHUNK_SIZE as usize]
+        );
         let refetched = src.blob_bytes.load(Ordering::Relaxed) - before;
-        assert_eq!(refetched, 2 * CHUNK_SIZE, "only the two damaged chunks are fetched again");
+        assert_eq!(
+            refetched,
+            2 * CHUNK_SIZE,
+            "only the two damaged chunks are fetched again"
+        );
         assert_eq!(fs.cache().stats.corrupt_chunks.load(Ordering::Relaxed), 2);
         assert_eq!(read_all(&fs, ino).unwrap(), data);
         std::fs::remove_dir_all(keep).unwrap();
@@ -314,7 +434,11 @@ fn xattrs_describe_content() {
     let src = Arc::new(MemorySource::new());
     let mut layer = titled(src.put_blob("image/tiff", b"x".to_vec()), "a.tif");
     layer.annotations.insert("eo:band".into(), "B04".into());
-    src.put_manifest("r", Some("t"), image_manifest(&src, &[layer.clone()]));
+    src.put_manifest(
+        "r",
+        Some("t"),
+        image_manifest(&src, std::slice::from_ref(&layer)),
+    );
     let w = world(src, RootKind::Repository("r".into()), VerifyMode::Lazy);
     let ino = path(&w.fs, "t/a.tif").unwrap();
     let x: BTreeMap<String, Vec<u8>> = w.fs.xattrs(ino).unwrap().into_iter().collect();
@@ -323,4 +447,19 @@ fn xattrs_describe_content() {
     assert_eq!(x["user.oci.annotation.eo:band"], b"B04");
     let t = path(&w.fs, "t").unwrap();
     assert_eq!(w.fs.getxattr(t, "user.oci.reference").unwrap(), b"r:t");
+}
+
+#[test]
+fn a_file_open_when_its_blob_fails_verification_fails_every_later_read() {
+    let (w, data, ino) = single_blob_world(5 * CHUNK_SIZE as usize + 1, VerifyMode::Lazy);
+    let early = w.fs.open(ino, false).unwrap();
+    assert_eq!(w.fs.read(early, 0, 100).unwrap(), &data[..100]);
+    w.src.corrupt.store(true, Ordering::Relaxed);
+    assert_eq!(to_errno(&read_all(&w.fs, ino).unwrap_err()), libc::EIO);
+    // The early handle may have served bad bytes of this blob: it gets no more.
+    assert_eq!(to_errno(&w.fs.read(early, 0, 100).unwrap_err()), libc::EIO);
+    w.src.corrupt.store(false, Ordering::Relaxed);
+    assert_eq!(to_errno(&w.fs.read(early, 0, 100).unwrap_err()), libc::EIO);
+    // A fresh open starts over and is served the right bytes.
+    assert_eq!(read_all(&w.fs, ino).unwrap(), data);
 }

@@ -68,6 +68,9 @@ enum Handle {
         blob: BlobRef,
         stream: Stream,
         _pin: PinGuard,
+        /// The blob's digest failures when opened: after a new one, this handle may
+        /// have served bytes that were wrong, so all its later reads fail.
+        failures_at_open: u64,
     },
     Inline(Arc<Vec<u8>>),
 }
@@ -209,6 +212,7 @@ impl Fs {
         let handle = match self.tree.node(ino)? {
             Node::Blob { blob, .. } => Handle::Blob {
                 _pin: self.cache.pin_guard(&blob.digest),
+                failures_at_open: self.cache.failures(&blob.digest),
                 stream: self.prefetch.stream(),
                 blob,
             },
@@ -245,7 +249,20 @@ impl Fs {
                 let end = start.saturating_add(size as usize).min(bytes.len());
                 Ok(bytes[start..end].to_vec())
             }
-            Handle::Blob { blob, stream, .. } => {
+            Handle::Blob {
+                blob,
+                stream,
+                failures_at_open,
+                ..
+            } => {
+                if self.cache.failures(&blob.digest) != *failures_at_open {
+                    return Err(FsError::Cache(crate::error::CacheError::Integrity {
+                        digest: blob.digest.clone(),
+                        detail:
+                            "the blob failed verification while this file was open; open it again"
+                                .into(),
+                    }));
+                }
                 let src = self.tree.source();
                 self.prefetch.on_read(src, blob, stream, offset, size);
                 Ok(self.cache.read(src.as_ref(), blob, offset, size)?)
@@ -257,6 +274,25 @@ impl Fs {
     pub fn wait_idle(&self) {
         self.prefetch.wait_idle();
         self.cache.wait_for_background();
+    }
+
+    /// Whether every byte of a file has been checked against its digest (manifests are
+    /// checked before they are shown).
+    pub fn is_verified(&self, ino: Ino) -> bool {
+        match self.tree.node(ino) {
+            Ok(Node::Blob { blob, .. }) => self.cache.is_verified(&blob),
+            Ok(Node::Inline { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// The verified whole-blob file behind a file inode, if there is one: the kernel can
+    /// then read it directly (FUSE passthrough).
+    pub fn verified_file(&self, ino: Ino) -> Option<std::fs::File> {
+        match self.tree.node(ino).ok()? {
+            Node::Blob { blob, .. } => self.cache.verified(&blob)?.file.try_clone().ok(),
+            _ => None,
+        }
     }
 
     /// Extended attributes: `user.oci.*` describe the content, `user.orasfs.verified`
@@ -295,7 +331,7 @@ impl Fs {
                     m.fetched.manifest.media_type().to_string(),
                 );
                 put("user.oci.size", m.fetched.bytes.len().to_string());
-                put("user.oci.reference", format!("{}:{}", m.repo, m.reference));
+                put("user.oci.reference", m.reference.qualify(&m.repo));
                 for (k, v) in m.fetched.manifest.annotations() {
                     put(&format!("user.oci.annotation.{k}"), v.clone());
                 }

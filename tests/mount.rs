@@ -971,14 +971,7 @@ fn corrupted_blobs_checked_up_front_fail_with_eio() {
 /// With lazy verification a large blob's bytes are served before they are checked, but
 /// the read that completes the blob must fail, and the bad bytes must not stay cached.
 #[test]
-#[ignore = "src bug: a lazily verified blob that fails its digest is still read back whole and successfully (see the test's comments)"]
 fn corrupted_large_blob_fails_the_read_that_completes_it() {
-    // What happens today (orasfs -vv shows it): the hash mismatch is detected and one FUSE
-    // read gets EIO, but that read is the kernel's readahead; the kernel retries the page
-    // with a synchronous read, `advance_hash` (src/cache/mod.rs) has reset its state to
-    // chunk 0, so the refetched last chunk is served unchecked and read(2) succeeds. The
-    // pages already read stay in the page cache (FOPEN_KEEP_CACHE), so a second read of
-    // the file returns the same corrupted bytes without orasfs being asked.
     let reg = Registry::start();
     let big = random_bytes(8 * MIB + 5, 32);
     let pushed = reg.push_artifact("bad/bytes", "v1", &[("big.bin", &big)]);

@@ -4,7 +4,6 @@
 //! sent by a server that ignores ranges) goes into a verified file instead.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::chunk::{self, CHUNK_SIZE};
@@ -146,7 +145,8 @@ impl<'a> FetchSink<'a> {
                 let d = &self.blob.digest;
                 if let Err(e) = w.finish(&c.blob_path(d), &c.sidecar_path(d)) {
                     if let CacheError::Integrity { .. } = &e {
-                        c.stats.integrity_failures.fetch_add(1, Ordering::Relaxed);
+                        // Nothing of a whole fetch is served before it is checked.
+                        c.record_failure(d, false);
                         log::error!("{d}: fetched blob does not match its digest");
                     }
                     return Err(e);

@@ -189,6 +189,9 @@ pub struct BlobCache {
     cfg: CacheConfig,
     root: PathBuf,
     hashing: Mutex<HashMap<Digest, Arc<Mutex<HashState>>>>,
+    /// How often each blob has failed its digest check, so that a file opened before a
+    /// failure can refuse every later read (it may already have served bad bytes).
+    failures: Mutex<HashMap<Digest, u64>>,
     verified: Mutex<HashMap<Digest, Arc<Verified>>>,
     chunk_flights: Flights<(Digest, u64), ChunkFlight>,
     whole_flights: Flights<Digest, ()>,
@@ -242,6 +245,7 @@ impl BlobCache {
             cfg,
             root,
             hashing: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
             chunk_flights: Flights::default(),
             whole_flights: Flights::default(),
@@ -782,9 +786,7 @@ impl BlobCache {
         if actual != blob.digest {
             st.next = 0;
             drop(st);
-            self.stats
-                .integrity_failures
-                .fetch_add(1, Ordering::Relaxed);
+            self.record_failure(&blob.digest, true);
             log::error!(
                 "{}: the fetched bytes hash to {actual}; dropping them from the cache",
                 blob.digest
@@ -808,6 +810,22 @@ impl BlobCache {
             cache.promote(&blob);
         });
         Ok(())
+    }
+
+    /// Count a digest mismatch of `d`. `served` says whether bytes of it may already have
+    /// reached a reader (lazy reads); then files open on it fail from now on.
+    pub(crate) fn record_failure(&self, d: &Digest, served: bool) {
+        self.stats
+            .integrity_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if served {
+            *lock(&self.failures).entry(d.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// How often blob `d` failed its digest check after some of its bytes were served.
+    pub fn failures(&self, d: &Digest) -> u64 {
+        lock(&self.failures).get(d).copied().unwrap_or(0)
     }
 
     /// Turn a blob's chunks into a verified whole-blob file (hashing again while copying).
