@@ -798,22 +798,27 @@ fn a_server_that_ignores_range_is_not_asked_for_ranges_of_that_blob_again() {
 /// `(n, last)` of a tag page request.
 type PageAsked = (Option<String>, Option<String>);
 
+/// How the paginating proxy behaves, and what it saw.
+#[derive(Default)]
+struct PageControl {
+    /// Point every `Link` at another origin.
+    evil: std::sync::atomic::AtomicBool,
+    /// The largest `n` accepted (0: any).
+    limit: std::sync::atomic::AtomicUsize,
+    pages: Mutex<Vec<PageAsked>>,
+}
+
 /// A proxy in front of distribution 2.8 (whose tag lists are not paginated) that pages
 /// `tags/list` by `n` and `last` as later registries do, and forwards everything else.
 /// With `evil` set, every `Link` it sends (its own, and the registry's catalog links)
 /// points at `elsewhere` instead. Records `(n, last)` of each tag page asked for.
-fn paginating_proxy(
-    upstream: String,
-    evil: Arc<std::sync::atomic::AtomicBool>,
-    elsewhere: String,
-    pages: Arc<Mutex<Vec<PageAsked>>>,
-) -> Server {
+fn paginating_proxy(upstream: String, elsewhere: String, ctl: Arc<PageControl>) -> Server {
     use std::sync::atomic::Ordering;
     Server::start(
         "127.0.0.1",
         Arc::new(move |req: Request| {
             let retarget = |link: &str| {
-                if evil.load(Ordering::SeqCst) {
+                if ctl.evil.load(Ordering::SeqCst) {
                     link.replacen("</", &format!("<http://{elsewhere}/"), 1)
                 } else {
                     link.to_string()
@@ -827,7 +832,20 @@ fn paginating_proxy(
                 return r;
             }
             let (n, last) = (req.param("n"), req.param("last"));
-            lock(&pages).push((n.clone(), last.clone()));
+            lock(&ctl.pages).push((n.clone(), last.clone()));
+            // With a limit, an `n` above it is refused (400) and no `n` means the limit.
+            let limit = ctl.limit.load(Ordering::SeqCst);
+            let n: usize = match n.and_then(|n| n.parse().ok()) {
+                Some(n) if limit > 0 && n > limit => {
+                    return Reply::json(
+                        400,
+                        &json!({"errors": [{"code": "PAGINATION_NUMBER_INVALID"}]}),
+                    )
+                }
+                Some(n) => n,
+                None if limit > 0 => limit,
+                None => usize::MAX,
+            };
             let all = Request {
                 target: req.path().to_string(),
                 ..req.clone()
@@ -839,7 +857,6 @@ fn paginating_proxy(
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
             let mut tags: Vec<String> = serde_json::from_value(v["tags"].clone()).unwrap();
             tags.sort();
-            let n: usize = n.and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
             let rest: Vec<String> = tags
                 .into_iter()
                 .filter(|t| last.as_ref().is_none_or(|l| t > l))
@@ -861,7 +878,7 @@ fn paginating_proxy(
 
 #[test]
 fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     let reg = Distribution::start(&Config {
         catalog_max: Some(5),
         ..Config::default()
@@ -887,7 +904,6 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
     for i in 0..11 {
         push.push_artifact(&format!("r/a{i:02}"), "v1", &[("y", b"y")]);
     }
-    let evil = Arc::new(AtomicBool::new(false));
     let elsewhere_hits = Arc::new(Mutex::new(0usize));
     let counter = elsewhere_hits.clone();
     let elsewhere = Server::start(
@@ -900,13 +916,8 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
             )
         }),
     );
-    let pages = Arc::new(Mutex::new(Vec::new()));
-    let proxy = paginating_proxy(
-        reg.addr().to_string(),
-        evil.clone(),
-        elsewhere.addr(),
-        pages.clone(),
-    );
+    let ctl = Arc::new(PageControl::default());
+    let proxy = paginating_proxy(reg.addr().to_string(), elsewhere.addr(), ctl.clone());
 
     // 1001 tags arrive in two pages of at most 1000.
     let m = expect_mount(&format!("{}/many/tags", proxy.addr()), &Run::new(), "tags");
@@ -915,13 +926,26 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
     assert_eq!(tags[0], "t0000");
     assert_eq!(tags[1000], "t1000");
     m.finish();
-    let asked = lock(&pages).clone();
+    let asked = lock(&ctl.pages).clone();
     assert!(asked.len() >= 2, "{asked:?}");
     assert_eq!(asked[0], (Some("1000".to_string()), None));
     assert_eq!(
         asked[1],
         (Some("1000".to_string()), Some("t0999".to_string()))
     );
+
+    // A registry whose tag pages are limited to 100 refuses n=1000; the client then asks
+    // with the registry's own page size (11 pages).
+    ctl.limit.store(100, Ordering::SeqCst);
+    lock(&ctl.pages).clear();
+    let client =
+        orasfs::registry::Client::new(orasfs::registry::ClientConfig::new(&proxy.addr())).unwrap();
+    let tags = client.tags("many/tags").unwrap();
+    assert_eq!(tags.len(), 1001);
+    let asked = lock(&ctl.pages).clone();
+    assert_eq!(asked.len(), 12, "one refused, then 11 pages: {asked:?}");
+    assert_eq!(asked[1], (None, None));
+    ctl.limit.store(0, Ordering::SeqCst);
 
     // The catalog: distribution refuses n=1000 above its maxentries (5), so the client
     // asks with the registry's page size and follows its Link headers: 13 repositories in
@@ -934,7 +958,7 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
     m.finish();
 
     // A Link to another origin is refused: the repository mount fails before mounting,
-    evil.store(true, Ordering::SeqCst);
+    ctl.evil.store(true, Ordering::SeqCst);
     let f = mount_fails(&format!("{}/many/tags", proxy.addr()), &Run::new());
     assert!(
         f.stderr.contains("another origin") && f.stderr.contains("refused"),

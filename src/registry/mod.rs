@@ -502,12 +502,18 @@ impl Client {
     /// All tags of a repository, following pagination.
     pub fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
         let first = self.url(&format!("v2/{repo}/tags/list?n={PAGE_SIZE}"));
-        let pages = self.paginate(
-            first,
-            &pull_scope(repo),
-            &format!("repository {}/{repo}", self.cfg.registry),
-            None,
-        )?;
+        let (scope, what) = (
+            pull_scope(repo),
+            format!("repository {}/{repo}", self.cfg.registry),
+        );
+        let pages = match self.paginate(first, &scope, &what, None) {
+            // A registry whose page limit is below `n` may refuse it: use its own.
+            Err(SourceError::Status { status: 400, .. }) => {
+                let plain = self.url(&format!("v2/{repo}/tags/list"));
+                self.paginate(plain, &scope, &what, None)?
+            }
+            other => other?,
+        };
         let mut tags = Vec::new();
         for body in pages {
             let list: TagList =
