@@ -387,11 +387,12 @@ fn expired_tokens_are_renewed_mid_read_and_a_refused_renewal_fails_the_read() {
             .filter(|r| r.scope == scope && r.status == 200)
             .count()
     };
-    // Honest short tokens: the service says 2 s and the registry accepts them for 2 s.
+    // Honest short tokens: the service says 2 s; the registry accepts them for 2-3 s (its
+    // clock check works in whole seconds), longer than the client trusts them.
     {
         let mut st = t.tokens.state();
         st.expires_in = 2;
-        st.registry_life = 2;
+        st.registry_life = 3;
     }
     let m = expect_mount(
         &format!("{}/private/big:v1", t.reg.addr()),
@@ -409,6 +410,18 @@ fn expired_tokens_are_renewed_mid_read_and_a_refused_renewal_fails_the_read() {
     assert!(
         n1 > n0,
         "an expired token is replaced before use ({n0} → {n1})"
+    );
+    // distribution logs each expired token it is shown: none so far.
+    let expired_seen = || {
+        t.reg
+            .log_text()
+            .matches("token not to be used after")
+            .count()
+    };
+    assert_eq!(
+        expired_seen(),
+        0,
+        "renewed before the registry saw it expire"
     );
 
     // A token whose stated lifetime is a lie: the client trusts it, the registry stops
@@ -429,6 +442,10 @@ fn expired_tokens_are_renewed_mid_read_and_a_refused_renewal_fails_the_read() {
     assert!(
         n3 > n2,
         "a 401 on a cached token fetches a new one ({n2} → {n3})"
+    );
+    assert!(
+        expired_seen() >= 1,
+        "the registry did refuse the stale token"
     );
 
     // Every new token is refused too: one renewal, then the read fails with EACCES.
