@@ -732,18 +732,16 @@ fn blob_redirects_to_another_host_keep_range_drop_authorization_and_expire() {
     );
     let hits = cdn_hits();
     assert_eq!(hits.len(), 1, "{hits:?}");
-    assert_eq!(
-        hits[0].range.as_deref(),
-        Some("bytes=0-1048575"),
-        "Range is re-sent"
-    );
+    let range = hits[0].range.clone().unwrap_or_default();
+    assert!(range.starts_with("bytes=0-"), "Range is re-sent: {range:?}");
 
     // The next range goes straight to the remembered location.
     assert_eq!(at(6), big[6 * MIB..6 * MIB + 4096]);
     assert_eq!(registry_gets(), 1, "no second trip through the registry");
-    assert_eq!(
-        cdn_hits().last().unwrap().range.as_deref(),
-        Some("bytes=6291456-7340031")
+    let range = cdn_hits().last().unwrap().range.clone().unwrap_or_default();
+    assert!(
+        range.starts_with(&format!("bytes={}-", 6 * MIB)),
+        "{range:?}"
     );
 
     // The signature expires: the CDN answers 403, the client asks the registry again and
@@ -753,7 +751,18 @@ fn blob_redirects_to_another_host_keep_range_drop_authorization_and_expire() {
     assert_eq!(registry_gets(), 2);
     let hits = cdn_hits();
     let statuses: Vec<u16> = hits.iter().map(|h| h.status).collect();
-    assert_eq!(statuses, [206, 206, 403, 206], "{hits:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        1,
+        "{hits:?}"
+    );
+    assert_eq!(statuses.last(), Some(&206), "{hits:?}");
+    assert!(statuses.iter().all(|s| [206, 403].contains(s)), "{hits:?}");
+    let range = hits.last().unwrap().range.clone().unwrap_or_default();
+    assert!(
+        range.starts_with(&format!("bytes={}-", 10 * MIB)),
+        "{range:?}"
+    );
     assert!(
         hits.iter().all(|h| !h.authorization),
         "no Authorization to another host"
