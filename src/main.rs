@@ -7,6 +7,17 @@ use clap::Parser;
 use orasfs::cli::{default_cache_dir, CacheAction, Cli, Command};
 use orasfs::daemon::{self, Readiness};
 
+/// Streaming moves many megabyte-sized buffers between threads. glibc's malloc raises
+/// its mmap threshold as such buffers are freed and then keeps them in per-thread arenas,
+/// so RSS climbs far above what is in use; a fixed threshold returns them to the system.
+fn limit_malloc_retention() {
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
     let mut argv: Vec<String> = std::env::args().collect();
     let invoked_as = argv
@@ -24,6 +35,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    limit_malloc_retention();
     let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Mount(args) => {

@@ -253,6 +253,7 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     )
     .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    let idle = fs.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -295,5 +296,8 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     })
     .map_err(|e| format!("FUSE session ended with an error: {e}"))?;
     let _ = watcher.join();
+    // Let blobs verified just before the unmount finish becoming whole files, so the next
+    // mount reads them at local-disk speed instead of hashing them again.
+    idle.wait_idle();
     Ok(())
 }
