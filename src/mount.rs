@@ -282,7 +282,8 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     let source = prepared.fsname.clone();
     std::thread::scope(|scope| {
         scope.spawn(|| match std::fs::metadata(&probe) {
-            Ok(_) => {
+            Ok(meta) => {
+                raise_kernel_readahead(&meta);
                 log::info!("mounted {source} at {}", probe.display());
                 readiness.ready();
             }
@@ -300,4 +301,18 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     // mount reads them at local-disk speed instead of hashing them again.
     idle.wait_idle();
     Ok(())
+}
+
+/// The kernel reads ahead only 128 KiB on a FUSE mount by default, which splits a stream
+/// into many small requests. Raise it to match `max_read` (1 MiB) through the mount's
+/// backing-device entry in sysfs; this needs root, and without it the default stays.
+fn raise_kernel_readahead(meta: &std::fs::Metadata) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&knob, "1024") {
+        Ok(()) => log::debug!("kernel read-ahead raised to 1 MiB ({knob})"),
+        Err(e) => log::debug!("kernel read-ahead left at its default ({knob}: {e})"),
+    }
 }
