@@ -22,6 +22,15 @@ pub fn snapshot(fs: &Fs) -> String {
             "chunk_misses": get(&c.misses),
             "corrupt_chunks_refetched": get(&c.corrupt_chunks),
             "write_failures": get(&c.write_failures),
+            "bytes_on_disk": fs.cache().disk_usage(),
+            "evicted_blobs": get(&c.evicted_blobs),
+            "evicted_bytes": get(&c.evicted_bytes),
+            "chunks_not_stored_for_room": get(&c.store_refused),
+        },
+        "read_ahead": {
+            "chunks": get(&c.prefetch_chunks),
+            "skipped_for_memory": get(&c.prefetch_skipped),
+            "failures": get(&c.prefetch_failures),
         },
         "verification": {
             "verified_blobs": get(&c.verified_blobs),
