@@ -463,3 +463,26 @@ fn a_file_open_when_its_blob_fails_verification_fails_every_later_read() {
     // A fresh open starts over and is served the right bytes.
     assert_eq!(read_all(&w.fs, ino).unwrap(), data);
 }
+
+#[test]
+fn listing_tags_fetches_no_manifest_and_hides_referrer_index_tags() {
+    let src = Arc::new(MemorySource::new());
+    let m = image_manifest(&src, &[titled(src.put_blob("x", b"a".to_vec()), "a")]);
+    for i in 0..50 {
+        src.put_manifest("r", Some(&format!("v{i}")), m.clone());
+    }
+    let referrers_tag = format!("sha256-{}", "ab".repeat(32));
+    src.put_manifest("r", Some(&referrers_tag), m.clone());
+    let w = world(src, RootKind::Repository("r".into()), VerifyMode::Lazy);
+    let listed = names(&w.fs, ROOT);
+    assert_eq!(listed.len(), 50);
+    assert!(!listed.contains(&referrers_tag));
+    assert_eq!(w.src.manifest_requests.load(Ordering::Relaxed), 0);
+    // Names still resolve, and the listed entry is the directory a lookup finds.
+    assert!(path(&w.fs, &referrers_tag).is_ok());
+    let v7 = path(&w.fs, "v7").unwrap();
+    let again = w.fs.readdir(ROOT).unwrap();
+    assert!(again
+        .iter()
+        .any(|e| e.name == "v7" && e.ino == v7 && e.is_dir));
+}

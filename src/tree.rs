@@ -94,8 +94,6 @@ struct Entry {
     parent: Ino,
     /// Children known so far; for fixed directories (manifests) this is complete.
     children: BTreeMap<String, Ino>,
-    /// When a dynamic directory was last listed.
-    listed: Option<Instant>,
 }
 
 /// Settings of the namespace.
@@ -186,7 +184,6 @@ impl Tree {
             node: root_node,
             parent: ROOT,
             children: BTreeMap::new(),
-            listed: None,
         });
         // The control directory is an orphan child of the root: it has the root as its
         // parent but is not in the root's listing.
@@ -194,7 +191,6 @@ impl Tree {
             node: Node::ControlDir,
             parent: ROOT,
             children: BTreeMap::new(),
-            listed: None,
         });
         tree.add(CONTROL_DIR, "stats.json", Node::StatsFile);
         let root = tree.node(ROOT)?;
@@ -239,7 +235,6 @@ impl Tree {
             node,
             parent,
             children: BTreeMap::new(),
-            listed: None,
         });
         let ino = nodes.len() as Ino;
         if let Some(p) = nodes.get_mut(parent as usize - 1) {
@@ -650,9 +645,16 @@ impl Tree {
                 Manifest::Index(i) => names::index_entry_names(&i.manifests),
                 Manifest::Image(_) => Vec::new(),
             },
-            Node::Repo { repo } => self.tags(repo)?.to_vec(),
-            Node::Namespace { prefix } => self.namespace_names(prefix)?,
-            Node::Hosts => self.hosts.as_ref().map(|m| m.visited()).unwrap_or_default(),
+            // Tags, namespaces and hosts are all directories: list them without fetching a
+            // manifest per entry (a repository may hold thousands of tags).
+            Node::Repo { repo } => return Ok(self.unresolved(ino, listed_tags(&self.tags(repo)?))),
+            Node::Namespace { prefix } => {
+                return Ok(self.unresolved(ino, self.namespace_names(prefix)?))
+            }
+            Node::Hosts => {
+                let hosts = self.hosts.as_ref().map(|m| m.visited()).unwrap_or_default();
+                return Ok(self.unresolved(ino, hosts));
+            }
             Node::Referrers(m) => {
                 // Referrers already found not to name this subject are left out quietly.
                 let list = self.referrers_of(m)?;
@@ -673,10 +675,25 @@ impl Tree {
                 Err(e) => log::warn!("skipping {name:?} in listing: {e}"),
             }
         }
-        if let Some(e) = self.write().get_mut(ino as usize - 1) {
-            e.listed = Some(Instant::now());
-        }
         Ok(out)
+    }
+
+    /// Directory entries for names not looked up yet. An entry carries the inode of a child
+    /// already known, else a placeholder number outside the table (high bit set, stable per
+    /// name): the kernel looks every name up before use, so only `ls -i` sees it.
+    fn unresolved(&self, ino: Ino, names: Vec<String>) -> Vec<(String, Ino, bool)> {
+        use std::hash::{Hash, Hasher};
+        names
+            .into_iter()
+            .map(|name| {
+                let child = self.child(ino, &name).unwrap_or_else(|| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    (ino, &name).hash(&mut h);
+                    (1 << 63) | (h.finish() >> 1)
+                });
+                (name, child, true)
+            })
+            .collect()
     }
 
     fn fixed_children(&self, ino: Ino) -> Vec<(String, Ino, bool)> {
@@ -722,7 +739,7 @@ impl Tree {
             }
         }
         if !prefix.is_empty() && catalog.binary_search(&prefix.to_string()).is_ok() {
-            names.extend(self.tags(prefix)?.iter().cloned());
+            names.extend(listed_tags(&self.tags(prefix)?));
         }
         names.sort();
         names.dedup();
@@ -736,4 +753,17 @@ impl Tree {
         lock(&self.catalog).clear();
         lock(&self.referrers).clear();
     }
+}
+
+/// Tags as listed: those of the referrers tag schema (`sha256-<hex>`) are hidden, since
+/// they index other artifacts' referrers; they still resolve by name.
+fn listed_tags(tags: &[String]) -> Vec<String> {
+    tags.iter()
+        .filter(|t| {
+            !(t.len() == 71
+                && t.starts_with("sha256-")
+                && t[7..].bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .cloned()
+        .collect()
 }
