@@ -1,0 +1,7 @@
+//! `SOURCE` parsing (`target::parse`).
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::target(data));
