@@ -339,12 +339,23 @@ fn the_multi_registry_root_reaches_any_registry_by_host() {
         .arg(&spot.mnt)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(common::names(&spot.mnt).is_empty(), "no host visited yet");
     let host = spot.mnt.join(reg.addr());
     assert_eq!(common::names(&host), ["eo"]);
     assert!(fs::read(host.join("eo/products/v1/imagery.tif")).unwrap() == data);
-    assert_eq!(common::names(&spot.mnt), [reg.addr().to_string()], "the root lists visited hosts");
+    assert_eq!(
+        common::names(&spot.mnt),
+        [reg.addr().to_string()],
+        "the root lists visited hosts"
+    );
     assert!(!spot.mnt.join("not-a-host").exists());
-    assert!(!spot.mnt.join("127.0.0.1:1").exists(), "an unreachable registry is not found");
+    assert!(
+        !spot.mnt.join("127.0.0.1:1").exists(),
+        "an unreachable registry is not found"
+    );
 }
