@@ -107,14 +107,19 @@ pub fn place_layers(layers: &[Descriptor]) -> Vec<Placement> {
         }
     }
     // Fallback names are claimed after every sound title, so a title never loses its name to
-    // a fallback; a digest that repeats gets its layer position appended.
+    // a fallback; a digest that repeats gets its layer position appended, and should a title
+    // already hold that name too (titles may look like anything), a counter after it.
     for (i, refused) in fallbacks {
         let base = format!("sha256-{}", layers[i].digest.hex());
         let mut path = vec![base.clone()];
-        if claim(&path, &mut files, &mut dirs).is_err() {
-            path = vec![format!("{base}-{i}")];
-            // A title cannot contain this name's shape and position together, so this holds.
-            let _ = claim(&path, &mut files, &mut dirs);
+        let mut n = 0usize;
+        // Ends: each refusal is a distinct name already taken, and there are finitely many.
+        while claim(&path, &mut files, &mut dirs).is_err() {
+            path = vec![match n {
+                0 => format!("{base}-{i}"),
+                n => format!("{base}-{i}-{n}"),
+            }];
+            n += 1;
         }
         out[i] = Some(Placement { path, refused });
     }
@@ -142,20 +147,30 @@ fn claim(
 
 /// The directory name for an index entry: its platform (`linux-arm64-v8`) when it has one
 /// and that name is sound, else its digest (`sha256-<hex>`).
+/// Names are unique: an entry whose name is taken (the same digest twice, or a platform
+/// that spells another entry's `sha256-<hex>`) gets its position appended.
 pub fn index_entry_names(entries: &[Descriptor]) -> Vec<String> {
     let mut seen = HashSet::new();
     entries
         .iter()
-        .map(|d| {
-            let by_platform = d.platform.as_ref().and_then(platform_name);
-            match by_platform {
-                Some(n) if seen.insert(n.clone()) => n,
-                _ => {
-                    let n = format!("sha256-{}", d.digest.hex());
-                    seen.insert(n.clone());
-                    n
+        .enumerate()
+        .map(|(i, d)| {
+            if let Some(n) = d.platform.as_ref().and_then(platform_name) {
+                if seen.insert(n.clone()) {
+                    return n;
                 }
             }
+            let base = format!("sha256-{}", d.digest.hex());
+            let mut name = base.clone();
+            let mut n = 0usize;
+            while !seen.insert(name.clone()) {
+                name = match n {
+                    0 => format!("{base}-{i}"),
+                    n => format!("{base}-{i}-{n}"),
+                };
+                n += 1;
+            }
+            name
         })
         .collect()
 }
@@ -342,6 +357,40 @@ mod tests {
         assert_eq!(placed[1].refused.as_ref().unwrap().1, TitleError::Duplicate);
         let unique: HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
+    }
+
+    #[test]
+    fn a_title_shaped_like_a_fallback_name_hides_no_layer() {
+        let hex = layer(1, None).digest.hex().to_string();
+        let layers = vec![
+            layer(1, None),
+            layer(1, None),
+            layer(2, Some(&format!("sha256-{hex}-1"))),
+            layer(1, Some("..")),
+            layer(3, Some(&format!("sha256-{hex}-3"))),
+        ];
+        let placed = place_layers(&layers);
+        let names: HashSet<_> = placed.iter().map(|p| p.path.clone()).collect();
+        assert_eq!(names.len(), layers.len(), "{placed:?}");
+        assert_eq!(
+            placed[2].path,
+            [format!("sha256-{hex}-1")],
+            "the title keeps its name"
+        );
+    }
+
+    #[test]
+    fn index_entry_names_are_unique() {
+        let b = layer(2, None);
+        let mut a = layer(1, None);
+        a.platform = Some(Platform {
+            architecture: b.digest.hex().to_string(),
+            os: "sha256".into(),
+            variant: None,
+        });
+        let names = index_entry_names(&[a, b.clone(), b.clone(), b]);
+        let unique: HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
     }
 
     #[test]

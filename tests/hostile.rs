@@ -844,3 +844,99 @@ fn blobs_symlinked_out_of_the_layout_are_refused() {
     }
     assert!(common::names(sb.cwd.path()).is_empty());
 }
+
+/// Names chosen to collide with the names orasfs falls back to — a title spelled like the
+/// `sha256-<hex>-<position>` of a repeated untitled layer, an index entry whose platform
+/// spells `sha256-<hex>` of another entry, the same entry twice — hide nothing: every layer
+/// and every index entry has a name of its own and reads its own bytes.
+#[test]
+fn names_that_mimic_fallback_names_hide_nothing() {
+    let reg = Registry::start();
+    let same = b"the same blob twice".to_vec();
+    let other = b"a different blob".to_vec();
+    let hex = hex_of(&sha256(&same)).to_string();
+    let pushed = reg.push_layers(
+        "hostile/mimic",
+        Some("v1"),
+        vec![
+            LayerSpec::untitled(same.clone()),
+            LayerSpec::untitled(same.clone()),
+            LayerSpec::titled(&format!("sha256-{hex}-1"), other.clone()),
+        ],
+    );
+    let sb = Sandbox::new();
+    let mut m = sb
+        .launch(&format!("{}/hostile/mimic:v1", reg.addr()))
+        .mount()
+        .expect("mount");
+    let mut files: Vec<String> = common::names(m.path())
+        .into_iter()
+        .filter(|n| n.starts_with("sha256-"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "three layers, three names: {files:?}");
+    let mut contents: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| read_all(&m.join(f)).unwrap())
+        .collect();
+    contents.sort();
+    let mut want = vec![same.clone(), same.clone(), other.clone()];
+    want.sort();
+    assert_eq!(contents, want);
+    assert_eq!(
+        read_all(&m.join(&format!("sha256-{hex}-1"))).unwrap(),
+        other,
+        "the title keeps its name"
+    );
+    assert!(m.alive());
+    drop(m);
+
+    // An index: the same entry twice, and an entry whose platform spells another's name.
+    let a = reg.push_layers(
+        "hostile/mimic",
+        None,
+        vec![LayerSpec::titled("a.txt", b"A".to_vec())],
+    );
+    let b = reg.push_layers(
+        "hostile/mimic",
+        None,
+        vec![LayerSpec::titled("b.txt", b"B".to_vec())],
+    );
+    let mut spoof = a.descriptor();
+    spoof["platform"] = json!({"os": "sha256", "architecture": hex_of(&b.digest)});
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [spoof, b.descriptor(), b.descriptor()],
+    }))
+    .unwrap();
+    reg.push_manifest("hostile/mimic", "idx", OCI_INDEX, &index);
+    let mut m = sb
+        .launch(&format!("{}/hostile/mimic:idx", reg.addr()))
+        .mount()
+        .expect("mount the index");
+    let entries: Vec<String> = common::names(m.path())
+        .into_iter()
+        .filter(|n| n.starts_with("sha256-"))
+        .collect();
+    assert_eq!(entries.len(), 3, "three entries, three names: {entries:?}");
+    let mut seen: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            let mut n = common::names(&m.join(e));
+            n.retain(|n| n.ends_with(".txt"));
+            n.join(",")
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["a.txt", "b.txt", "b.txt"]);
+    // First come, first named: the spoofing platform took b's digest name; b got another.
+    let spoofed = format!("sha256-{}", hex_of(&b.digest));
+    assert_eq!(
+        read_all(&m.join(&format!("{spoofed}/a.txt"))).unwrap(),
+        b"A"
+    );
+    let b_dir = entries.iter().find(|e| **e != spoofed).unwrap();
+    assert_answers(&mut m, &format!("{b_dir}/b.txt"), b"B");
+    sb.assert_clean(&m);
+}
