@@ -855,7 +855,7 @@ fn names_that_mimic_fallback_names_hide_nothing() {
     let same = b"the same blob twice".to_vec();
     let other = b"a different blob".to_vec();
     let hex = hex_of(&sha256(&same)).to_string();
-    let pushed = reg.push_layers(
+    reg.push_layers(
         "hostile/mimic",
         Some("v1"),
         vec![
