@@ -37,6 +37,17 @@ pub fn parse(s: &str) -> Result<Target, String> {
     if s.is_empty() {
         return Err("SOURCE is empty".into());
     }
+    // SOURCE as errors show it: control characters escaped, so the message stays one line.
+    let q: String = s
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
     if Path::new(s).is_dir() {
         return Ok(Target::Layout {
             path: s.into(),
@@ -46,7 +57,7 @@ pub fn parse(s: &str) -> Result<Target, String> {
     if let Some((path, tag)) = s.rsplit_once(':') {
         if Path::new(path).is_dir() {
             if !valid_tag(tag) {
-                return Err(format!("{s}: {tag:?} is not a valid tag"));
+                return Err(format!("{q}: {tag:?} is not a valid tag"));
             }
             return Ok(Target::Layout {
                 path: path.into(),
@@ -55,7 +66,7 @@ pub fn parse(s: &str) -> Result<Target, String> {
         }
     }
     if s.starts_with('/') || s.starts_with('.') || s.starts_with('~') {
-        return Err(format!("{s}: no such OCI layout directory"));
+        return Err(format!("{q}: no such OCI layout directory"));
     }
     let (host, rest) = match s.split_once('/') {
         Some((h, r)) => (h, Some(r)),
@@ -63,7 +74,7 @@ pub fn parse(s: &str) -> Result<Target, String> {
     };
     if !valid_host(host) {
         return Err(format!(
-            "{s}: not a directory, and {host:?} is not a registry host (expected HOST[:PORT], e.g. ghcr.io or 127.0.0.1:5000)"
+            "{q}: not a directory, and {host:?} is not a registry host (expected HOST[:PORT], e.g. ghcr.io or 127.0.0.1:5000)"
         ));
     }
     let Some(rest) = rest.filter(|r| !r.is_empty()) else {
@@ -74,13 +85,13 @@ pub fn parse(s: &str) -> Result<Target, String> {
         });
     };
     let (repo, reference) = if let Some((repo, digest)) = rest.split_once('@') {
-        let d = Digest::parse(digest).map_err(|e| format!("{s}: {e}"))?;
+        let d = Digest::parse(digest).map_err(|e| format!("{q}: {e}"))?;
         (repo, Some(Reference::Digest(d)))
     } else {
         match rest.rsplit_once(':') {
             Some((repo, tag)) if !tag.contains('/') => {
                 if !valid_tag(tag) {
-                    return Err(format!("{s}: {tag:?} is not a valid tag"));
+                    return Err(format!("{q}: {tag:?} is not a valid tag"));
                 }
                 (repo, Some(Reference::Tag(tag.to_string())))
             }
@@ -93,7 +104,7 @@ pub fn parse(s: &str) -> Result<Target, String> {
     }
     if !valid_repo_name(&repo) {
         return Err(format!(
-            "{s}: {repo:?} is not a valid repository name (lowercase letters, digits, '.', '_', '-', separated by '/')"
+            "{q}: {repo:?} is not a valid repository name (lowercase letters, digits, '.', '_', '-', separated by '/')"
         ));
     }
     Ok(Target::Registry {
@@ -148,6 +159,9 @@ mod tests {
             "ghcr.io/UPPER",
             "ghcr.io/x:bad tag",
             "ghcr.io/x@sha256:12",
+            "ghmndel:v\n\n2",
+            "a\nb.io/x:\r",
+            "/no/such\ndir",
         ] {
             let e = parse(bad).unwrap_err();
             assert!(!e.contains('\n'), "{e}");
