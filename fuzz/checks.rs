@@ -124,11 +124,7 @@ pub fn titles(data: &[u8]) {
     // No file is also a directory on another file's path.
     for p in &placed {
         for k in 1..p.path.len() {
-            assert!(
-                !files.contains(&p.path[..k]),
-                "{:?} under a file",
-                p.path
-            );
+            assert!(!files.contains(&p.path[..k]), "{:?} under a file", p.path);
         }
     }
 }

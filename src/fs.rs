@@ -290,7 +290,7 @@ impl Fs {
     /// then read it directly (FUSE passthrough).
     pub fn verified_file(&self, ino: Ino) -> Option<std::fs::File> {
         match self.tree.node(ino).ok()? {
-            Node::Blob { blob, .. } => self.cache.verified(&blob)?.file.try_clone().ok(),
+            Node::Blob { blob, .. } => self.cache.passthrough_file(&blob),
             _ => None,
         }
     }

@@ -25,11 +25,35 @@ pub struct FuseFs {
     backing: Mutex<Backing>,
 }
 
-/// Kernel backing ids for passthrough: one per inode while any handle has it open.
+/// Kernel backing ids for passthrough: one per inode while any handle has it open. The
+/// kernel refuses a passthrough open of an inode that is also open the ordinary way, so
+/// those opens are counted too.
 #[derive(Default)]
 struct Backing {
     by_fh: HashMap<u64, Arc<BackingId>>,
     by_ino: HashMap<u64, Weak<BackingId>>,
+    /// Handles opened the ordinary way: fh → inode, and open count per inode.
+    plain_fh: HashMap<u64, u64>,
+    plain_ino: HashMap<u64, usize>,
+}
+
+impl Backing {
+    fn plain_open(&mut self, fh: u64, ino: u64) {
+        self.plain_fh.insert(fh, ino);
+        *self.plain_ino.entry(ino).or_insert(0) += 1;
+    }
+
+    fn release(&mut self, fh: u64) {
+        self.by_fh.remove(&fh);
+        if let Some(ino) = self.plain_fh.remove(&fh) {
+            if let Some(n) = self.plain_ino.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    self.plain_ino.remove(&ino);
+                }
+            }
+        }
+    }
 }
 
 impl FuseFs {
@@ -46,30 +70,34 @@ impl FuseFs {
         self.backing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Open a verified file by passthrough; `None` if it cannot be (then open normally).
-    fn try_passthrough(&self, ino: u64, fh: u64, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
-        if !self.passthrough.load(Ordering::Relaxed) {
+    /// The backing id for a passthrough open of `ino` from `file`, or `None` when it must
+    /// be opened the ordinary way. Called with the backing table locked, so the choice and
+    /// the reply cannot interleave with another open of the same inode.
+    fn passthrough_id(
+        &self,
+        b: &mut Backing,
+        ino: u64,
+        file: std::fs::File,
+        reply: &ReplyOpen,
+    ) -> Option<Arc<BackingId>> {
+        if b.plain_ino.contains_key(&ino) {
             return None;
         }
-        let file = self.fs.verified_file(ino)?;
-        let mut b = self.backing();
-        let id = match b.by_ino.get(&ino).and_then(Weak::upgrade) {
-            Some(id) => id,
-            None => match reply.open_backing(&file) {
-                Ok(id) => {
-                    let id = Arc::new(id);
-                    b.by_ino.insert(ino, Arc::downgrade(&id));
-                    id
-                }
-                Err(e) => {
-                    log::warn!("FUSE passthrough unavailable ({e}); serving reads through orasfs");
-                    self.passthrough.store(false, Ordering::Relaxed);
-                    return None;
-                }
-            },
-        };
-        b.by_fh.insert(fh, id.clone());
-        Some(id)
+        if let Some(id) = b.by_ino.get(&ino).and_then(Weak::upgrade) {
+            return Some(id);
+        }
+        match reply.open_backing(&file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                b.by_ino.insert(ino, Arc::downgrade(&id));
+                Some(id)
+            }
+            Err(e) => {
+                log::warn!("FUSE passthrough unavailable ({e}); serving reads through orasfs");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 }
 
@@ -152,15 +180,31 @@ impl Filesystem for FuseFs {
             Ok(fh) if self.fs.is_volatile(ino.0) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
             }
-            Ok(fh) => match self.try_passthrough(ino.0, fh, &reply) {
-                Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-                // The kernel may keep pages across opens only once they are verified: pages
-                // of a blob that later fails its digest must not outlive the failure.
-                None if self.fs.is_verified(ino.0) => {
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            Ok(fh) => {
+                let file = self
+                    .passthrough
+                    .load(Ordering::Relaxed)
+                    .then(|| self.fs.verified_file(ino.0))
+                    .flatten();
+                let mut b = self.backing();
+                match file.and_then(|f| self.passthrough_id(&mut b, ino.0, f, &reply)) {
+                    Some(id) => {
+                        b.by_fh.insert(fh, id.clone());
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    }
+                    None => {
+                        b.plain_open(fh, ino.0);
+                        // The kernel may keep pages across opens only once they are verified:
+                        // pages of a blob that later fails its digest must not outlive that.
+                        let flags = if self.fs.is_verified(ino.0) {
+                            FopenFlags::FOPEN_KEEP_CACHE
+                        } else {
+                            FopenFlags::empty()
+                        };
+                        reply.opened(FileHandle(fh), flags);
+                    }
                 }
-                None => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            },
+            }
             Err(e) => reply.error(self.errno(&e)),
         }
     }
@@ -204,7 +248,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.fs.release(fh.0);
-        self.backing().by_fh.remove(&fh.0);
+        self.backing().release(fh.0);
         reply.ok();
     }
 

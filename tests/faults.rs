@@ -77,7 +77,6 @@ fn a_flipped_byte_in_a_small_blob_fails_the_read() {
 /// never ends successfully with a wrong byte. The read that completes the blob fails with
 /// EIO; the next whole read, with the fault gone, is right — no remount needed.
 #[test]
-#[ignore = "bug: lazy mode: the digest verdict can land on a kernel read-ahead whose EIO the reader never sees; the retried read then succeeds with the damaged bytes"]
 fn a_flipped_byte_in_a_large_blob_never_ends_a_successful_read() {
     let reg = Registry::start();
     let proxy = FaultProxy::start(reg.addr());
@@ -226,7 +225,6 @@ fn damaged_fetches_leave_nothing_in_the_cache_strict() {
 }
 
 #[test]
-#[ignore = "bug: lazy mode: the digest verdict can land on a kernel read-ahead whose EIO the reader never sees; the retried read then succeeds with the damaged bytes"]
 fn damaged_fetches_leave_nothing_in_the_cache_lazy() {
     damaged_fetches_leave_nothing_in_the_cache("lazy");
 }
@@ -385,7 +383,6 @@ fn protocol_faults_fail_cleanly_and_never_give_wrong_bytes() {
 /// A manifest answer cut off mid-body (connection reset) is retried like any other
 /// transient failure: the mount comes up and lists the artifact.
 #[test]
-#[ignore = "bug: a manifest (or tag list) body cut mid-way is not retried: registry::Client reads bodies outside its retry loop"]
 fn a_manifest_body_cut_mid_way_is_retried() {
     let reg = Registry::start();
     let proxy = FaultProxy::start(reg.addr());
@@ -830,7 +827,6 @@ fn a_full_cache_disk_still_serves_ranged_reads_uncached() {
 /// Blobs fetched whole and verified before their first byte is served: small ones, and any
 /// under `--verify strict`.
 #[test]
-#[ignore = "bug: a blob fetched whole (<= 4 MiB, or any blob with --verify strict) fails with EIO when its temp file cannot be written (ENOSPC), instead of being served uncached"]
 fn a_full_cache_disk_still_serves_whole_blob_reads_uncached() {
     full_cache_disk_serves_reads_uncached(
         &[
@@ -861,7 +857,6 @@ fn flip(p: &Path, at: u64) {
 /// files — and every file still reads right: damage is detected and refetched, garbage
 /// ignored.
 #[test]
-#[ignore = "bug: FUSE passthrough hands the verified cache file to the kernel, which reads it without the per-chunk CRC check, so a byte flipped on disk is served"]
 fn a_tampered_cache_is_detected_and_refetched() {
     tampered_cache_is_detected_and_refetched(&[]);
 }

@@ -229,7 +229,6 @@ fn opens_across_verification_all_succeed(extra: &[&str]) {
 }
 
 #[test]
-#[ignore = "bug: with FUSE passthrough, opening a file while it is open from before its blob was verified fails with EIO (the kernel refuses mixed passthrough and cached opens of one inode)"]
 fn opens_across_verification_all_succeed_with_passthrough() {
     opens_across_verification_all_succeed(&[]);
 }

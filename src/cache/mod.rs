@@ -196,6 +196,12 @@ pub struct BlobCache {
     chunk_flights: Flights<(Digest, u64), ChunkFlight>,
     whole_flights: Flights<Digest, ()>,
     hot: Mutex<LruCache<(Digest, u64), Chunk>>,
+    /// Whole blobs verified in memory because the cache could not store them (disk full,
+    /// read-only): served from here, uncached.
+    uncached: Mutex<LruCache<Digest, Chunk>>,
+    /// Verified files whose chunk CRCs were all checked in this process, before the
+    /// kernel was first given one to read directly.
+    rechecked: Mutex<std::collections::HashSet<Digest>>,
     ledger: Ledger,
     background: Background,
     pub stats: CacheStats,
@@ -250,6 +256,8 @@ impl BlobCache {
             chunk_flights: Flights::default(),
             whole_flights: Flights::default(),
             hot: Mutex::new(LruCache::new(hot)),
+            uncached: Mutex::new(LruCache::new(NonZeroUsize::MIN.saturating_add(3))),
+            rechecked: Mutex::new(Default::default()),
             ledger,
             background: Background::default(),
             stats: CacheStats::default(),
@@ -366,6 +374,7 @@ impl BlobCache {
 
     fn drop_verified(&self, d: &Digest) {
         lock(&self.verified).remove(d);
+        lock(&self.rechecked).remove(d);
         let freed =
             usage::remove_path(&self.blob_path(d)) + usage::remove_path(&self.sidecar_path(d));
         self.ledger.release(d, freed);
@@ -385,8 +394,29 @@ impl BlobCache {
         let _pin = self.pin_guard(&blob.digest);
         self.note_use(&blob.digest);
         let end = blob.size.min(offset + len as u64);
+        if let Some(bytes) = lock(&self.uncached).get(&blob.digest) {
+            return Ok(bytes[offset as usize..end as usize].to_vec());
+        }
         if !self.reads_ahead(blob) && self.verified(blob).is_none() {
-            self.ensure_verified(src, blob)?;
+            match self.ensure_verified(src, blob) {
+                Ok(_) => {}
+                // The cache cannot take the blob (disk full, read-only): verify it in
+                // memory and serve it uncached, if it fits the memory budget.
+                Err(e) if is_storage_error(&e) && blob.size <= self.cfg.max_memory => {
+                    let n = self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    if n.is_power_of_two() || n == 0 {
+                        log::warn!(
+                            "cache: cannot store {} ({e}); serving it uncached",
+                            blob.digest
+                        );
+                    }
+                    let bytes = self.fetch_in_memory(src, blob)?;
+                    let out = bytes[offset as usize..end as usize].to_vec();
+                    lock(&self.uncached).put(blob.digest.clone(), bytes);
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            }
         }
         let first = offset / CHUNK_SIZE;
         let last = (end - 1) / CHUNK_SIZE;
@@ -402,6 +432,47 @@ impl BlobCache {
             self.advance_hash(blob, first, last + 1)?;
         }
         Ok(out)
+    }
+
+    /// Fetch a whole blob into memory and check it against its digest.
+    fn fetch_in_memory(&self, src: &dyn Source, blob: &BlobRef) -> Result<Chunk, CacheError> {
+        let mut sink = crate::source::VecSink::with_limit(blob.size);
+        self.stats.fetch_requests.fetch_add(1, Ordering::Relaxed);
+        src.fetch_blob(&blob.repo, &blob.digest, blob.size, None, &mut sink)?;
+        self.stats
+            .fetched_bytes
+            .fetch_add(sink.bytes.len() as u64, Ordering::Relaxed);
+        let actual = Digest::of(&sink.bytes);
+        if sink.bytes.len() as u64 != blob.size || actual != blob.digest {
+            self.record_failure(&blob.digest, false);
+            return Err(CacheError::Integrity {
+                digest: blob.digest.clone(),
+                detail: format!("{} bytes hashing to {actual}", sink.bytes.len()),
+            });
+        }
+        Ok(Arc::new(sink.bytes))
+    }
+
+    /// The verified file of a blob, for the kernel to read directly. Before the first such
+    /// hand-over in this process every chunk CRC is checked, since the kernel will not check
+    /// them; a file that fails is dropped (and fetched again through the normal path).
+    pub fn passthrough_file(&self, blob: &BlobRef) -> Option<std::fs::File> {
+        let v = self.verified(blob)?;
+        if !lock(&self.rechecked).contains(&blob.digest) {
+            let sound =
+                (0..chunk::chunk_count(blob.size)).all(|i| v.chunk(&blob.digest, i).is_some());
+            if !sound {
+                log::warn!(
+                    "cache: verified blob {} fails its checksums; refetching",
+                    blob.digest
+                );
+                self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
+                self.drop_verified(&blob.digest);
+                return None;
+            }
+            lock(&self.rechecked).insert(blob.digest.clone());
+        }
+        v.file.try_clone().ok()
     }
 
     /// Move a blob to the front of the LRU list, and now and then refresh its time on disk.
@@ -900,4 +971,12 @@ impl BlobCache {
         usage::remove_blob(&self.root, d);
         self.ledger.forget(d);
     }
+}
+
+/// Whether a failure came from storing into the cache rather than from the source.
+fn is_storage_error(e: &CacheError) -> bool {
+    matches!(
+        e,
+        CacheError::Io { .. } | CacheError::Source(crate::error::SourceError::Io { .. })
+    )
 }
