@@ -46,20 +46,24 @@ for t in "${targets[@]}"; do
     [ -d "fuzz/seeds/$t" ] && seeds=("fuzz/seeds/$t")
     extra=()
     [ -f "fuzz/dicts/$t.dict" ] && extra+=("-dict=fuzz/dicts/$t.dict")
+    [ "$jobs" -gt 1 ] && extra+=("-jobs=$jobs" "-workers=$jobs")
     echo "==> $t for ${secs}s x $jobs job(s)"
+    touch "$log_dir/$t.start"
     start=$(date +%s)
-    cargo fuzz run "$t" "fuzz/corpus/$t" "${seeds[@]}" -- \
+    # With -jobs, libFuzzer writes fuzz-N.log into the working directory: use the log dir.
+    (cd "$log_dir" && cargo fuzz run --fuzz-dir "$OLDPWD/fuzz" "$t" \
+        "$OLDPWD/fuzz/corpus/$t" "${seeds[@]/#/$OLDPWD/}" -- \
+        -artifact_prefix="$OLDPWD/fuzz/artifacts/$t/" \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-        -jobs="$jobs" -workers="$jobs" -print_final_stats=1 "${extra[@]}" \
-        >"$log_dir/$t.log" 2>&1
+        -print_final_stats=1 "${extra[@]/#-dict=/-dict=$OLDPWD/}") >"$log_dir/$t.log" 2>&1
     rc=$?
     took=$(( $(date +%s) - start ))
-    # With -jobs the output goes to fuzz-N.log files in the current directory.
-    cat fuzz-*.log >>"$log_dir/$t.log" 2>/dev/null && rm -f fuzz-*.log
+    cat "$log_dir"/fuzz-*.log >>"$log_dir/$t.log" 2>/dev/null && rm -f "$log_dir"/fuzz-*.log
     runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log_dir/$t.log" | awk '{s+=$2} END {print s+0}')
     cov=$(grep -Eo 'cov: [0-9]+' "$log_dir/$t.log" | tail -1 | awk '{print $2}')
     corpus=$(find "fuzz/corpus/$t" -type f | wc -l)
-    crashes=$(find "fuzz/artifacts/$t" -type f | wc -l)
+    # Only crashes found by this run count; older ones stay in fuzz/artifacts/ until removed.
+    crashes=$(find "fuzz/artifacts/$t" -type f -newer "$log_dir/$t.start" | wc -l)
     if [ "$rc" -ne 0 ] || [ "$crashes" -gt 0 ]; then
         failed=1
         echo "    FAILED (exit $rc); last lines:"
