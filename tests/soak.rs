@@ -128,7 +128,7 @@ fn eight_readers_over_blobs_larger_than_the_cache() {
     reg.push_artifact("soak/blobs", "v1", &refs);
     let total: usize = files.iter().map(|(_, b)| b.len()).sum();
     let m = Launch::new(&format!("{}/soak/blobs:v1", reg.addr()))
-        .args(&["--cache-size", "16MiB", "--no-passthrough"])
+        .args(&["--cache-size", "16MiB"])
         .mount()
         .expect("mount");
     let files = Arc::new(files);
