@@ -1130,3 +1130,38 @@ fn a_cache_file_damaged_while_mounted_is_never_served_with_passthrough() {
 fn a_cache_file_damaged_while_mounted_is_never_served_without_passthrough() {
     cache_damaged_while_mounted_is_never_served(&["--no-passthrough"]);
 }
+
+/// A registry whose catalog keeps failing (HTTP 500 on every `_catalog` request): a mount of
+/// the whole registry may fail to list its root, but looking a repository up by name still
+/// works, as it does for a registry without a catalog.
+#[test]
+#[ignore = "bug: a catalog that keeps failing fails every lookup by name in a registry mount with EIO (tree::Tree::lookup_namespace propagates the catalog error)"]
+fn a_failing_catalog_does_not_hide_repositories_looked_up_by_name() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr());
+    reg.push_artifact("faults/catalog", "v1", &[("a.txt", b"alpha")]);
+    proxy.add(
+        Rule::get(
+            "/_catalog",
+            Fault::Status {
+                code: 500,
+                retry_after: None,
+            },
+        )
+        .always(),
+    );
+    let mut m = Launch::new(proxy.addr())
+        .args(&["--retries", "1"])
+        .mount()
+        .expect("mount the registry root");
+    if let Err(e) = fs::read_dir(m.path()).and_then(|d| d.collect::<Result<Vec<_>, _>>()) {
+        assert_eq!(errno(&e), libc::EIO, "{e}");
+    }
+    let got = read_all(&m.join("faults/catalog/v1/a.txt"));
+    assert!(
+        matches!(&got, Ok(b) if b == b"alpha"),
+        "a lookup by name with a failing catalog: {got:?}\n{}",
+        m.stderr()
+    );
+    assert!(m.alive());
+}
