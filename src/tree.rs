@@ -114,7 +114,8 @@ impl Default for TreeConfig {
 /// A listing and when it was fetched.
 type Listing = (Instant, Arc<Vec<String>>);
 /// The catalog (`None` when the source has none) and when it was fetched.
-type CatalogListing = (Instant, Option<Arc<Vec<String>>>);
+/// A failed fetch is kept too (as its message), so lookups do not ask again within the TTL.
+type CatalogListing = (Instant, Result<Option<Arc<Vec<String>>>, String>);
 /// A manifest's referrers, named, and when they were listed.
 type ReferrerListing = (Instant, Arc<Vec<(String, Descriptor)>>);
 
@@ -488,28 +489,54 @@ impl Tree {
     }
 
     /// The catalog that covers `prefix`: the registry's, or in a multi-registry mount the
-    /// catalog of the host `prefix` starts with (entries then read `host/repo`).
+    /// catalog of the host `prefix` starts with (entries then read `host/repo`). A failure
+    /// is remembered for the TTL like an answer.
     fn catalog(&self, prefix: &str) -> Result<Option<Arc<Vec<String>>>, FsError> {
         let scope = match &self.hosts {
             Some(_) => prefix.split('/').next().unwrap_or(""),
             None => "",
         };
-        if let Some((at, c)) = lock(&self.catalog).get(scope) {
-            if at.elapsed() < self.cfg.metadata_ttl {
-                return Ok(c.clone());
+        let cached = lock(&self.catalog)
+            .get(scope)
+            .filter(|(at, _)| at.elapsed() < self.cfg.metadata_ttl)
+            .map(|(_, c)| c.clone());
+        let result = match cached {
+            Some(c) => c,
+            None => {
+                let fetched = match &self.hosts {
+                    Some(m) => m.host_catalog(scope),
+                    None => self.source.catalog(),
+                };
+                let c = fetched
+                    .map(|c| {
+                        c.map(|mut c| {
+                            c.retain(|r| r.is_empty() || self.valid_path(r));
+                            c.sort();
+                            Arc::new(c)
+                        })
+                    })
+                    .map_err(|e| e.to_string());
+                lock(&self.catalog).insert(scope.to_string(), (Instant::now(), c.clone()));
+                c
             }
-        }
-        let fetched = match &self.hosts {
-            Some(m) => m.host_catalog(scope)?,
-            None => self.source.catalog()?,
         };
-        let c = fetched.map(|mut c| {
-            c.retain(|r| r.is_empty() || self.valid_path(r));
-            c.sort();
-            Arc::new(c)
-        });
-        lock(&self.catalog).insert(scope.to_string(), (Instant::now(), c.clone()));
-        Ok(c)
+        result.map_err(|detail| {
+            FsError::Source(SourceError::Protocol {
+                what: "catalog".into(),
+                detail,
+            })
+        })
+    }
+
+    /// The catalog for a lookup by name: one that fails counts as none, so repositories
+    /// are still found by name.
+    fn catalog_for_lookup(&self, prefix: &str) -> Option<Arc<Vec<String>>> {
+        self.catalog(prefix).unwrap_or_else(|e| {
+            self.warn_once(format!("catalog:{prefix}"), || {
+                format!("{e}; repositories are found by name only")
+            });
+            None
+        })
     }
 
     /// Whether `path` may name a repository or namespace (in a multi-registry mount, after
@@ -590,7 +617,7 @@ impl Tree {
     }
 
     fn lookup_namespace(&self, parent: Ino, prefix: &str, name: &str) -> Result<Ino, FsError> {
-        let catalog = self.catalog(prefix)?;
+        let catalog = self.catalog_for_lookup(prefix);
         let is_repo = |r: &str| {
             catalog
                 .as_ref()

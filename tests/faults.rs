@@ -1121,7 +1121,6 @@ fn cache_damaged_while_mounted_is_never_served(extra: &[&str]) {
 }
 
 #[test]
-#[ignore = "bug: with FUSE passthrough, a verified cache file damaged while mounted is served: the kernel reads it with no check after the once-per-mount CRC scan"]
 fn a_cache_file_damaged_while_mounted_is_never_served_with_passthrough() {
     cache_damaged_while_mounted_is_never_served(&[]);
 }
@@ -1135,7 +1134,6 @@ fn a_cache_file_damaged_while_mounted_is_never_served_without_passthrough() {
 /// the whole registry may fail to list its root, but looking a repository up by name still
 /// works, as it does for a registry without a catalog.
 #[test]
-#[ignore = "bug: a catalog that keeps failing fails every lookup by name in a registry mount with EIO (tree::Tree::lookup_namespace propagates the catalog error)"]
 fn a_failing_catalog_does_not_hide_repositories_looked_up_by_name() {
     let reg = Registry::start();
     let proxy = FaultProxy::start(reg.addr());

@@ -199,9 +199,9 @@ pub struct BlobCache {
     /// Whole blobs verified in memory because the cache could not store them (disk full,
     /// read-only): served from here, uncached.
     uncached: Mutex<LruCache<Digest, Chunk>>,
-    /// Verified files whose chunk CRCs were all checked in this process, before the
-    /// kernel was first given one to read directly.
-    rechecked: Mutex<std::collections::HashSet<Digest>>,
+    /// Verified files whose chunk CRCs were all checked in this process before the kernel
+    /// was given one to read directly, with the file's state at that check.
+    rechecked: Mutex<HashMap<Digest, FileStamp>>,
     ledger: Ledger,
     background: Background,
     pub stats: CacheStats,
@@ -453,12 +453,14 @@ impl BlobCache {
         Ok(Arc::new(sink.bytes))
     }
 
-    /// The verified file of a blob, for the kernel to read directly. Before the first such
-    /// hand-over in this process every chunk CRC is checked, since the kernel will not check
-    /// them; a file that fails is dropped (and fetched again through the normal path).
+    /// The verified file of a blob, for the kernel to read directly. The kernel will not
+    /// check chunk CRCs, so every CRC is checked before the first hand-over, and again
+    /// whenever the file has changed since (size, mtime or ctime); a file that fails is
+    /// dropped and fetched again through the normal path.
     pub fn passthrough_file(&self, blob: &BlobRef) -> Option<std::fs::File> {
         let v = self.verified(blob)?;
-        if !lock(&self.rechecked).contains(&blob.digest) {
+        let stamp = FileStamp::of(&v.file)?;
+        if lock(&self.rechecked).get(&blob.digest) != Some(&stamp) {
             let sound =
                 (0..chunk::chunk_count(blob.size)).all(|i| v.chunk(&blob.digest, i).is_some());
             if !sound {
@@ -470,7 +472,7 @@ impl BlobCache {
                 self.drop_verified(&blob.digest);
                 return None;
             }
-            lock(&self.rechecked).insert(blob.digest.clone());
+            lock(&self.rechecked).insert(blob.digest.clone(), stamp);
         }
         v.file.try_clone().ok()
     }
@@ -979,4 +981,24 @@ fn is_storage_error(e: &CacheError) -> bool {
         e,
         CacheError::Io { .. } | CacheError::Source(crate::error::SourceError::Io { .. })
     )
+}
+
+/// What changes when a file's content is modified in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(f: &std::fs::File) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = f.metadata().ok()?;
+        Some(Self {
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
