@@ -9,8 +9,8 @@
 # (so the blobs do not fit, and one blob alone is bigger than the cache). Each reader loops:
 # a whole sequential read of a random file (checked against its sha256) or 16 random preads
 # of up to 1 MiB (checked against a local copy). Prints errors (expected: 0), the longest
-# single read or open ("stall"), throughput, the cache's size on disk, and the daemon's
-# peak RSS sampled from /proc every 200 ms. Exits 1 on any error.
+# single read or open ("stall") with percentiles, throughput, the cache's size on disk, and
+# the daemon's peak RSS sampled from /proc every 200 ms. Exits 1 on any error.
 #
 # --kill ROUNDS instead runs ROUNDS rounds of: mount over the same cache, up to 16 readers
 # reading files whole, kill -9 of the daemon after a random 0.05–1 s; then one clean mount
@@ -191,6 +191,7 @@ class Tally:
         self.bytes = 0
         self.whole = 0
         self.longest = 0.0
+        self.times = []
 
     def error(self, msg):
         with self.lock:
@@ -205,6 +206,7 @@ class Tally:
             with self.lock:
                 self.reads += 1
                 self.longest = max(self.longest, dt)
+                self.times.append(dt)
 
 
 def whole_read(path, local, digest, t, stop_on_error=False):
@@ -344,7 +346,10 @@ def main():
     print(f"soak: errors {len(t.errors)}")
     for e in t.errors[:10]:
         print(f"  {e}")
-    print(f"soak: longest stall {t.longest * 1000:.0f} ms")
+    ts = sorted(t.times) or [0.0]
+    pct = lambda q: ts[min(len(ts) - 1, int(q * len(ts)))] * 1000
+    print(f"soak: longest stall {t.longest * 1000:.0f} ms (opens and reads: p50 {pct(0.5):.1f} ms, "
+          f"p99 {pct(0.99):.1f} ms, p99.9 {pct(0.999):.0f} ms)")
     print(f"soak: daemon peak RSS {max(peak[0], hwm) / 1024:.1f} MiB (sampled every 200 ms; VmHWM {hwm / 1024:.1f} MiB)")
     return 1 if t.errors else 0
 
