@@ -168,6 +168,10 @@ mod tests {
                 .unwrap();
         };
         age(root.join("blobs/sha256").join(a.hex()), 3000);
+        age(
+            root.join("blobs/sha256").join(format!("{}.crc", a.hex())),
+            3000,
+        );
         age(root.join("chunks/sha256").join(b.hex()), 2000);
         age(root.join("chunks/sha256").join(c.hex()), 1000);
         [a, b, c]

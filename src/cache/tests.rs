@@ -416,6 +416,7 @@ fn backdate(dir: &Path, d: &Digest, hours: u64) {
     let t = SystemTime::now() - Duration::from_secs(hours * 3600);
     for p in [
         dir.join("v1/blobs/sha256").join(d.hex()),
+        dir.join("v1/blobs/sha256").join(format!("{}.crc", d.hex())),
         dir.join("v1/chunks/sha256").join(d.hex()),
     ] {
         if p.exists() {

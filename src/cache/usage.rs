@@ -62,11 +62,17 @@ pub fn scan(root: &Path) -> Usage {
                 .max(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
             b.verified = true;
         } else if let Some(d) = name.strip_suffix(".crc").and_then(digest_named) {
-            sidecars.push((d, meta.len()));
+            sidecars.push((
+                d,
+                meta.len(),
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            ));
         }
     }
-    for (d, len) in sidecars {
-        entry(&mut blobs, d).bytes += len;
+    for (d, len, used) in sidecars {
+        let b = entry(&mut blobs, d);
+        b.bytes += len;
+        b.last_used = b.last_used.max(used);
     }
     for (name, meta) in entries(&root.join("chunks/sha256")) {
         if let (true, Some(d)) = (meta.is_dir(), digest_named(&name)) {
@@ -159,12 +165,15 @@ pub fn remove_blob(root: &Path, digest: &Digest) -> u64 {
         + remove_path(&root.join("chunks/sha256").join(digest.hex()))
 }
 
-/// Record a use of a blob: set the modification time of its verified file (or, for a
-/// partial blob, its chunk directory) to now.
+/// Record a use of a blob: set the modification time of its verified file's sidecar (or,
+/// for a partial blob, its chunk directory) to now. The blob file itself is left alone, so
+/// its own times change only if its content does (passthrough relies on that).
 pub fn touch(root: &Path, digest: &Digest) -> io::Result<()> {
-    let whole = root.join("blobs/sha256").join(digest.hex());
-    let target = if fs::symlink_metadata(&whole).is_ok_and(|m| m.is_file()) {
-        whole
+    let sidecar = root
+        .join("blobs/sha256")
+        .join(format!("{}.crc", digest.hex()));
+    let target = if fs::symlink_metadata(&sidecar).is_ok_and(|m| m.is_file()) {
+        sidecar
     } else {
         root.join("chunks/sha256").join(digest.hex())
     };
