@@ -21,7 +21,7 @@ pub(super) struct FetchSink<'a> {
     stop: u64,
     leads: VecDeque<ChunkLead>,
     mode: LeadMode,
-    /// Only a range was asked for; `None` for a whole-blob fetch.
+    /// A range was asked for; `false` for a whole-blob fetch.
     range: bool,
     pending: Vec<u8>,
     got: Vec<(u64, Chunk)>,
