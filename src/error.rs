@@ -86,6 +86,8 @@ pub enum FsError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 impl FsError {
@@ -99,6 +101,7 @@ impl FsError {
             FsError::Source(_) | FsError::Cache(CacheError::Source(_)) => "registry",
             FsError::Cache(CacheError::Integrity { .. }) => "integrity",
             FsError::Cache(_) => "cache",
+            FsError::Archive(_) => "archive",
         }
     }
 }
@@ -113,7 +116,7 @@ pub fn to_errno(e: &FsError) -> i32 {
         FsError::BadHandle => libc::EBADF,
         FsError::NoAttr => libc::ENODATA,
         FsError::Source(s) | FsError::Cache(CacheError::Source(s)) => source_errno(s),
-        FsError::Cache(_) => libc::EIO,
+        FsError::Cache(_) | FsError::Archive(_) => libc::EIO,
     }
 }
 

@@ -3,6 +3,7 @@
 //! Data flows one way: FUSE request → [`fuse`] → [`fs`] → [`tree`] (which file is this?)
 //! → [`cache`] (do we have these bytes?) → [`source`] (fetch the missing range).
 
+pub mod archive;
 pub mod cache;
 pub mod cli;
 pub mod daemon;

@@ -196,6 +196,7 @@ fn finish(
         root,
         TreeConfig {
             metadata_ttl: args.metadata_ttl,
+            unpack: args.unpack,
         },
     )
     .map_err(|e| e.to_string())?;
