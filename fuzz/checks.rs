@@ -243,8 +243,17 @@ pub fn archive(data: &[u8]) {
                 && !name.chars().any(char::is_control),
             "unsound member name {name:?}"
         );
-        assert_eq!(idx.lookup(n.parent, name), Some(id), "{name:?} not found again");
-        assert_eq!(n.mode & !0o555, 0, "mode {:o} keeps write or special bits", n.mode);
+        assert_eq!(
+            idx.lookup(n.parent, name),
+            Some(id),
+            "{name:?} not found again"
+        );
+        assert_eq!(
+            n.mode & !0o555,
+            0,
+            "mode {:o} keeps write or special bits",
+            n.mode
+        );
         match n.kind {
             NodeKind::File if read < 16 << 20 => {
                 let r = a.reader(id).expect("a file has a reader");
@@ -263,5 +272,8 @@ pub fn archive(data: &[u8]) {
         index: idx.clone(),
         points: Vec::new(),
     };
-    assert_eq!(Stored::decode(&stored.encode()).expect("round trip"), stored);
+    assert_eq!(
+        Stored::decode(&stored.encode()).expect("round trip"),
+        stored
+    );
 }

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::cache::prefetch::{Prefetcher, Stream};
-use crate::cache::{BlobCache, BlobRef, PinGuard};
 use crate::archive::index::{Node as ArchiveNode, NodeKind};
 use crate::archive::open::Limits;
 use crate::archive::view::{Member, Views};
 use crate::archive::{Archive, CachedBlob, MemberReader};
+use crate::cache::prefetch::{Prefetcher, Stream};
+use crate::cache::{BlobCache, BlobRef, PinGuard};
 use crate::error::FsError;
 use crate::tree::{Ino, Node, Tree, ROOT};
 

@@ -125,7 +125,11 @@ pub fn place_layers_named(layers: &[Descriptor], namings: &[LayerNaming]) -> Vec
     // a fallback; a digest that repeats gets its layer position appended, and should a title
     // already hold that name too (titles may look like anything), a counter after it.
     for (i, refused) in fallbacks {
-        let base = format!("sha256-{}{}", layers[i].digest.hex(), naming(i).fallback_ext);
+        let base = format!(
+            "sha256-{}{}",
+            layers[i].digest.hex(),
+            naming(i).fallback_ext
+        );
         let mut path = vec![base.clone()];
         let mut n = 0usize;
         // Ends: each refusal is a distinct name already taken, and there are finitely many.

@@ -387,7 +387,13 @@ impl Tree {
     }
 
     /// The directory showing an archive layer unpacked, at `path` below `ino`.
-    fn add_archive_dir(&self, ino: Ino, m: &Arc<ManifestNode>, path: &[String], layer: &Descriptor) {
+    fn add_archive_dir(
+        &self,
+        ino: Ino,
+        m: &Arc<ManifestNode>,
+        path: &[String],
+        layer: &Descriptor,
+    ) {
         let Some((name, dirs)) = path.split_last() else {
             return;
         };
@@ -395,7 +401,13 @@ impl Tree {
         for d in dirs {
             dir = match self.child(dir, d) {
                 Some(c) => c,
-                None => self.add(dir, d, Node::SubDir { manifest: m.clone() }),
+                None => self.add(
+                    dir,
+                    d,
+                    Node::SubDir {
+                        manifest: m.clone(),
+                    },
+                ),
             };
         }
         let node = Node::Archive {
@@ -430,7 +442,10 @@ impl Tree {
             });
         if let Err(e) = fetched {
             self.warn_once(format!("helm:{}", c.digest), || {
-                format!("{}/{}: Helm chart config {}: {e}", m.repo, m.reference, c.digest)
+                format!(
+                    "{}/{}: Helm chart config {}: {e}",
+                    m.repo, m.reference, c.digest
+                )
             });
             return None;
         }

@@ -58,7 +58,11 @@ fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
 
 #[test]
 fn an_oras_directory_push_round_trips_as_a_directory() {
-    need("python3", &["-c", "import oras.client"], "the PyPI package oras");
+    need(
+        "python3",
+        &["-c", "import oras.client"],
+        "the PyPI package oras",
+    );
     need("diff", &["--version"], "diffutils");
     let reg = Registry::start();
     let work = tempfile::tempdir().unwrap();
@@ -116,11 +120,14 @@ if r.status_code not in (200, 201):
     let mode = fs::metadata(m.join("mydir/a.txt")).unwrap().mode() & 0o7777;
     assert_eq!(mode & 0o222, 0, "writable mode {mode:o}");
     let raw = fs::read(m.join("mydir.tar.gz")).unwrap();
-    assert_eq!(&raw[..2], &[0x1f, 0x8b], "mydir.tar.gz is not the gzip blob");
-    let digest = String::from_utf8(
-        xattr(&m.join("mydir/a.txt"), "user.orasfs.layer").expect("layer xattr"),
-    )
-    .unwrap();
+    assert_eq!(
+        &raw[..2],
+        &[0x1f, 0x8b],
+        "mydir.tar.gz is not the gzip blob"
+    );
+    let digest =
+        String::from_utf8(xattr(&m.join("mydir/a.txt"), "user.orasfs.layer").expect("layer xattr"))
+            .unwrap();
     assert_eq!(digest, sha256(&raw));
     assert!(xattr(&m.join("mydir/a.txt"), "user.orasfs.offset").is_some());
     drop(m);
@@ -179,7 +186,10 @@ fn helm_charts_and_untitled_tar_layers_get_domain_names() {
             .collect::<Vec<_>>(),
         ["mychart-0.1.0.tgz"]
     );
-    assert_eq!(fs::read(m.join("charts/mychart/0.1.0/mychart-0.1.0.tgz")).unwrap(), tgz);
+    assert_eq!(
+        fs::read(m.join("charts/mychart/0.1.0/mychart-0.1.0.tgz")).unwrap(),
+        tgz
+    );
     let untitled = format!("sha256-{hex}.tar");
     assert!(
         names(&m.join("layers/plain/v1")).contains(&untitled),
@@ -198,7 +208,10 @@ fn helm_charts_and_untitled_tar_layers_get_domain_names() {
         b"replicas: 2\n"
     );
     // The file is still there beside its directory.
-    assert_eq!(fs::read(m.join("charts/mychart/0.1.0/mychart-0.1.0.tgz")).unwrap(), tgz);
+    assert_eq!(
+        fs::read(m.join("charts/mychart/0.1.0/mychart-0.1.0.tgz")).unwrap(),
+        tgz
+    );
 }
 
 #[test]
@@ -209,7 +222,11 @@ fn a_plain_tar_member_is_read_as_a_range() {
     fs::create_dir_all(&d).unwrap();
     // Members of 4 MiB, so the headers sit in a quarter of the blob's 1 MiB pieces.
     for i in 0..16 {
-        fs::write(d.join(format!("part{i:02}")), random_bytes(4 * MIB - 1000, i)).unwrap();
+        fs::write(
+            d.join(format!("part{i:02}")),
+            random_bytes(4 * MIB - 1000, i),
+        )
+        .unwrap();
     }
     let target = random_bytes(MIB, 99);
     fs::write(d.join("part07-target"), &target).unwrap();
@@ -283,7 +300,10 @@ fn a_fresh_mount_reads_a_tar_gz_member_from_its_nearest_checkpoint() {
         before,
         "listing from the stored index fetched blob bytes"
     );
-    assert!(fs::read(m.join("gz/f20")).unwrap() == files[20], "f20 differs");
+    assert!(
+        fs::read(m.join("gz/f20")).unwrap() == files[20],
+        "f20 differs"
+    );
     reg.settle();
     let read = reg.bytes_served_for(&hex) - before;
     // The member (1 MiB, incompressible) plus at most one checkpoint span (1 MiB of
@@ -369,7 +389,10 @@ fn hostile_archives_stay_inside_their_directory() {
     assert_eq!(fs::metadata(m.join("h/liar")).unwrap().len(), 4096);
     assert_eq!(errno_of(fs::read(m.join("h/liar"))), Some(libc_eio()));
     let stderr = m.stderr();
-    assert!(stderr.contains("escape.txt"), "refusal not logged: {stderr}");
+    assert!(
+        stderr.contains("escape.txt"),
+        "refusal not logged: {stderr}"
+    );
 }
 
 #[test]

@@ -32,6 +32,9 @@ pub struct Checkpoint {
     pub bits: u8,
 }
 
+/// Receives each checkpoint of the first pass with its window.
+pub type OnCheckpoint<'a> = dyn FnMut(Checkpoint, &[u8]) -> Result<(), ArchiveError> + 'a;
+
 /// Whether these are the first bytes of a gzip member.
 pub fn is_gzip(head: &[u8]) -> bool {
     head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b
@@ -273,12 +276,14 @@ impl Inflater {
         let mut input = Input::at(at.input);
         if at.bits > 0 {
             if at.bits > 7 || at.input == 0 {
-                return Err(ArchiveError::BadIndex("checkpoint bits out of range".into()));
+                return Err(ArchiveError::BadIndex(
+                    "checkpoint bits out of range".into(),
+                ));
             }
             let b = blob.read_at(at.input - 1, 1)?;
-            let byte = *b.first().ok_or_else(|| {
-                ArchiveError::Truncated(format!("no byte at {}", at.input - 1))
-            })?;
+            let byte = *b
+                .first()
+                .ok_or_else(|| ArchiveError::Truncated(format!("no byte at {}", at.input - 1)))?;
             // SAFETY: the stream is initialised; inflatePrime only updates its bit buffer.
             let rc = unsafe {
                 z::inflatePrime(
@@ -329,7 +334,7 @@ impl Inflater {
         &mut self,
         blob: &dyn BlobBytes,
         out: &mut [u8],
-        point: &mut dyn FnMut(Checkpoint, &[u8]) -> Result<(), ArchiveError>,
+        point: &mut OnCheckpoint<'_>,
     ) -> Result<usize, ArchiveError> {
         if out.is_empty() {
             return Ok(0);

@@ -444,7 +444,10 @@ impl Index {
 
     fn check(&self) -> Result<(), ArchiveError> {
         let n = self.nodes.len() as u64;
-        let in_arena = |o: u64, l: u64| o.checked_add(l).is_some_and(|e| e <= self.arena.len() as u64);
+        let in_arena = |o: u64, l: u64| {
+            o.checked_add(l)
+                .is_some_and(|e| e <= self.arena.len() as u64)
+        };
         for (i, node) in self.nodes.iter().enumerate() {
             let bad = (node.parent as u64) >= n
                 || (i > 0 && node.parent as usize >= i)

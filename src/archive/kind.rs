@@ -168,8 +168,7 @@ pub fn helm_chart_name(config: &[u8]) -> Option<String> {
             && s != "."
             && s != ".."
     };
-    (sound(name) && sound(version) && out.len() + 4 <= crate::names::MAX_COMPONENT)
-        .then_some(out)
+    (sound(name) && sound(version) && out.len() + 4 <= crate::names::MAX_COMPONENT).then_some(out)
 }
 
 #[cfg(test)]
@@ -183,7 +182,10 @@ mod tests {
             ("application/vnd.oci.image.layer.v1.tar", Some(None)),
             ("application/vnd.oci.image.layer.v1.tar+gzip", Some(Gzip)),
             ("application/vnd.oci.image.layer.v1.tar+zstd", Some(Zstd)),
-            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Some(Gzip)),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Some(Gzip),
+            ),
             (HELM_CHART, Some(Gzip)),
             ("application/vnd.oci.image.layer.v1.tar+lz4", Option::None),
             ("application/octet-stream", Option::None),
@@ -201,6 +203,9 @@ mod tests {
         assert_eq!(dir_name_for(".tar"), ".tar.d");
         let cfg = br#"{"name":"mychart","version":"0.1.0","apiVersion":"v2"}"#;
         assert_eq!(helm_chart_name(cfg).as_deref(), Some("mychart-0.1.0"));
-        assert_eq!(helm_chart_name(br#"{"name":"../x","version":"1"}"#), Option::None);
+        assert_eq!(
+            helm_chart_name(br#"{"name":"../x","version":"1"}"#),
+            Option::None
+        );
     }
 }

@@ -96,9 +96,8 @@ impl GzStream<'_> {
             WindowSink::File(f, path) => {
                 let mut slot = w.to_vec();
                 slot.resize(WINDOW, 0);
-                f.write_all(&slot).map_err(|e| {
-                    ArchiveError::Read(format!("writing {}: {e}", path.display()))
-                })?;
+                f.write_all(&slot)
+                    .map_err(|e| ArchiveError::Read(format!("writing {}: {e}", path.display())))?;
             }
         }
         Ok(())
@@ -283,7 +282,8 @@ impl Archive {
         };
         if !stored.gzip {
             if let Some(d) = dir {
-                if let Err(e) = std::fs::create_dir_all(d).and_then(|_| stored.save(d, digest, None))
+                if let Err(e) =
+                    std::fs::create_dir_all(d).and_then(|_| stored.save(d, digest, None))
                 {
                     log::warn!("archive {digest}: index not stored: {e}");
                 }
@@ -328,7 +328,10 @@ impl Archive {
         let Some((points, windows)) = &self.gzip else {
             let out = blob.read_at(at, len as u32)?;
             if (out.len() as u64) < len {
-                return Err(ArchiveError::Truncated(format!("blob ends before {}", at + len)));
+                return Err(ArchiveError::Truncated(format!(
+                    "blob ends before {}",
+                    at + len
+                )));
             }
             return Ok(out);
         };
@@ -336,12 +339,10 @@ impl Archive {
         // Go on from where the last read stopped when that is closer than a checkpoint.
         let i = points.partition_point(|p| p.at.out <= at);
         let nearest = i.checked_sub(1).map(|i| (i, points[i]));
-        let reuse = cursor
-            .as_ref()
-            .is_some_and(|c| {
-                c.position() <= at
-                    && nearest.is_none_or(|(_, p)| at - c.position() <= (at - p.at.out).max(SPAN))
-            });
+        let reuse = cursor.as_ref().is_some_and(|c| {
+            c.position() <= at
+                && nearest.is_none_or(|(_, p)| at - c.position() <= (at - p.at.out).max(SPAN))
+        });
         if !reuse {
             let (i, p) = nearest.ok_or_else(|| ArchiveError::BadIndex("no checkpoint".into()))?;
             let w = windows.get(i, &p)?;

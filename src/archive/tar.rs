@@ -98,7 +98,9 @@ pub fn walk(
             .map(|s| s / BLOCK * BLOCK)
             .and_then(|s| data.checked_add(s))
         else {
-            return Ok(End::Garbage(format!("header at {pos} has a size past 2^64")));
+            return Ok(End::Garbage(format!(
+                "header at {pos} has a size past 2^64"
+            )));
         };
         match flag {
             b'L' | b'K' | b'x' | b'g' => {
@@ -109,7 +111,9 @@ pub fn walk(
                 }
                 let mut meta = vec![0u8; size as usize];
                 if stream.read_at(data, &mut meta)? < meta.len() {
-                    return Ok(End::Truncated(format!("metadata entry at {pos} is cut short")));
+                    return Ok(End::Truncated(format!(
+                        "metadata entry at {pos} is cut short"
+                    )));
                 }
                 match flag {
                     b'L' => long_name = Some(c_string(&meta).to_vec()),
@@ -336,7 +340,7 @@ mod tests {
         name.resize(512, 0);
         t.extend(name);
         t.extend(header("short", b'0', 3));
-        t.extend(b"abc".iter().copied().chain(std::iter::repeat(0).take(509)));
+        t.extend(b"abc".iter().copied().chain(std::iter::repeat_n(0, 509)));
         t.extend(header("x", b'0', 0));
         t.extend(vec![0; 1024]);
         let (e, end) = entries(t);
@@ -353,7 +357,11 @@ mod tests {
         t.extend(vec![1; 512]);
         let (e, end) = entries(t);
         assert_eq!(e.len(), 1);
-        assert_eq!(end, End::Clean, "the stream ends right after: nothing more to list");
+        assert_eq!(
+            end,
+            End::Clean,
+            "the stream ends right after: nothing more to list"
+        );
         let mut bad = header("a", b'0', 0);
         bad[0] = b'b';
         let (e, end) = entries(bad);

@@ -40,7 +40,9 @@ impl BlobBytes for MemBlob {
 
 /// Pseudo-random, partly compressible bytes.
 fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|i| {
             x ^= x << 13;
@@ -73,7 +75,13 @@ fn tar_of(dir: &Path, gz: bool) -> Vec<u8> {
     let flags = if gz { "czf" } else { "cf" };
     let out = dir.with_extension("archive");
     let st = Command::new("tar")
-        .args([flags, out.to_str().unwrap(), "-C", dir.to_str().unwrap(), "."])
+        .args([
+            flags,
+            out.to_str().unwrap(),
+            "-C",
+            dir.to_str().unwrap(),
+            ".",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
@@ -119,7 +127,11 @@ fn tar_gz_members_read_back_from_checkpoints_and_the_stored_index() {
     // end costs at most the compressed span from its checkpoint (≤ 1 MiB of output).
     let fresh = MemBlob::new(blob.bytes.clone());
     let b = Archive::open(&fresh, &d, Some(&store), Limits::default()).unwrap();
-    assert_eq!(fresh.read.load(Ordering::Relaxed), 0, "listing read the blob");
+    assert_eq!(
+        fresh.read.load(Ordering::Relaxed),
+        0,
+        "listing read the blob"
+    );
     assert_eq!(b.index, a.index);
     let (rel, bytes) = files.iter().last().unwrap();
     let id = path_of(&b, rel).unwrap();
@@ -128,7 +140,11 @@ fn tar_gz_members_read_back_from_checkpoints_and_the_stored_index() {
     let got = b.read(&fresh, &r, mid, 4096).unwrap();
     assert_eq!(got, bytes[mid as usize..mid as usize + 4096]);
     let read = fresh.read.load(Ordering::Relaxed);
-    assert!(read < 1_300_000, "read {read} bytes of {} for 4 KiB", blob.bytes.len());
+    assert!(
+        read < 1_300_000,
+        "read {read} bytes of {} for 4 KiB",
+        blob.bytes.len()
+    );
 }
 
 #[test]
