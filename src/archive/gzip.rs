@@ -18,8 +18,10 @@ use super::{ArchiveError, BlobBytes};
 pub const SPAN: u64 = 1 << 20;
 /// The deflate window a checkpoint carries.
 pub const WINDOW: usize = 32 * 1024;
-/// Compressed bytes asked for at a time.
+/// Compressed bytes asked for at a time: from a checkpoint (a short span is wanted), and
+/// in the first pass (which reads the whole blob, so large requests are cheaper).
 const INPUT_CHUNK: u32 = 256 * 1024;
+const FIRST_PASS_CHUNK: u32 = 4 << 20;
 
 /// Where inflating can start again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,15 +146,17 @@ unsafe impl Send for Stream {}
 struct Input {
     buf: Vec<u8>,
     pos: usize,
+    chunk: u32,
     /// Blob offset of `buf[0]`.
     base: u64,
 }
 
 impl Input {
-    fn at(offset: u64) -> Self {
+    fn at(offset: u64, chunk: u32) -> Self {
         Self {
             buf: Vec::new(),
             pos: 0,
+            chunk,
             base: offset,
         }
     }
@@ -172,7 +176,7 @@ impl Input {
             if next >= blob.size() {
                 return Ok(self.buf.len() > self.pos);
             }
-            let more = blob.read_at(next, INPUT_CHUNK)?;
+            let more = blob.read_at(next, self.chunk)?;
             if more.is_empty() {
                 return Err(ArchiveError::Truncated(format!(
                     "blob ended at {next} of {}",
@@ -253,7 +257,7 @@ impl Inflater {
     pub fn first_pass() -> Result<Self, ArchiveError> {
         Ok(Self {
             stream: Stream::new(GZIP)?,
-            input: Input::at(0),
+            input: Input::at(0, FIRST_PASS_CHUNK),
             out: 0,
             raw: false,
             indexing: Some(Recorder {
@@ -273,7 +277,7 @@ impl Inflater {
         window: &[u8],
     ) -> Result<Self, ArchiveError> {
         let mut stream = Stream::new(RAW)?;
-        let mut input = Input::at(at.input);
+        let mut input = Input::at(at.input, INPUT_CHUNK);
         if at.bits > 0 {
             if at.bits > 7 || at.input == 0 {
                 return Err(ArchiveError::BadIndex(

@@ -192,3 +192,43 @@ fn gzip_bomb_is_refused_and_not_a_tar_is_an_error() {
         Err(ArchiveError::NotTar(_))
     ));
 }
+
+/// Peak memory of listing a million members (run by hand, in release:
+/// `cargo test --release --lib million -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn a_million_members_memory() {
+    use super::index::Builder;
+    use super::tar::{Kind, RawEntry};
+    let hwm = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+            .unwrap()
+    };
+    let before = hwm();
+    let mut b = Builder::new();
+    for i in 0..1_000_000u64 {
+        b.add(RawEntry {
+            path: format!("dir{:03}/sub{:02}/file-{i:07}.dat", i % 1000, i % 50).into_bytes(),
+            link: Vec::new(),
+            kind: Kind::File,
+            mode: 0o644,
+            mtime: 0,
+            offset: i * 1024,
+            size: 100,
+        });
+    }
+    let idx = b.finish(None);
+    let after_build = hwm();
+    let mut bytes = Vec::new();
+    idx.encode(&mut bytes);
+    println!(
+        "1M members: {} nodes, peak RSS +{} MiB while building, stored index {} MiB",
+        idx.len(),
+        (after_build - before) / 1024,
+        bytes.len() >> 20
+    );
+}
