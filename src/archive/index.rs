@@ -206,9 +206,9 @@ impl Builder {
         }
         // Implicit parent directories; entries below a non-directory are dropped, as
         // extraction cannot create them.
-        let mut paths: Vec<String> = self.slots.keys().cloned().collect();
+        let mut implicit: HashMap<String, ()> = HashMap::new();
         let mut dropped = Vec::new();
-        for p in &paths {
+        for p in self.slots.keys() {
             let mut at = 0;
             while let Some(i) = p[at..].find('/') {
                 let parent = &p[..at + i];
@@ -219,18 +219,9 @@ impl Builder {
                     }
                     Some(_) => {}
                     None => {
-                        self.slots.insert(
-                            parent.to_string(),
-                            Slot {
-                                kind: NodeKind::Dir,
-                                mode: 0o555,
-                                mtime: 0,
-                                offset: 0,
-                                size: 0,
-                                link: Vec::new(),
-                                truncated: false,
-                            },
-                        );
+                        if !implicit.contains_key(parent) {
+                            implicit.insert(parent.to_string(), ());
+                        }
                     }
                 }
                 at += i + 1;
@@ -239,18 +230,30 @@ impl Builder {
         for d in dropped {
             self.slots.remove(&d);
         }
-        paths.clear();
-        paths.extend(self.slots.keys().cloned());
-        let key = |p: &String| {
-            let (parent, name) = p.rsplit_once('/').unwrap_or(("", p.as_str()));
-            (p.matches('/').count(), parent.to_string(), name.to_string())
-        };
-        let mut keyed: Vec<(usize, String, String)> = paths.iter().map(key).collect();
-        keyed.sort();
-        drop(paths);
-        let mut ids: HashMap<String, u32> = HashMap::with_capacity(keyed.len() + 1);
+        for (p, ()) in implicit {
+            self.slots.insert(
+                p,
+                Slot {
+                    kind: NodeKind::Dir,
+                    mode: 0o555,
+                    mtime: 0,
+                    offset: 0,
+                    size: 0,
+                    link: Vec::new(),
+                    truncated: false,
+                },
+            );
+        }
+        // Depth, then parent, then name: every directory's children end up consecutive.
+        fn key(p: &str) -> (usize, &str, &str) {
+            let (parent, name) = p.rsplit_once('/').unwrap_or(("", p));
+            (p.matches('/').count(), parent, name)
+        }
+        let mut entries: Vec<(String, Slot)> = self.slots.into_iter().collect();
+        entries.sort_unstable_by(|a, b| key(&a.0).cmp(&key(&b.0)));
+        let mut ids: HashMap<String, u32> = HashMap::new();
         ids.insert(String::new(), 0);
-        let mut nodes = Vec::with_capacity(keyed.len() + 1);
+        let mut nodes = Vec::with_capacity(entries.len() + 1);
         let mut arena = Vec::new();
         nodes.push(Node {
             name: (0, 0),
@@ -264,17 +267,10 @@ impl Builder {
             offset: 0,
             size: 0,
         });
-        for (_, parent, name) in keyed {
-            let full = if parent.is_empty() {
-                name.clone()
-            } else {
-                format!("{parent}/{name}")
-            };
+        for (full, s) in entries {
+            let (parent, name) = full.rsplit_once('/').unwrap_or(("", full.as_str()));
             let id = nodes.len() as u32;
-            let pid = ids.get(&parent).copied().unwrap_or(0);
-            let Some(s) = self.slots.remove(&full) else {
-                continue;
-            };
+            let pid = ids.get(parent).copied().unwrap_or(0);
             let name_span = push(&mut arena, name.as_bytes());
             let (offset, size) = match s.kind {
                 NodeKind::Symlink => {
