@@ -4,7 +4,7 @@
 #   scripts/test.sh
 #
 # Installs what the tests need (apt: fuse3, docker-registry, gdal-bin, curl,
-# apache2-utils; pip: oras), stops the docker-registry system service that the Debian
+# apache2-utils, attr; pip: oras), stops the docker-registry system service that the Debian
 # package may start (the tests run their own registries on their own ports), then runs
 # cargo fmt --check, cargo clippy --all-targets -- -D warnings, and cargo test.
 # Stops at the first failure with a non-zero exit status. CI runs exactly this (.ci/run).
@@ -30,7 +30,7 @@ fi
 
 if [ "${ORASFS_SKIP_INSTALL:-0}" != 1 ]; then
     step "Installing system packages (apt)"
-    APT_PKGS=(fuse3 docker-registry gdal-bin curl apache2-utils gcc libc6-dev)
+    APT_PKGS=(fuse3 docker-registry gdal-bin curl apache2-utils attr gcc libc6-dev)
     missing=()
     for p in "${APT_PKGS[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
