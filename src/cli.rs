@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::cache::VerifyMode;
+use crate::read::VerifyMode;
 
 const SOURCE_HELP: &str = "\
 SOURCE forms:

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use crate::cache::chunk::CHUNK_SIZE;
-use crate::cache::{BlobCache, CacheConfig, VerifyMode};
+use crate::cache::block::BLOCK_SIZE;
+use crate::cache::{BlobCache, CacheConfig};
 use crate::error::{to_errno, FsError};
 use crate::fs::{Fs, FsConfig};
 use crate::oci::{Descriptor, ANNOTATION_TITLE};
+use crate::read::{BlobReader, ReadConfig, VerifyMode};
 use crate::source::memory::MemorySource;
 use crate::source::Reference;
 use crate::tree::{RootKind, Tree, TreeConfig, ROOT};
@@ -65,15 +66,25 @@ fn world_in(
     dir: tempfile::TempDir,
 ) -> World {
     let tree = Tree::new(src.clone(), root, TreeConfig::default()).unwrap();
-    let mut cfg = CacheConfig::new(dir.path().to_path_buf());
-    cfg.verify = verify;
-    let cache = BlobCache::open(cfg).unwrap();
+    let cfg = ReadConfig {
+        verify,
+        ..ReadConfig::default()
+    };
     World {
         src,
-        fs: Fs::new(tree, cache, FsConfig::default()),
+        fs: fs_over(tree, dir.path(), cfg),
         _dir: dir,
     }
 }
+
+/// The filesystem core over `tree` with a cache in `dir`.
+fn fs_over(tree: Tree, dir: &std::path::Path, cfg: ReadConfig) -> Fs {
+    let cache = BlobCache::open(CacheConfig::new(dir.to_path_buf())).unwrap();
+    let reader = BlobReader::new(cache, tree.source().clone(), cfg);
+    Fs::new(tree, reader, FsConfig::default())
+}
+
+const MIB: u64 = 1024 * 1024;
 
 fn path(fs: &Fs, p: &str) -> Result<u64, FsError> {
     let mut ino = ROOT;
@@ -109,7 +120,7 @@ fn names(fs: &Fs, ino: u64) -> Vec<String> {
 #[test]
 fn registry_tree_repos_tags_files_and_fallbacks() {
     let src = Arc::new(MemorySource::new());
-    let big = bytes(3 * CHUNK_SIZE as usize + 17, 1);
+    let big = bytes(3 * MIB as usize + 17, 1);
     let layers = vec![
         titled(src.put_blob("image/tiff", big.clone()), "imagery.tif"),
         titled(
@@ -243,14 +254,20 @@ fn single_blob_world(size: usize, verify: VerifyMode) -> (World, Vec<u8>, u64) {
 
 #[test]
 fn a_small_read_of_a_large_blob_is_lazy() {
-    let (w, data, ino) = single_blob_world(64 * CHUNK_SIZE as usize, VerifyMode::Lazy);
+    let (w, data, ino) = single_blob_world(64 * MIB as usize, VerifyMode::Lazy);
     let fh = w.fs.open(ino, false).unwrap();
-    let off = 32 * CHUNK_SIZE + 5;
+    // A 64 KiB read that straddles two blocks of a cold 64 MiB blob: at most 128 KiB.
+    let off = 40 * MIB + 12345;
     assert_eq!(
         w.fs.read(fh, off, 65536).unwrap(),
         &data[off as usize..off as usize + 65536]
     );
-    assert!(w.src.blob_bytes.load(Ordering::Relaxed) <= 2 * CHUNK_SIZE);
+    assert!(w.src.blob_bytes.load(Ordering::Relaxed) <= 2 * BLOCK_SIZE);
+    assert_eq!(
+        w.src.blob_requests.load(Ordering::Relaxed),
+        1,
+        "one range request"
+    );
     assert_eq!(
         w.fs.getxattr(ino, "user.orasfs.verified").unwrap(),
         b"false"
@@ -259,7 +276,7 @@ fn a_small_read_of_a_large_blob_is_lazy() {
 
 #[test]
 fn corrupted_bytes_never_complete_a_read_and_are_dropped() {
-    let (w, data, ino) = single_blob_world(5 * CHUNK_SIZE as usize + 3, VerifyMode::Lazy);
+    let (w, data, ino) = single_blob_world(5 * MIB as usize + 3, VerifyMode::Lazy);
     w.src.corrupt.store(true, Ordering::Relaxed);
     let err = read_all(&w.fs, ino).unwrap_err();
     assert_eq!(to_errno(&err), libc::EIO, "{err}");
@@ -273,7 +290,7 @@ fn corrupted_bytes_never_complete_a_read_and_are_dropped() {
     // A transient fault needs no remount: the next read fetches again and succeeds.
     w.src.corrupt.store(false, Ordering::Relaxed);
     assert_eq!(read_all(&w.fs, ino).unwrap(), data);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    w.fs.wait_idle();
     assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"true");
 }
 
@@ -281,10 +298,10 @@ fn corrupted_bytes_never_complete_a_read_and_are_dropped() {
 fn small_blobs_and_strict_mode_verify_before_the_first_byte() {
     for (size, mode) in [
         (1000, VerifyMode::Lazy),
-        (3 * CHUNK_SIZE as usize, VerifyMode::Strict),
+        (3 * MIB as usize, VerifyMode::Strict),
     ] {
         let src_size = if mode == VerifyMode::Strict {
-            6 * CHUNK_SIZE as usize
+            6 * MIB as usize
         } else {
             size
         };
@@ -303,12 +320,12 @@ fn small_blobs_and_strict_mode_verify_before_the_first_byte() {
 
 #[test]
 fn server_without_range_support_is_served_from_the_whole_blob() {
-    let (w, data, ino) = single_blob_world(7 * CHUNK_SIZE as usize, VerifyMode::Lazy);
+    let (w, data, ino) = single_blob_world(7 * MIB as usize, VerifyMode::Lazy);
     w.src.ignore_ranges.store(true, Ordering::Relaxed);
     let fh = w.fs.open(ino, false).unwrap();
     assert_eq!(
-        w.fs.read(fh, 3 * CHUNK_SIZE, 10).unwrap(),
-        &data[3 * CHUNK_SIZE as usize..][..10]
+        w.fs.read(fh, 3 * MIB, 10).unwrap(),
+        &data[3 * MIB as usize..][..10]
     );
     let after_first = w.src.blob_requests.load(Ordering::Relaxed);
     assert_eq!(read_all(&w.fs, ino).unwrap(), data);
@@ -321,7 +338,7 @@ fn server_without_range_support_is_served_from_the_whole_blob() {
 
 #[test]
 fn concurrent_cold_readers_share_fetches() {
-    let (w, data, ino) = single_blob_world(24 * CHUNK_SIZE as usize, VerifyMode::Lazy);
+    let (w, data, ino) = single_blob_world(24 * MIB as usize, VerifyMode::Lazy);
     let w = Arc::new(w);
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -343,7 +360,7 @@ fn concurrent_cold_readers_share_fetches() {
 #[test]
 fn cache_survives_a_remount_and_tampering_is_refetched() {
     let src = Arc::new(MemorySource::new());
-    let data = bytes(6 * CHUNK_SIZE as usize + 11, 3);
+    let data = bytes(6 * MIB as usize + 11, 3);
     let layer = titled(src.put_blob("x", data.clone()), "f");
     src.put_manifest(
         "r",
@@ -351,80 +368,92 @@ fn cache_survives_a_remount_and_tampering_is_refetched() {
         image_manifest(&src, std::slice::from_ref(&layer)),
     );
     let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().to_path_buf();
+    let keep = dir.path().to_path_buf();
     let root = || RootKind::Artifact("r".into(), Reference::Tag("t".into()));
+    let half = 3 * MIB as usize;
     {
-        let w = world_in(
-            src.clone(),
-            root(),
-            VerifyMode::Lazy,
-            tempfile::tempdir_in(&cache_dir).unwrap(),
-        );
-        // Read only half, so chunks (not a verified blob) stay behind.
-        let fh = w.fs.open(path(&w.fs, "f").unwrap(), false).unwrap();
-        w.fs.read(fh, 0, 3 * CHUNK_SIZE as u32).unwrap();
-        let keep = w._dir.path().to_path_buf();
-        std::mem::forget(w._dir);
-        // Tamper: flip a byte in chunk 0, truncate chunk 1.
-        let chunks = keep.join("v1/chunks/sha256").join(layer.digest.hex());
-        let mut c0 = std::fs::read(chunks.join("0")).unwrap();
-        let n = c0.len();
-        c0[n - 1] ^= 0x40;
-        std::fs::write(chunks.join("0"), c0).unwrap();
-        let c1 = std::fs::read(chunks.join("1")).unwrap();
-        std::fs::write(chunks.join("1"), &c1[..c1.len() / 2]).unwrap();
-        std::fs::write(keep.join("v1/tmp/leftover.chunk"), b"junk").unwrap();
-        let before = src.blob_bytes.load(Ordering::Relaxed);
         let tree = Tree::new(src.clone(), root(), TreeConfig::default()).unwrap();
-        let cache = BlobCache::open(CacheConfig::new(keep.clone())).unwrap();
-        assert!(
-            !keep.join("v1/tmp/leftover.chunk").exists(),
-            "temp files are swept"
-        );
-        let fs = Fs::new(tree, cache, FsConfig::default());
-        let ino = path(&fs, "f").unwrap();
-        let fh = fs.open(ino, false).unwrap();
-        assert_eq!(
-            fs.read(fh, 0, 3 * CHUNK_SIZE as u32).unwrap(),
-            &data[..3 * CHUNK_SIZE as usize]
-        );
-        let refetched = src.blob_bytes.load(Ordering::Relaxed) - before;
-        assert_eq!(
-            refetched,
-            2 * CHUNK_SIZE,
-            "only the two damaged chunks are fetched again"
-        );
-        assert_eq!(fs.cache().stats.corrupt_chunks.load(Ordering::Relaxed), 2);
-        assert_eq!(read_all(&fs, ino).unwrap(), data);
-        std::fs::remove_dir_all(keep).unwrap();
+        let fs = fs_over(tree, &keep, ReadConfig::default());
+        // Read only half, so a partial blob (not a verified one) stays behind.
+        let fh = fs.open(path(&fs, "f").unwrap(), false).unwrap();
+        assert_eq!(fs.read(fh, 0, half as u32).unwrap(), &data[..half]);
+        fs.wait_idle();
     }
+    // Tamper: flip a byte in block 0, zero part of block 1, leave a temp file.
+    let partial = keep.join("v2/partial/sha256").join(layer.digest.hex());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&partial)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[data[10] ^ 0x40], 10).unwrap();
+    f.write_all_at(&[0; 100], BLOCK_SIZE + 7).unwrap();
+    std::fs::write(keep.join("v2/tmp/leftover.crc"), b"junk").unwrap();
+    let before = src.blob_bytes.load(Ordering::Relaxed);
+    let tree = Tree::new(src.clone(), root(), TreeConfig::default()).unwrap();
+    let fs = fs_over(tree, &keep, ReadConfig::default());
+    assert!(
+        !keep.join("v2/tmp/leftover.crc").exists(),
+        "temp files are swept"
+    );
+    let ino = path(&fs, "f").unwrap();
+    let fh = fs.open(ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, half as u32).unwrap(), &data[..half]);
+    let refetched = src.blob_bytes.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        refetched,
+        2 * BLOCK_SIZE,
+        "only the two damaged blocks are fetched again"
+    );
+    assert_eq!(fs.cache().stats.corrupt_blocks.load(Ordering::Relaxed), 2);
+    assert_eq!(read_all(&fs, ino).unwrap(), data);
+}
+
+#[test]
+fn an_old_format_cache_is_removed_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("v1/blobs/sha256");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("ab".repeat(32)), b"old").unwrap();
+    BlobCache::open(CacheConfig::new(dir.path().to_path_buf())).unwrap();
+    assert!(!dir.path().join("v1").exists());
+    assert!(dir.path().join("v2/blobs/sha256").is_dir());
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+    /// Random preads (straddling blocks, read-ahead runs and EOF) while another handle
+    /// streams the same blob from the start: every byte matches.
     #[test]
     fn random_preads_match_the_reference(
-        size_pick in 0usize..6,
-        reads in proptest::collection::vec((0u64..(3 * CHUNK_SIZE + 10), 0u32..(2 * CHUNK_SIZE as u32 + 5)), 1..12),
+        size_pick in 0usize..7,
+        reads in proptest::collection::vec((0u64..(40 * BLOCK_SIZE), 0u32..(20 * BLOCK_SIZE as u32)), 1..12),
+        stream in any::<bool>(),
     ) {
-        let cs = CHUNK_SIZE as usize;
-        let size = [0, 1, cs - 1, cs, cs + 1, 5 * cs + 1][size_pick];
-        // Force the chunked path even for small blobs by using strict=false and small_blob=0.
+        let bs = BLOCK_SIZE as usize;
+        let size = [0, 1, bs - 1, bs, bs + 1, 5 * bs + 1, 37 * bs + 17][size_pick];
         let src = Arc::new(MemorySource::new());
         let data = bytes(size, 5);
         let layer = titled(src.put_blob("x", data.clone()), "f");
         src.put_manifest("r", Some("t"), image_manifest(&src, &[layer]));
         let dir = tempfile::tempdir().unwrap();
         let tree = Tree::new(src.clone(), RootKind::Artifact("r".into(), Reference::Tag("t".into())), TreeConfig::default()).unwrap();
-        let mut cfg = CacheConfig::new(dir.path().to_path_buf());
-        cfg.small_blob = 0;
-        let fs = Fs::new(tree, BlobCache::open(cfg).unwrap(), FsConfig::default());
-        let fh = fs.open(path(&fs, "f").unwrap(), false).unwrap();
-        for (off, len) in reads {
-            let got = fs.read(fh, off, len).unwrap();
-            let start = (off as usize).min(size);
-            let end = (off as usize).saturating_add(len as usize).min(size);
-            prop_assert_eq!(&got[..], &data[start..end]);
+        // The block path even for small blobs.
+        let fs = fs_over(tree, dir.path(), ReadConfig { small_blob: 0, ..ReadConfig::default() });
+        let ino = path(&fs, "f").unwrap();
+        let fh = fs.open(ino, false).unwrap();
+        let streamed = std::thread::scope(|s| {
+            let streamer = stream.then(|| s.spawn(|| read_all(&fs, ino).unwrap()));
+            for (off, len) in reads {
+                let got = fs.read(fh, off, len).unwrap();
+                let start = (off as usize).min(size);
+                let end = (off as usize).saturating_add(len as usize).min(size);
+                assert_eq!(&got[..], &data[start..end], "read of {len} at {off}");
+            }
+            streamer.map(|t| t.join().unwrap())
+        });
+        if let Some(all) = streamed {
+            prop_assert!(all == data, "the concurrent stream read the wrong bytes");
         }
     }
 }
@@ -451,7 +480,7 @@ fn xattrs_describe_content() {
 
 #[test]
 fn a_file_open_when_its_blob_fails_verification_fails_every_later_read() {
-    let (w, data, ino) = single_blob_world(5 * CHUNK_SIZE as usize + 1, VerifyMode::Lazy);
+    let (w, data, ino) = single_blob_world(5 * MIB as usize + 1, VerifyMode::Lazy);
     let early = w.fs.open(ino, false).unwrap();
     assert_eq!(w.fs.read(early, 0, 100).unwrap(), &data[..100]);
     w.src.corrupt.store(true, Ordering::Relaxed);

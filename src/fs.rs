@@ -1,15 +1,15 @@
 //! The filesystem core: `lookup`, `getattr`, `readdir`, `open`, `read`, `getxattr` over
-//! the [`Tree`] and the [`BlobCache`], returning plain structs and typed errors. Nothing
-//! here knows about FUSE, so all of it is tested without a mount.
+//! the [`Tree`] (which file is this?) and the [`BlobReader`] (its bytes), returning plain
+//! structs and typed errors. Nothing here knows about FUSE, so all of it is tested
+//! without a mount.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::cache::prefetch::{Prefetcher, Stream};
-use crate::cache::{BlobCache, BlobRef, PinGuard};
 use crate::error::FsError;
+use crate::read::{BlobReader, OpenBlob};
 use crate::tree::{Ino, Node, Tree, ROOT};
 
 /// Attributes of one inode.
@@ -64,36 +64,27 @@ impl Default for FsConfig {
 /// open; the pin goes with the last reference, so a read racing `release` keeps it) and
 /// carries its read-ahead state.
 enum Handle {
-    Blob {
-        blob: BlobRef,
-        stream: Stream,
-        _pin: PinGuard,
-        /// The blob's digest failures when opened: after a new one, this handle may
-        /// have served bytes that were wrong, so all its later reads fail.
-        failures_at_open: u64,
-    },
+    Blob(OpenBlob),
     Inline(Arc<Vec<u8>>),
 }
 
 /// The filesystem.
 pub struct Fs {
     tree: Tree,
-    cache: Arc<BlobCache>,
+    reader: BlobReader,
     cfg: FsConfig,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    prefetch: Prefetcher,
     started: SystemTime,
     /// Failed operations by kind, for `orasfs stats`.
     pub errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Fs {
-    pub fn new(tree: Tree, cache: Arc<BlobCache>, cfg: FsConfig) -> Self {
+    pub fn new(tree: Tree, reader: BlobReader, cfg: FsConfig) -> Self {
         Self {
             tree,
-            prefetch: Prefetcher::new(cache.clone()),
-            cache,
+            reader,
             cfg,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -106,8 +97,12 @@ impl Fs {
         &self.tree
     }
 
-    pub fn cache(&self) -> &Arc<BlobCache> {
-        &self.cache
+    pub fn reader(&self) -> &BlobReader {
+        &self.reader
+    }
+
+    pub fn cache(&self) -> &Arc<crate::cache::BlobCache> {
+        self.reader.cache()
     }
 
     fn attr_of(&self, ino: Ino, node: &Node) -> Attr {
@@ -210,12 +205,7 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         let handle = match self.tree.node(ino)? {
-            Node::Blob { blob, .. } => Handle::Blob {
-                _pin: self.cache.pin_guard(&blob.digest),
-                failures_at_open: self.cache.failures(&blob.digest),
-                stream: self.prefetch.stream(),
-                blob,
-            },
+            Node::Blob { blob, .. } => Handle::Blob(self.reader.open(&blob)),
             Node::Inline { bytes, .. } => Handle::Inline(bytes),
             Node::StatsFile => Handle::Inline(Arc::new(crate::stats::snapshot(self).into_bytes())),
             _ => return Err(FsError::IsDir),
@@ -249,38 +239,20 @@ impl Fs {
                 let end = start.saturating_add(size as usize).min(bytes.len());
                 Ok(bytes[start..end].to_vec())
             }
-            Handle::Blob {
-                blob,
-                stream,
-                failures_at_open,
-                ..
-            } => {
-                if self.cache.failures(&blob.digest) != *failures_at_open {
-                    return Err(FsError::Cache(crate::error::CacheError::Integrity {
-                        digest: blob.digest.clone(),
-                        detail:
-                            "the blob failed verification while this file was open; open it again"
-                                .into(),
-                    }));
-                }
-                let src = self.tree.source();
-                self.prefetch.on_read(src, blob, stream, offset, size);
-                Ok(self.cache.read(src.as_ref(), blob, offset, size)?)
-            }
+            Handle::Blob(open) => Ok(self.reader.read(open, offset, size)?),
         }
     }
 
     /// Wait until background work (read-ahead, promotion) is done.
     pub fn wait_idle(&self) {
-        self.prefetch.wait_idle();
-        self.cache.wait_for_background();
+        self.reader.wait_idle();
     }
 
     /// Whether every byte of a file has been checked against its digest (manifests are
     /// checked before they are shown).
     pub fn is_verified(&self, ino: Ino) -> bool {
         match self.tree.node(ino) {
-            Ok(Node::Blob { blob, .. }) => self.cache.is_verified(&blob),
+            Ok(Node::Blob { blob, .. }) => self.reader.is_verified(&blob),
             Ok(Node::Inline { .. }) => true,
             _ => false,
         }
@@ -290,7 +262,7 @@ impl Fs {
     /// then read it directly (FUSE passthrough).
     pub fn verified_file(&self, ino: Ino) -> Option<std::fs::File> {
         match self.tree.node(ino).ok()? {
-            Node::Blob { blob, .. } => self.cache.passthrough_file(&blob),
+            Node::Blob { blob, .. } => self.reader.passthrough_file(&blob),
             _ => None,
         }
     }
@@ -310,7 +282,7 @@ impl Fs {
                 }
                 put(
                     "user.orasfs.verified",
-                    self.cache.is_verified(&blob).to_string(),
+                    self.reader.is_verified(&blob).to_string(),
                 );
             }
             Node::Inline {

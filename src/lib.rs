@@ -1,7 +1,8 @@
 //! orasfs: a read-only FUSE filesystem over OCI registries and OCI image layouts.
 //!
 //! Data flows one way: FUSE request → [`fuse`] → [`fs`] → [`tree`] (which file is this?)
-//! → [`cache`] (do we have these bytes?) → [`source`] (fetch the missing range).
+//! → [`read`] (which bytes, from where, verified how?) → [`cache`] (do we have them?) and
+//! [`source`] (fetch what is missing).
 
 pub mod cache;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod mount;
 pub mod names;
 pub mod oci;
+pub mod read;
 pub mod registry;
 pub mod source;
 pub mod stats;

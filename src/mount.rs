@@ -11,6 +11,7 @@ use crate::cli::{default_cache_dir, MountArgs};
 use crate::daemon::Readiness;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
+use crate::read::{BlobReader, ReadConfig};
 use crate::registry::{Client, ClientConfig};
 use crate::source::layout::LayoutSource;
 use crate::source::multi::MultiSource;
@@ -200,11 +201,15 @@ fn finish(
     )
     .map_err(|e| e.to_string())?;
     let mut cache_cfg = CacheConfig::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir));
-    cache_cfg.verify = args.verify.into();
     cache_cfg.max_size = args.cache_size;
     cache_cfg.min_free_percent = args.cache_min_free.clamp(0.0, 100.0);
-    cache_cfg.max_memory = args.max_memory;
     let cache = BlobCache::open(cache_cfg).map_err(|e| e.to_string())?;
+    let read_cfg = ReadConfig {
+        verify: args.verify.into(),
+        max_memory: args.max_memory,
+        ..ReadConfig::default()
+    };
+    let reader = BlobReader::new(cache, tree.source().clone(), read_cfg);
     let mut fs_cfg = FsConfig {
         mutable_ttl: args.metadata_ttl,
         file_mode: args.file_mode,
@@ -218,7 +223,7 @@ fn finish(
         fs_cfg.gid = gid;
     }
     Ok(Prepared {
-        fs: Fs::new(tree, cache, fs_cfg),
+        fs: Fs::new(tree, reader, fs_cfg),
         fsname: format!("orasfs:{name}"),
     })
 }

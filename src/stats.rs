@@ -18,18 +18,17 @@ pub fn snapshot(fs: &Fs) -> String {
             "blob_bytes": get(&c.fetched_bytes),
         },
         "cache": {
-            "chunk_hits": get(&c.hits),
-            "chunk_misses": get(&c.misses),
-            "corrupt_chunks_refetched": get(&c.corrupt_chunks),
+            "block_hits": get(&c.hits),
+            "block_misses": get(&c.misses),
+            "corrupt_blocks_refetched": get(&c.corrupt_blocks),
             "write_failures": get(&c.write_failures),
             "bytes_on_disk": fs.cache().disk_usage(),
             "evicted_blobs": get(&c.evicted_blobs),
             "evicted_bytes": get(&c.evicted_bytes),
-            "chunks_not_stored_for_room": get(&c.store_refused),
+            "blocks_not_stored_for_room": get(&c.store_refused),
         },
         "read_ahead": {
-            "chunks": get(&c.prefetch_chunks),
-            "skipped_for_memory": get(&c.prefetch_skipped),
+            "blocks": get(&c.prefetch_blocks),
             "failures": get(&c.prefetch_failures),
         },
         "verification": {
