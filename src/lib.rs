@@ -11,6 +11,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod helper;
+pub mod index;
 pub mod logging;
 pub mod mount;
 pub mod names;

@@ -120,7 +120,7 @@ fn files_are_byte_identical_through_the_registry_root() {
         assert_same(&p, bytes);
     }
 
-    // Odd-sized reads at odd offsets, across chunk boundaries and at the very end.
+    // Odd-sized reads at odd offsets, across block boundaries and at the very end.
     let mut f = File::open(dir.join("nine-mib.bin")).unwrap();
     for &(off, len) in &[
         (0usize, 1usize),

@@ -166,7 +166,7 @@ fn mount_helper_understands_fstab_options() {
         fs::metadata(&spot.mnt).unwrap().permissions().mode() & 0o7777,
         0o550
     );
-    assert!(spot.cache().join("v1").is_dir(), "cache_dir= was used");
+    assert!(spot.cache().join("v2").is_dir(), "cache_dir= was used");
     let bad = Command::new(&helper)
         .arg("x")
         .arg(&spot.mnt)

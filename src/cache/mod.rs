@@ -21,6 +21,9 @@
 //!
 //! Open files are bounded: at most [`OPEN_FILES`] partial and [`OPEN_FILES`] verified
 //! blobs are kept open, least recently used closed first, except those in use.
+//!
+//! Locks: `opening` → the ledger and the LRUs (`partials`, `verified`, `trusted`), each
+//! of which is a leaf, taken alone and never held across file I/O of another blob.
 
 pub mod block;
 pub mod evict;
@@ -131,6 +134,8 @@ pub struct BlobCache {
     cfg: CacheConfig,
     root: PathBuf,
     partials: Mutex<LruCache<Digest, Arc<Partial>>>,
+    /// Held while a partial blob's files are opened or created.
+    opening: Mutex<()>,
     verified: Mutex<LruCache<Digest, Arc<Verified>>>,
     /// Verified files whose every CRC was checked, with the file's state at that check
     /// (also kept on disk as `<hex>.stamp`).
@@ -213,6 +218,7 @@ impl BlobCache {
             cfg,
             root,
             partials: Mutex::new(LruCache::new(cap)),
+            opening: Mutex::new(()),
             verified: Mutex::new(LruCache::new(cap)),
             trusted: Mutex::new(HashMap::new()),
             ledger,
@@ -325,16 +331,37 @@ impl BlobCache {
 
     /// The blob's partial file, opened (or created) on first use.
     pub fn partial(&self, blob: &BlobRef) -> Result<Arc<Partial>, CacheError> {
-        let mut open = lock(&self.partials);
-        if let Some(p) = open.get(&blob.digest) {
+        if let Some(p) = lock(&self.partials).get(&blob.digest) {
+            return Ok(p.clone());
+        }
+        // Opened without the LRU's lock held (making room may evict, which takes it), but
+        // one opening at a time, so two threads never start the same files afresh.
+        let _opening = lock(&self.opening);
+        if let Some(p) = lock(&self.partials).get(&blob.digest) {
             return Ok(p.clone());
         }
         let (data, map) = self.partial_paths(&blob.digest);
+        // Only regular files of our own: anything else there (a directory, a link out of
+        // the cache) is removed, never followed.
+        for path in [&data, &map] {
+            if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+                log::warn!(
+                    "cache: {} is not a regular file; removing it",
+                    path.display()
+                );
+                usage::remove_path(path);
+            }
+        }
         let existed = map.exists();
         let p =
             Partial::open(&data, &map, &blob.digest, blob.size).map_err(|e| io_err(&data, e))?;
         if !existed {
             self.make_room(Some(&blob.digest), partial::map_len(blob.size), Mode::Force);
+        }
+        let mut open = lock(&self.partials);
+        // Another thread may have opened it meanwhile: one object per blob.
+        if let Some(q) = open.get(&blob.digest) {
+            return Ok(q.clone());
         }
         let p = Arc::new(p);
         put_bounded(&mut open, blob.digest.clone(), p.clone());

@@ -18,7 +18,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -67,7 +67,10 @@ impl Partial {
     /// to a blob of this size (or is not a map) is started afresh, and so is its data.
     pub fn open(data_path: &Path, map_path: &Path, digest: &Digest, size: u64) -> io::Result<Self> {
         let count = block_count(size);
-        let existing = fs::read(map_path).ok();
+        let existing = fs::symlink_metadata(map_path)
+            .is_ok_and(|m| m.is_file())
+            .then(|| fs::read(map_path).ok())
+            .flatten();
         let records = existing.and_then(|bytes| {
             (bytes.len() as u64 >= HEADER_LEN && bytes[..HEADER_LEN as usize] == header(size))
                 .then(|| bytes[HEADER_LEN as usize..].to_vec())
@@ -87,7 +90,12 @@ impl Partial {
             }
         }
         let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true);
+        // Never follow a link planted in the cache: writing through it would write
+        // outside the cache.
+        opts.read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW);
         if fresh {
             opts.truncate(true);
         }
