@@ -81,10 +81,14 @@ pub enum CacheAction {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum VerifyArg {
-    /// Serve ranges as they arrive; verify the whole blob when its last byte arrives.
+    /// Serve ranges as they arrive (each block checked against the layer's block index
+    /// when it has one); verify the whole blob when its last byte arrives.
     Lazy,
-    /// Fetch and verify a whole blob before serving its first byte.
+    /// Serve only checked bytes: lazily when a block index bound by the manifest exists,
+    /// otherwise fetch and verify a whole blob before serving its first byte.
     Strict,
+    /// Like strict, but refuse (EACCES) large layers that have no block index.
+    RequireIndex,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -251,6 +255,7 @@ impl From<VerifyArg> for VerifyMode {
         match v {
             VerifyArg::Lazy => VerifyMode::Lazy,
             VerifyArg::Strict => VerifyMode::Strict,
+            VerifyArg::RequireIndex => VerifyMode::RequireIndex,
         }
     }
 }

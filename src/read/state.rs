@@ -41,6 +41,8 @@ pub(super) struct BlobState {
     /// Bumped when the blob's bytes are dropped (a digest mismatch): fetches started
     /// before then neither store nor hash what they bring.
     generation: AtomicU64,
+    /// Where the blob's block index may be found.
+    pub hint: Mutex<Option<super::index::IndexHint>>,
 }
 
 impl BlobState {
@@ -53,6 +55,7 @@ impl BlobState {
             hash: Mutex::new(HashProgress::new()),
             verified: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            hint: Mutex::new(None),
         }
     }
 
