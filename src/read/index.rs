@@ -166,10 +166,13 @@ fn fetch(
     Ok(sink.bytes)
 }
 
+/// A blob's index once resolved: `None` when it has none (or it was refused).
+type Resolution = Arc<OnceLock<Option<Arc<BlobIndex>>>>;
+
 /// The index of each blob, resolved once per mount.
 #[derive(Default)]
 pub struct Indexes {
-    resolved: Mutex<HashMap<(Digest, u64), Arc<OnceLock<Option<Arc<BlobIndex>>>>>>,
+    resolved: Mutex<HashMap<(Digest, u64), Resolution>>,
 }
 
 impl Indexes {
