@@ -126,7 +126,8 @@ pub struct MountArgs {
     /// Keep at least this share of the cache's filesystem free, in percent.
     #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
     pub cache_min_free: f64,
-    /// Bound on memory used for in-flight and read-ahead data (e.g. 64MiB).
+    /// Largest small blob verified and held in memory when the cache cannot store it
+    /// (disk full, read-only) (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_memory: u64,
     /// Registry credentials file (Docker config.json or containers auth.json format); when

@@ -1,7 +1,7 @@
 //! The read path: which bytes of a blob to fetch, from where, verified how, before they
 //! are served. [`BlobReader`] owns the [`Source`] and uses the [`BlobCache`] store.
 //!
-//! - **Fetch what is read.** A read needs the 64 KiB blocks it touches. Blocks the store
+//! - **Fetch what is read.** A read needs the 16 KiB blocks it touches. Blocks the store
 //!   holds are read back and checked against their CRC; missing ones are claimed
 //!   (single-flight per block, [`state`]), merged into runs of adjacent blocks, one range
 //!   request per run (at most [`ReadConfig::max_request`]), disjoint runs in parallel.
@@ -29,7 +29,8 @@
 //!
 //! Lock order (a lock is only taken while holding those before it in this list):
 //! `Inner::states` → `BlobState::partial` → store locks (`BlobCache` LRUs, ledger, a
-//! `Partial`'s map); `BlobState::hash` → `BlobState::partial` → store locks;
+//! `Partial`'s map); `BlobState::hash` → `BlobState::partial`, `Inner::failures` → store
+//! locks (the verdict is drawn and acted on under the hash lock);
 //! `BlobState::flight` is a leaf (never held while taking another lock). No lock is held
 //! across a network call.
 
@@ -109,7 +110,7 @@ impl Default for ReadConfig {
         Self {
             small_blob: 4 * 1024 * 1024,
             verify: VerifyMode::Lazy,
-            max_request: 8 * 1024 * 1024,
+            max_request: 4 * 1024 * 1024,
             max_memory: 64 * 1024 * 1024,
         }
     }
@@ -530,6 +531,12 @@ impl Inner {
             let to = (end.min(base + b.len() as u64) - base) as usize;
             out.extend_from_slice(&b[from..to]);
         }
+        // A read that reaches the end of the blob may be the one that completes it (a
+        // whole-file read's last): it waits for the digest's verdict, whichever thread
+        // hashes, so a whole-file read never ends successfully with a wrong byte.
+        if end == blob.size && !state.is_verified() {
+            self.advance_hash(state, None, HashWait::Yes)?;
+        }
         Ok(out)
     }
 
@@ -712,7 +719,7 @@ impl Inner {
                     Err(TryLockError::WouldBlock) => return Ok(()),
                 },
             };
-            if state.is_verified() {
+            if h.done || state.is_verified() {
                 return Ok(());
             }
             let p = state.partial(&self.cache);
@@ -737,10 +744,12 @@ impl Inner {
                 h.next += 1;
             }
             if h.next == count {
+                // Drawn under the lock, so the verdict is drawn once, and a reader waiting
+                // for it (a read at the end of the blob) sees its outcome.
+                h.done = true;
                 let hasher = std::mem::replace(&mut h.hasher, sha2::Sha256::new());
                 let actual = Digest::from_hasher(hasher);
-                drop(h);
-                return self.conclude(state, p, actual);
+                return self.conclude(state, p, actual, &mut h);
             }
             let next = h.next;
             drop(h);
@@ -765,6 +774,7 @@ impl Inner {
         state: &Arc<BlobState>,
         p: Option<Arc<crate::cache::Partial>>,
         actual: Digest,
+        h: &mut state::HashProgress,
     ) -> Result<(), CacheError> {
         let blob = &state.blob;
         if actual != blob.digest {
@@ -776,7 +786,7 @@ impl Inner {
                 blob.digest
             );
             self.cache.forget_blob(&blob.digest);
-            state.reset();
+            state.reset_holding(h);
             return Err(state.integrity(format!("content hashes to {actual}")));
         }
         state.verified.store(true, Ordering::Release);
