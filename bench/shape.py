@@ -37,7 +37,14 @@ PRESETS = {
 
 
 class Cap:
-    """A serialising bandwidth cap: each chunk occupies the link for len/rate seconds."""
+    """A serialising bandwidth cap: each chunk occupies the link for len/rate seconds.
+
+    While the link is busy its clock may lag real time by up to SLACK, so a proxy woken
+    late by a busy machine catches up instead of losing that time for good; a link idle
+    for longer than SLACK restarts at the present (no burst after idling).
+    """
+
+    SLACK = 0.02
 
     def __init__(self, mbit):
         self.rate = mbit * 1e6 / 8 if mbit else None  # bytes per second
@@ -47,9 +54,10 @@ class Cap:
         """When a chunk of `n` bytes that is ready at `start` has left this cap."""
         if self.rate is None:
             return start
-        t = max(start, self.free_at) + n / self.rate
+        t0 = self.free_at if self.free_at >= start - self.SLACK else start
+        t = t0 + n / self.rate
         self.free_at = t
-        return t
+        return max(t, start)
 
 
 class Link:
