@@ -17,6 +17,7 @@ pub mod oci;
 pub mod registry;
 pub mod source;
 pub mod stats;
+pub mod stop;
 pub mod target;
 pub mod tree;
 
