@@ -307,7 +307,8 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
 }
 
 /// SIGTERM or SIGINT: unmount, or detach lazily when busy; then serve what is still open
-/// for a bounded time. Returns when the session ended; otherwise exits the process with 0.
+/// for a bounded time. Returns when the session ended; otherwise exits the process (0, or
+/// 1 when the mount could be neither unmounted nor detached).
 fn stop_on_signal(
     sig: i32,
     mountpoint: &Path,
@@ -319,14 +320,20 @@ fn stop_on_signal(
     let shown = mountpoint.display();
     log::info!("signal {sig}: unmounting {shown}");
     crate::daemon::notify_systemd("STOPPING=1");
-    match stop::unmount_or_detach(unmount_now, || unmount(mountpoint, true)) {
-        Ok(Unmounted::Cleanly) => {}
-        Ok(Unmounted::Detached { why }) => log::warn!(
-            "unmount of {shown} refused ({why}); detached it lazily, serving files still open for up to {} s",
-            stop::GRACE.as_secs()
-        ),
-        Err(e) => log::error!("{shown}: {e}"),
-    }
+    let still_mounted = match stop::unmount_or_detach(unmount_now, || unmount(mountpoint, true)) {
+        Ok(Unmounted::Cleanly) => false,
+        Ok(Unmounted::Detached { why }) => {
+            log::warn!(
+                "unmount of {shown} refused ({why}); detached it lazily, serving files still open for up to {} s",
+                stop::GRACE.as_secs()
+            );
+            false
+        }
+        Err(e) => {
+            log::error!("{shown}: {e}");
+            true
+        }
+    };
     match stop::drain(ended, || fs.open_handles(), stop::GRACE, stop::TICK) {
         Drained::SessionEnded => return,
         Drained::NoHandlesOpen => {
@@ -340,8 +347,9 @@ fn stop_on_signal(
     fs.wait_idle();
     log::logger().flush();
     // The session thread is still blocked reading /dev/fuse; exiting closes it, and the
-    // kernel ends the connection of the mount nobody can reach by path any more.
-    std::process::exit(0);
+    // kernel ends the connection of the mount nobody can reach by path any more. A mount
+    // that could be neither unmounted nor detached is left dead: say so in the status.
+    std::process::exit(i32::from(still_mounted));
 }
 
 /// The FUSE device.
