@@ -218,6 +218,11 @@ impl Fs {
         Ok(fh)
     }
 
+    /// How many file handles are open (a stop after a lazy detach serves them first).
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn release(&self, fh: u64) {
         self.handles
             .lock()

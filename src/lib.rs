@@ -20,6 +20,7 @@ pub mod read;
 pub mod registry;
 pub mod source;
 pub mod stats;
+pub mod stop;
 pub mod target;
 pub mod tree;
 

@@ -23,6 +23,7 @@ use crate::tree::{RootKind, Tree, TreeConfig};
 /// Everything a mount needs, checked and ready.
 pub struct Prepared {
     pub fs: Fs,
+    /// The mount's source as /proc/self/mountinfo shows it: SOURCE exactly as given.
     pub fsname: String,
 }
 
@@ -153,7 +154,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
         let multi = Arc::new(MultiSource::new(Box::new(move |host: &str| {
             Ok(Arc::new(connect(&flags, host, None, None)?) as Arc<dyn Source>)
         })));
-        return finish(args, multi.clone(), RootKind::Hosts(multi), "registries");
+        return finish(args, multi.clone(), RootKind::Hosts(multi), "orasfs");
     };
     let (plain, target_arg) = split_scheme(source_arg, args.plain_http)?;
     let (source, root): (Arc<dyn Source>, RootKind) = match target::parse(target_arg)? {
@@ -203,6 +204,7 @@ fn finish(
     let mut cache_cfg = CacheConfig::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir));
     cache_cfg.max_size = args.cache_size;
     cache_cfg.min_free_percent = args.cache_min_free.clamp(0.0, 100.0);
+    create_private_dir(&cache_cfg.dir)?;
     let cache = BlobCache::open(cache_cfg).map_err(|e| e.to_string())?;
     let read_cfg = ReadConfig {
         verify: args.verify.into(),
@@ -224,18 +226,20 @@ fn finish(
     }
     Ok(Prepared {
         fs: Fs::new(tree, reader, fs_cfg),
-        fsname: format!("orasfs:{name}"),
+        fsname: name.to_string(),
     })
 }
 
-/// Mount and serve until unmounted. SIGTERM/SIGINT unmount cleanly; SIGHUP drops cached
-/// tags and listings.
+/// Mount and serve until unmounted. SIGTERM/SIGINT unmount (lazily when the mount is busy,
+/// see [`crate::stop`]) and exit 0; SIGHUP drops cached tags and listings.
 pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Result<(), Failure> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
-        MountOption::FSName(prepared.fsname.clone()),
-        MountOption::Subtype("orasfs".into()),
+        MountOption::FSName(fsname_option(&prepared.fsname, is_root())),
+        // As a kernel option (not `MountOption::Subtype`, which only fusermount3 reads),
+        // so that a mount made directly as root is `fuse.orasfs` too.
+        MountOption::CUSTOM("subtype=orasfs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
@@ -256,7 +260,7 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
         &mountpoint,
         &config,
     )
-    .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
+    .map_err(|e| mount_error(&mountpoint, &e, Path::new(DEV_FUSE)))?;
     let mut unmounter = session.unmount_callable();
     let idle = fs.clone();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -266,7 +270,8 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let handle = signals.handle();
-    let shown = mountpoint.display().to_string();
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
+    let detach_at = mountpoint.clone();
     let watcher = std::thread::spawn(move || {
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
@@ -274,18 +279,14 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
                 fs.tree().drop_metadata();
                 continue;
             }
-            log::info!("signal {sig}: unmounting {shown}");
-            crate::daemon::notify_systemd("STOPPING=1");
-            if let Err(e) = unmounter.unmount() {
-                log::error!("unmount of {shown} failed: {e}");
-            }
+            stop_on_signal(sig, &detach_at, &fs, &ended_rx, || unmounter.unmount());
             break;
         }
     });
     // Ready once the mount answers: the stat below is served by the loop started next.
     let probe = mountpoint.clone();
     let source = prepared.fsname.clone();
-    std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         scope.spawn(|| match std::fs::metadata(&probe) {
             Ok(meta) => {
                 set_kernel_readahead(&meta);
@@ -299,13 +300,114 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
         let result = session.run();
         handle.close();
         result
-    })
-    .map_err(|e| format!("FUSE session ended with an error: {e}"))?;
+    });
+    // Tell a stop in progress that the kernel let go of the mount.
+    drop(ended_tx);
+    result.map_err(|e| format!("FUSE session ended with an error: {e}"))?;
     let _ = watcher.join();
     // Let blobs verified just before the unmount finish becoming whole files, so the next
     // mount reads them at local-disk speed instead of hashing them again.
     idle.wait_idle();
     Ok(())
+}
+
+/// SIGTERM or SIGINT: unmount, or detach lazily when busy; then serve what is still open
+/// for a bounded time. Returns when the session ended; otherwise exits the process (0, or
+/// 1 when the mount could be neither unmounted nor detached).
+fn stop_on_signal(
+    sig: i32,
+    mountpoint: &Path,
+    fs: &Fs,
+    ended: &std::sync::mpsc::Receiver<()>,
+    unmount_now: impl FnOnce() -> std::io::Result<()>,
+) {
+    use crate::stop::{self, Drained, Unmounted};
+    let shown = mountpoint.display();
+    log::info!("signal {sig}: unmounting {shown}");
+    crate::daemon::notify_systemd("STOPPING=1");
+    let still_mounted = match stop::unmount_or_detach(unmount_now, || unmount(mountpoint, true)) {
+        Ok(Unmounted::Cleanly) => false,
+        Ok(Unmounted::Detached { why }) => {
+            log::warn!(
+                "unmount of {shown} refused ({why}); detached it lazily, serving files still open for up to {} s",
+                stop::GRACE.as_secs()
+            );
+            false
+        }
+        Err(e) => {
+            log::error!("{shown}: {e}");
+            true
+        }
+    };
+    match stop::drain(ended, || fs.open_handles(), stop::GRACE, stop::TICK) {
+        Drained::SessionEnded => return,
+        Drained::NoHandlesOpen => {
+            log::info!("{shown}: no file open any more; leaving the detached mount")
+        }
+        Drained::GraceOver { open } => log::warn!(
+            "{shown}: {open} file(s) still open after {} s; leaving the detached mount (they now fail with ENOTCONN)",
+            stop::GRACE.as_secs()
+        ),
+    }
+    fs.wait_idle();
+    log::logger().flush();
+    // The session thread is still blocked reading /dev/fuse; exiting closes it, and the
+    // kernel ends the connection of the mount nobody can reach by path any more. A mount
+    // that could be neither unmounted nor detached is left dead: say so in the status.
+    std::process::exit(i32::from(still_mounted));
+}
+
+/// The FUSE device.
+const DEV_FUSE: &str = "/dev/fuse";
+
+/// Whether the daemon runs as root, and so mounts with mount(2) rather than fusermount3.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The `fsname=` value: the source exactly as given. As root, fuser passes it to mount(2)
+/// as is; otherwise it travels in fusermount3's comma-separated `-o` list, where `,` and
+/// `\` are escaped with a backslash (fusermount3 removes the escapes).
+fn fsname_option(source: &str, as_root: bool) -> String {
+    if as_root {
+        return source.to_string();
+    }
+    let mut out = String::with_capacity(source.len());
+    for c in source.chars() {
+        if c == ',' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A failed mount in one line, naming the FUSE device when that is what is missing.
+fn mount_error(mountpoint: &Path, e: &std::io::Error, dev_fuse: &Path) -> Failure {
+    if !dev_fuse.exists() {
+        return format!(
+            "cannot mount at {}: {} does not exist (load the module with `modprobe fuse`; in a container, pass the device in)",
+            mountpoint.display(),
+            dev_fuse.display()
+        );
+    }
+    format!("cannot mount at {}: {e}", mountpoint.display())
+}
+
+/// Create the cache directory (and missing parents) mode 0700 before the cache opens it,
+/// so that it is private even when nothing (such as systemd-tmpfiles) made it beforehand.
+/// An existing directory keeps its mode.
+fn create_private_dir(dir: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cache directory {}: {e}", dir.display()))
 }
 
 /// Keep the kernel's read-ahead on the mount at its usual 128 KiB
@@ -322,5 +424,59 @@ fn set_kernel_readahead(meta: &std::fs::Metadata) {
     match std::fs::write(&knob, kib.to_string()) {
         Ok(()) => log::debug!("kernel read-ahead set to {kib} KiB ({knob})"),
         Err(e) => log::debug!("kernel read-ahead left at its default ({knob}: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fsname_is_the_source_as_given() {
+        let s = "127.0.0.1:5000/eo/products:v1";
+        assert_eq!(fsname_option(s, true), s);
+        assert_eq!(fsname_option(s, false), s);
+        // fusermount3 reads a comma-separated list: escape what would split it.
+        assert_eq!(fsname_option(r"/data/a,b\c", false), r"/data/a\,b\\c");
+        assert_eq!(fsname_option(r"/data/a,b\c", true), r"/data/a,b\c");
+    }
+
+    #[test]
+    fn a_missing_fuse_device_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("fuse");
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let msg = mount_error(Path::new("/mnt/eo"), &e, &dev);
+        assert!(
+            msg.contains(&format!("{} does not exist", dev.display())),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("/mnt/eo") && msg.contains("modprobe fuse"),
+            "{msg}"
+        );
+        std::fs::write(&dev, "").unwrap();
+        let msg = mount_error(Path::new("/mnt/eo"), &e, &dev);
+        assert_eq!(msg, format!("cannot mount at /mnt/eo: {e}"));
+    }
+
+    #[test]
+    fn the_cache_directory_is_created_0700_and_an_existing_one_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let cache = dir.path().join("a/b");
+        create_private_dir(&cache).unwrap();
+        assert_eq!(mode(&cache), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_private_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o750);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = create_private_dir(&file).unwrap_err();
+        assert!(e.contains(&file.display().to_string()), "{e}");
     }
 }

@@ -174,7 +174,7 @@ impl BlobCache {
     /// files a crash left behind, measure what it holds, and evict down to the limits if
     /// they shrank since the last run.
     pub fn open(cfg: CacheConfig) -> Result<Arc<Self>, CacheError> {
-        create_private_dir(&cfg.dir)?;
+        fs::create_dir_all(&cfg.dir).map_err(|e| io_err(&cfg.dir, e))?;
         for old in OLD_FORMATS {
             let p = cfg.dir.join(old);
             if fs::symlink_metadata(&p).is_ok() {
@@ -527,25 +527,5 @@ impl BlobCache {
     /// Partial blobs held open now (for tests of the descriptor bound).
     pub fn open_files(&self) -> usize {
         lock(&self.partials).len() + lock(&self.verified).len()
-    }
-}
-
-/// Create the cache directory (and parents) with mode 0700 for the last component, so
-/// cached blobs are not readable by other users whatever the umask or the order units run.
-fn create_private_dir(dir: &Path) -> Result<(), CacheError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-    }
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err(dir, e)),
     }
 }
