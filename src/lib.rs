@@ -12,6 +12,7 @@ pub mod fuse;
 pub mod helper;
 pub mod logging;
 pub mod mount;
+pub mod mountpoint;
 pub mod names;
 pub mod oci;
 pub mod registry;

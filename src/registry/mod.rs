@@ -433,6 +433,21 @@ impl Client {
         })
     }
 
+    /// `GET /v2/` as a client that means to use the registry: a 401 is answered with the
+    /// credentials (Basic, or a token from the challenge's realm). Fails when the registry
+    /// wants credentials and has none, or refuses the ones given. A token service that
+    /// hands out anonymous tokens passes: its public repositories may be read.
+    pub fn check_access(&self) -> Result<(), SourceError> {
+        self.rt.block_on(async {
+            let resp = self.get(self.url("v2/"), "", HeaderMap::new()).await?;
+            match resp.status() {
+                s if s.is_success() => Ok(()),
+                StatusCode::UNAUTHORIZED => Err(self.refused()),
+                s => Err(self.status_error(s, format!("{}v2/", self.base))),
+            }
+        })
+    }
+
     /// Fetch manifest bytes by tag or digest; returns the bytes, content type and the
     /// `Docker-Content-Digest` the registry reported.
     pub fn manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
@@ -448,6 +463,20 @@ impl Client {
                 ':'
             };
             let what = format!("{}/{repo}{sep}{reference}", self.cfg.registry);
+            // The registry's error code says what is missing: the repository or the tag.
+            let missing = |code: Option<&str>| match code {
+                Some("NAME_UNKNOWN") => {
+                    format!("repository {}/{repo} (asked for {what})", self.cfg.registry)
+                }
+                Some("MANIFEST_UNKNOWN") if sep == ':' => {
+                    format!("tag {reference} in repository {}/{repo}", self.cfg.registry)
+                }
+                Some("MANIFEST_UNKNOWN") => format!(
+                    "manifest {reference} in repository {}/{repo}",
+                    self.cfg.registry
+                ),
+                _ => what.clone(),
+            };
             let answer = self
                 .get_whole(
                     self.url(&format!("v2/{repo}/manifests/{reference}")),
@@ -455,6 +484,7 @@ impl Client {
                     h,
                     MAX_METADATA_SIZE,
                     &what,
+                    &missing,
                 )
                 .await?;
             let content_type = answer.header("content-type");
@@ -464,7 +494,8 @@ impl Client {
     }
 
     /// A successful GET read whole (up to `limit` bytes). A body cut short is asked for
-    /// again, like any transient failure, up to the configured retries.
+    /// again, like any transient failure, up to the configured retries. A 404 is
+    /// `NotFound(missing(code))`, with the first error code of the registry's answer.
     async fn get_whole(
         &self,
         url: Url,
@@ -472,10 +503,15 @@ impl Client {
         h: HeaderMap,
         limit: u64,
         what: &str,
+        missing: &(dyn Fn(Option<&str>) -> String + Sync),
     ) -> Result<WholeAnswer, SourceError> {
         let mut cuts = 0u32;
         loop {
             let resp = self.get(url.clone(), scope, h.clone()).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                let body = read_capped(resp, 64 << 10, what).await.unwrap_or_default();
+                return Err(SourceError::NotFound(missing(error_code(&body).as_deref())));
+            }
             if !resp.status().is_success() {
                 return Err(self.status_error(resp.status(), what));
             }
@@ -600,7 +636,9 @@ impl Client {
                     break;
                 }
                 let page = self
-                    .get_whole(url.clone(), scope, h.clone(), 16 << 20, what)
+                    .get_whole(url.clone(), scope, h.clone(), 16 << 20, what, &|_| {
+                        what.to_string()
+                    })
                     .await?;
                 if let Some(link) = page
                     .header(reqwest::header::LINK.as_str())
@@ -689,6 +727,14 @@ fn error_chain(e: &reqwest::Error) -> String {
 }
 
 /// Read a body up to `limit` bytes, failing beyond it.
+/// The first `errors[].code` of a registry's error answer (`NAME_UNKNOWN`,
+/// `MANIFEST_UNKNOWN`, …), if the body is one.
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = v.get("errors")?.get(0)?.get("code")?.as_str()?;
+    Some(code.to_string())
+}
+
 async fn read_capped(mut resp: Response, limit: u64, what: &str) -> Result<Vec<u8>, SourceError> {
     if resp.content_length().is_some_and(|n| n > limit) {
         return Err(SourceError::Protocol {
@@ -715,6 +761,14 @@ async fn read_capped(mut resp: Response, limit: u64, what: &str) -> Result<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_are_read_from_error_bodies() {
+        let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry","detail":{"name":"x"}}]}"#;
+        assert_eq!(error_code(body).as_deref(), Some("NAME_UNKNOWN"));
+        assert_eq!(error_code(b"404 page not found"), None);
+        assert_eq!(error_code(br#"{"errors":[]}"#), None);
+    }
 
     #[test]
     fn loopback_detection() {
