@@ -451,32 +451,33 @@ impl Client {
     /// Fetch manifest bytes by tag or digest; returns the bytes, content type and the
     /// `Docker-Content-Digest` the registry reported.
     pub fn manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
-        self.rt.block_on(async {
+        let registry = &self.cfg.registry;
+        let by_tag = !reference.starts_with("sha256:");
+        let what = if by_tag {
+            format!("{registry}/{repo}:{reference}")
+        } else {
+            format!("{registry}/{repo}@{reference}")
+        };
+        let no_repository = || format!("repository {registry}/{repo} (asked for {what})");
+        // The registry's error code says what is missing: the repository or the tag.
+        let tag_unknown = std::sync::atomic::AtomicBool::new(false);
+        let missing = |code: Option<&str>| match code {
+            Some("NAME_UNKNOWN") => no_repository(),
+            Some("MANIFEST_UNKNOWN") if by_tag => {
+                tag_unknown.store(true, std::sync::atomic::Ordering::Relaxed);
+                format!("tag {reference} in repository {registry}/{repo}")
+            }
+            Some("MANIFEST_UNKNOWN") => {
+                format!("manifest {reference} in repository {registry}/{repo}")
+            }
+            _ => what.clone(),
+        };
+        let result = self.rt.block_on(async {
             let mut h = HeaderMap::new();
             h.insert(
                 ACCEPT,
                 HeaderValue::from_static(crate::oci::MANIFEST_ACCEPT),
             );
-            let sep = if reference.starts_with("sha256:") {
-                '@'
-            } else {
-                ':'
-            };
-            let what = format!("{}/{repo}{sep}{reference}", self.cfg.registry);
-            // The registry's error code says what is missing: the repository or the tag.
-            let missing = |code: Option<&str>| match code {
-                Some("NAME_UNKNOWN") => {
-                    format!("repository {}/{repo} (asked for {what})", self.cfg.registry)
-                }
-                Some("MANIFEST_UNKNOWN") if sep == ':' => {
-                    format!("tag {reference} in repository {}/{repo}", self.cfg.registry)
-                }
-                Some("MANIFEST_UNKNOWN") => format!(
-                    "manifest {reference} in repository {}/{repo}",
-                    self.cfg.registry
-                ),
-                _ => what.clone(),
-            };
             let answer = self
                 .get_whole(
                     self.url(&format!("v2/{repo}/manifests/{reference}")),
@@ -490,7 +491,15 @@ impl Client {
             let content_type = answer.header("content-type");
             let digest = answer.header("docker-content-digest");
             Ok((answer.body, content_type, digest))
-        })
+        });
+        // distribution 2.x answers MANIFEST_UNKNOWN for a tag of a repository it does not
+        // have either; its tag list tells (NAME_UNKNOWN). Asked only when a tag is missing.
+        if tag_unknown.into_inner() {
+            if let Err(SourceError::NotFound(_)) = self.tags(repo) {
+                return Err(SourceError::NotFound(no_repository()));
+            }
+        }
+        result
     }
 
     /// A successful GET read whole (up to `limit` bytes). A body cut short is asked for
