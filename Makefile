@@ -1,14 +1,20 @@
 # make install: the binary, the mount(8) helper, the systemd units and the tmpfiles entry.
+#
+#   make                 # as yourself: cargo build --release
+#   sudo make install    # installs what was built; needs no cargo (root has none on PATH)
 PREFIX ?= /usr/local
 DESTDIR ?=
+# The binary to install: the release build.
+BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/orasfs
 
 .PHONY: build install uninstall test demo
 
 build:
 	cargo build --release
 
-install: build
-	install -D -m 0755 target/release/orasfs $(DESTDIR)$(PREFIX)/bin/orasfs
+install:
+	@test -x "$(BIN)" || { echo "make install: $(BIN) is missing: build it first as yourself with 'make', then run 'sudo make install' (or name the binary: sudo make install BIN=PATH)" >&2; exit 1; }
+	install -D -m 0755 "$(BIN)" $(DESTDIR)$(PREFIX)/bin/orasfs
 	install -d $(DESTDIR)/sbin
 	ln -sf $(PREFIX)/bin/orasfs $(DESTDIR)/sbin/mount.orasfs
 	install -D -m 0644 systemd/orasfs@.service $(DESTDIR)/etc/systemd/system/orasfs@.service
