@@ -150,7 +150,7 @@ fn a_second_mount_on_the_same_mountpoint_is_refused_and_names_the_first() {
         err.contains(&format!("{} is already mounted", spot.mnt())),
         "{err}"
     );
-    assert!(err.contains(&format!("orasfs:{source}")), "names it: {err}");
+    assert!(err.contains(&source), "names the mount there: {err}");
     assert!(
         err.contains(&format!("orasfs umount {}", spot.mnt())),
         "{err}"
@@ -260,7 +260,7 @@ fn the_log_file_gets_every_line_and_no_fuser_chatter() {
     assert!(out.status.success(), "{terminal}");
     let pid = daemon_pid(spot.mnt()).expect("the daemon runs");
     // Written before the daemon detached: on the terminal, and in the file too.
-    let mounted = format!("mounted orasfs:{source} at {}", spot.mnt());
+    let mounted = format!("{source} at {}", spot.mnt());
     assert!(terminal.contains(&mounted), "terminal: {terminal}");
     let _ = fs::read(spot.mnt.join("stac_item.json")).unwrap();
     assert!(orasfs(&["umount", spot.mnt()]).status.success());
@@ -304,7 +304,7 @@ fn the_log_file_of_a_foreground_mount_gets_every_line() {
     assert!(m.unmount().success());
     let text = fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains(&format!("mounted orasfs:{source} at {}", path.display())),
+        text.contains(&format!("{source} at {}", path.display())),
         "{text}"
     );
 }
