@@ -269,7 +269,11 @@ fn the_log_file_gets_every_line_and_no_fuser_chatter() {
     });
     assert!(gone.is_some(), "the daemon exits after the unmount");
     let text = fs::read_to_string(&log).unwrap();
-    assert!(text.contains(&mounted), "log file: {text}");
+    assert_eq!(
+        text.matches(&mounted).count(),
+        1,
+        "once in the log file: {text}"
+    );
     assert!(
         text.contains("DEBUG"),
         "debug lines after the detach: {text}"
