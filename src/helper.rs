@@ -51,6 +51,10 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "-o" => options.push(it.next().ok_or("-o needs an option list")?.clone()),
+            // mount(8) names the type of a `type.subtype` mount (fuse.orasfs) with -t.
+            "-t" => {
+                it.next().ok_or("-t needs a type")?;
+            }
             // mount(8) may pass these: no mtab, sloppy, fake, verbose.
             "-n" | "-s" | "-f" | "-v" => {}
             s if s.starts_with("-o") => options.push(s[2..].to_string()),
@@ -167,5 +171,13 @@ mod tests {
             "mount option allow_other takes no value: allow_other"
         );
         assert!(translate(&s(&["a", "b", "-o", "nonempty,verbose"])).is_ok());
+        assert_eq!(
+            translate(&s(&["a", "b", "-o", "ro", "-t", "fuse.orasfs"])).unwrap(),
+            s(&["orasfs", "mount", "a", "b"])
+        );
+        assert_eq!(
+            translate(&s(&["a", "b", "-x"])).unwrap_err(),
+            "unknown helper flag -x"
+        );
     }
 }

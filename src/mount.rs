@@ -104,10 +104,19 @@ fn reach_mountpoint(p: &Path) -> Result<std::fs::ReadDir, Failure> {
     }
 }
 
-/// `orasfs umount`: refuse a path that is not mounted, and explain a busy mount.
+/// `orasfs umount`: refuse a path that is not mounted or not a FUSE mount, and explain a
+/// busy mount.
 pub fn umount_command(p: &Path, lazy: bool) -> Result<(), Failure> {
-    if crate::mountpoint::mounted_at(p).is_none() {
-        return Err(format!("{} is not mounted", p.display()));
+    match crate::mountpoint::mounted_at(p) {
+        None => return Err(format!("{} is not mounted", p.display())),
+        Some(m) if !m.fstype.starts_with("fuse") => {
+            return Err(format!(
+                "{} is a {} mount, not orasfs; leaving it alone",
+                p.display(),
+                m.fstype
+            ))
+        }
+        Some(_) => {}
     }
     unmount(p, lazy).map_err(|e| {
         if !e.contains("busy") {

@@ -312,3 +312,35 @@ fn the_log_file_of_a_foreground_mount_gets_every_line() {
         "{text}"
     );
 }
+
+#[test]
+fn umount_leaves_a_mount_that_is_not_fuse_alone() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !common::needs(
+        root,
+        "first_hour::umount_leaves_a_mount_that_is_not_fuse_alone",
+        "mounting a tmpfs to refuse needs root",
+    ) {
+        return;
+    }
+    let spot = Spot::new();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&spot.mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mount a tmpfs");
+    let refused = orasfs(&["umount", spot.mnt()]);
+    let still = is_mounted(&spot.mnt);
+    let _ = Command::new("umount").arg(&spot.mnt).status();
+    let err = one_line_failure(&refused);
+    assert_eq!(
+        err,
+        format!(
+            "orasfs: {} is a tmpfs mount, not orasfs; leaving it alone",
+            spot.mnt()
+        )
+    );
+    assert!(still, "the tmpfs stays mounted");
+}
