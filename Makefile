@@ -2,17 +2,22 @@
 #
 #   make                 # as yourself: cargo build --release
 #   sudo make install    # installs what was built; needs no cargo (root has none on PATH)
+#
+# `make install BIN=path/to/orasfs` installs another build.
 PREFIX ?= /usr/local
 DESTDIR ?=
-# The binary to install: the release build.
-BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/orasfs
+CARGO_TARGET_DIR ?= target
+BIN ?= $(CARGO_TARGET_DIR)/release/orasfs
 
-.PHONY: build install uninstall test demo
+.PHONY: build install install-files uninstall test demo
 
 build:
 	cargo build --release
 
-install:
+# No build here: root under sudo has no cargo, and should not build in the user's tree.
+install: install-files
+
+install-files:
 	@test -x "$(BIN)" || { echo "make install: $(BIN) is missing: build it first as yourself with 'make', then run 'sudo make install' (or name the binary: sudo make install BIN=PATH)" >&2; exit 1; }
 	install -D -m 0755 "$(BIN)" $(DESTDIR)$(PREFIX)/bin/orasfs
 	install -d $(DESTDIR)/sbin
