@@ -449,35 +449,46 @@ impl Client {
     }
 
     /// Fetch manifest bytes by tag or digest; returns the bytes, content type and the
-    /// `Docker-Content-Digest` the registry reported.
+    /// `Docker-Content-Digest` the registry reported. When there is none, the error says
+    /// what is missing: the repository, or the tag (or digest) in it. The registry's error
+    /// code cannot tell: distribution 2.x answers `MANIFEST_UNKNOWN` for a tag of a
+    /// repository it does not have either; its tag list can (`NAME_UNKNOWN`), and is asked
+    /// only then.
     pub fn manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
+        let result = self.fetch_manifest(repo, reference);
+        let Err(SourceError::NotFound(_)) = result else {
+            return result;
+        };
         let registry = &self.cfg.registry;
-        let by_tag = !reference.starts_with("sha256:");
-        let what = if by_tag {
-            format!("{registry}/{repo}:{reference}")
-        } else {
-            format!("{registry}/{repo}@{reference}")
+        let (sep, what) = match reference.starts_with("sha256:") {
+            true => ('@', "manifest"),
+            false => (':', "tag"),
         };
-        let no_repository = || format!("repository {registry}/{repo} (asked for {what})");
-        // The registry's error code says what is missing: the repository or the tag.
-        let tag_unknown = std::sync::atomic::AtomicBool::new(false);
-        let missing = |code: Option<&str>| match code {
-            Some("NAME_UNKNOWN") => no_repository(),
-            Some("MANIFEST_UNKNOWN") if by_tag => {
-                tag_unknown.store(true, std::sync::atomic::Ordering::Relaxed);
-                format!("tag {reference} in repository {registry}/{repo}")
-            }
-            Some("MANIFEST_UNKNOWN") => {
-                format!("manifest {reference} in repository {registry}/{repo}")
-            }
-            _ => what.clone(),
-        };
-        let result = self.rt.block_on(async {
+        match self.tags(repo) {
+            Err(SourceError::NotFound(_)) => Err(SourceError::NotFound(format!(
+                "repository {registry}/{repo} (asked for {registry}/{repo}{sep}{reference})"
+            ))),
+            Ok(_) => Err(SourceError::NotFound(format!(
+                "{what} {reference} in repository {registry}/{repo}"
+            ))),
+            Err(_) => result,
+        }
+    }
+
+    /// [`Client::manifest`] without the explanation of a 404.
+    fn fetch_manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
+        self.rt.block_on(async {
             let mut h = HeaderMap::new();
             h.insert(
                 ACCEPT,
                 HeaderValue::from_static(crate::oci::MANIFEST_ACCEPT),
             );
+            let sep = if reference.starts_with("sha256:") {
+                '@'
+            } else {
+                ':'
+            };
+            let what = format!("{}/{repo}{sep}{reference}", self.cfg.registry);
             let answer = self
                 .get_whole(
                     self.url(&format!("v2/{repo}/manifests/{reference}")),
@@ -485,26 +496,16 @@ impl Client {
                     h,
                     MAX_METADATA_SIZE,
                     &what,
-                    &missing,
                 )
                 .await?;
             let content_type = answer.header("content-type");
             let digest = answer.header("docker-content-digest");
             Ok((answer.body, content_type, digest))
-        });
-        // distribution 2.x answers MANIFEST_UNKNOWN for a tag of a repository it does not
-        // have either; its tag list tells (NAME_UNKNOWN). Asked only when a tag is missing.
-        if tag_unknown.into_inner() {
-            if let Err(SourceError::NotFound(_)) = self.tags(repo) {
-                return Err(SourceError::NotFound(no_repository()));
-            }
-        }
-        result
+        })
     }
 
     /// A successful GET read whole (up to `limit` bytes). A body cut short is asked for
-    /// again, like any transient failure, up to the configured retries. A 404 is
-    /// `NotFound(missing(code))`, with the first error code of the registry's answer.
+    /// again, like any transient failure, up to the configured retries.
     async fn get_whole(
         &self,
         url: Url,
@@ -512,15 +513,10 @@ impl Client {
         h: HeaderMap,
         limit: u64,
         what: &str,
-        missing: &(dyn Fn(Option<&str>) -> String + Sync),
     ) -> Result<WholeAnswer, SourceError> {
         let mut cuts = 0u32;
         loop {
             let resp = self.get(url.clone(), scope, h.clone()).await?;
-            if resp.status() == StatusCode::NOT_FOUND {
-                let body = read_capped(resp, 64 << 10, what).await.unwrap_or_default();
-                return Err(SourceError::NotFound(missing(error_code(&body).as_deref())));
-            }
             if !resp.status().is_success() {
                 return Err(self.status_error(resp.status(), what));
             }
@@ -645,9 +641,7 @@ impl Client {
                     break;
                 }
                 let page = self
-                    .get_whole(url.clone(), scope, h.clone(), 16 << 20, what, &|_| {
-                        what.to_string()
-                    })
+                    .get_whole(url.clone(), scope, h.clone(), 16 << 20, what)
                     .await?;
                 if let Some(link) = page
                     .header(reqwest::header::LINK.as_str())
@@ -736,14 +730,6 @@ fn error_chain(e: &reqwest::Error) -> String {
 }
 
 /// Read a body up to `limit` bytes, failing beyond it.
-/// The first `errors[].code` of a registry's error answer (`NAME_UNKNOWN`,
-/// `MANIFEST_UNKNOWN`, …), if the body is one.
-fn error_code(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let code = v.get("errors")?.get(0)?.get("code")?.as_str()?;
-    Some(code.to_string())
-}
-
 async fn read_capped(mut resp: Response, limit: u64, what: &str) -> Result<Vec<u8>, SourceError> {
     if resp.content_length().is_some_and(|n| n > limit) {
         return Err(SourceError::Protocol {
@@ -770,14 +756,6 @@ async fn read_capped(mut resp: Response, limit: u64, what: &str) -> Result<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_codes_are_read_from_error_bodies() {
-        let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry","detail":{"name":"x"}}]}"#;
-        assert_eq!(error_code(body).as_deref(), Some("NAME_UNKNOWN"));
-        assert_eq!(error_code(b"404 page not found"), None);
-        assert_eq!(error_code(br#"{"errors":[]}"#), None);
-    }
 
     #[test]
     fn loopback_detection() {
