@@ -97,6 +97,9 @@ pub struct MountArgs {
     /// directory. Without SOURCE, any registry is reachable as MOUNTPOINT/HOST/REPO/TAG.
     #[arg(required = true, num_args = 1..=2, value_names = ["SOURCE", "MOUNTPOINT"])]
     pub operands: Vec<String>,
+    /// Mount even if MOUNTPOINT is not empty (its files stay hidden until unmounted).
+    #[arg(long)]
+    pub nonempty: bool,
     /// Stay attached to the terminal instead of running as a daemon.
     #[arg(short, long)]
     pub foreground: bool,

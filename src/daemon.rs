@@ -34,6 +34,7 @@ impl Readiness {
     pub fn ready(&self) {
         notify_systemd("READY=1");
         if let Some(mut p) = self.take() {
+            crate::logging::detach_terminal();
             let _ = p.write_all(b"OK\n");
             detach_stdio(self.log_file.as_deref());
         }
@@ -123,14 +124,6 @@ pub fn detach_stdio(log_file: Option<&Path>) {
         libc::dup2(n, 0);
         libc::dup2(n, 1);
         libc::dup2(e, 2);
-    }
-}
-
-/// In the foreground with `--log-file`: send stderr (the log) to the file.
-pub fn detach_stdio_keep_terminal(log_file: &Path) {
-    if let Ok(f) = File::options().create(true).append(true).open(log_file) {
-        // SAFETY: dup2 of an open fd onto stderr.
-        unsafe { libc::dup2(f.as_raw_fd(), 2) };
     }
 }
 

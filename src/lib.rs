@@ -14,6 +14,7 @@ pub mod helper;
 pub mod index;
 pub mod logging;
 pub mod mount;
+pub mod mountpoint;
 pub mod names;
 pub mod oci;
 pub mod read;

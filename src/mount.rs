@@ -30,11 +30,59 @@ pub struct Prepared {
 /// A one-line failure, printed as `orasfs: <message>`.
 pub type Failure = String;
 
-fn check_mountpoint(p: &Path) -> Result<(), Failure> {
+/// Catch a forgotten MOUNTPOINT before anything else (before the daemon forks): a lone
+/// operand that names a SOURCE — a registry reference, or an OCI layout directory — is
+/// not meant as the mountpoint of a mount of every registry.
+pub fn check_operands(args: &MountArgs) -> Result<(), Failure> {
+    let [only] = args.operands.as_slice() else {
+        return Ok(());
+    };
+    let p = Path::new(only);
+    let is_source = if p.is_dir() {
+        p.join("oci-layout").is_file()
+    } else {
+        let bare = split_scheme(only, false).map_or(only.as_str(), |(_, rest)| rest);
+        target::parse(bare).is_ok()
+    };
+    if is_source {
+        return Err(format!(
+            "MOUNTPOINT is missing: {only} is a SOURCE; run `orasfs mount {only} MOUNTPOINT` \
+             (a lone MOUNTPOINT mounts every registry by host name)"
+        ));
+    }
+    Ok(())
+}
+
+/// The mountpoint must be a directory, not already a FUSE mount, and empty unless
+/// `nonempty`. A mount left stale by a dead daemon is cleared first.
+fn check_mountpoint(p: &Path, nonempty: bool) -> Result<(), Failure> {
+    let mut entries = reach_mountpoint(p)?;
+    if let Some(m) = crate::mountpoint::mounted_at(p).filter(|m| m.fstype.starts_with("fuse")) {
+        return Err(format!(
+            "{} is already mounted ({} of {}); unmount it first with `orasfs umount {}`",
+            p.display(),
+            m.fstype,
+            m.source,
+            p.display()
+        ));
+    }
+    if let (false, Some(first)) = (nonempty, entries.next()) {
+        let name = first.map(|e| e.file_name()).unwrap_or_default();
+        return Err(format!(
+            "mountpoint {} is not empty (it holds {}); give --nonempty to mount over it anyway",
+            p.display(),
+            name.to_string_lossy()
+        ));
+    }
+    Ok(())
+}
+
+/// Stat and open the mountpoint; clears a stale FUSE mount. Returns its entries.
+fn reach_mountpoint(p: &Path) -> Result<std::fs::ReadDir, Failure> {
     // The kernel may still hold cached attributes of a dead mount's root, so also open it.
-    let probe = std::fs::metadata(p).and_then(|m| std::fs::read_dir(p).map(|_| m));
+    let probe = std::fs::metadata(p).and_then(|m| std::fs::read_dir(p).map(|d| (m, d)));
     match probe {
-        Ok(m) if m.is_dir() => Ok(()),
+        Ok((m, d)) if m.is_dir() => Ok(d),
         Ok(_) => Err(format!("mountpoint {} is not a directory", p.display())),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             // A daemon died and left its mount behind: clear it and carry on.
@@ -43,10 +91,10 @@ fn check_mountpoint(p: &Path) -> Result<(), Failure> {
                 p.display()
             );
             unmount(p, true)?;
-            match std::fs::metadata(p) {
-                Ok(m) if m.is_dir() => {
+            match std::fs::metadata(p).and_then(|m| std::fs::read_dir(p).map(|d| (m, d))) {
+                Ok((m, d)) if m.is_dir() => {
                     log::warn!("cleared the stale mount at {}", p.display());
-                    Ok(())
+                    Ok(d)
                 }
                 _ => Err(format!(
                     "could not clear the stale mount at {}",
@@ -56,6 +104,46 @@ fn check_mountpoint(p: &Path) -> Result<(), Failure> {
         }
         Err(e) => Err(format!("mountpoint {}: {e}", p.display())),
     }
+}
+
+/// `orasfs umount`: refuse a path that is not mounted or not a FUSE mount, and explain a
+/// busy mount.
+pub fn umount_command(p: &Path, lazy: bool) -> Result<(), Failure> {
+    match crate::mountpoint::mounted_at(p) {
+        None => return Err(format!("{} is not mounted", p.display())),
+        Some(m) if !m.fstype.starts_with("fuse") => {
+            return Err(format!(
+                "{} is a {} mount, not orasfs; leaving it alone",
+                p.display(),
+                m.fstype
+            ))
+        }
+        Some(_) => {}
+    }
+    unmount(p, lazy).map_err(|e| {
+        if !e.contains("busy") {
+            return e;
+        }
+        let holders = crate::mountpoint::holders(p);
+        let by = if holders.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = holders.iter().take(10).map(|h| h.to_string()).collect();
+            let more = holders.len().saturating_sub(10);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!(" (held by {}{more})", names.join(", "))
+        };
+        format!(
+            "{} is busy{by}; close what uses it, or detach it now and let it go when no \
+             longer used with `orasfs umount --lazy {}`",
+            p.display(),
+            p.display()
+        )
+    })
 }
 
 /// Unmount with `fusermount3 -u` (`-uz` when `lazy`), falling back to umount(2) as root.
@@ -75,7 +163,9 @@ pub fn unmount(p: &Path, lazy: bool) -> Result<(), Failure> {
             if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
                 return Ok(());
             }
+            let errno = std::io::Error::last_os_error();
             let why = match other {
+                Ok(_) if errno.raw_os_error() == Some(libc::EBUSY) => errno.to_string(),
                 Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
                 Err(e) => format!("fusermount3: {e}"),
             };
@@ -135,7 +225,7 @@ fn split_scheme(source: &str, plain_http_flag: bool) -> Result<(Option<bool>, &s
 /// Validate the command line and reach the source; fails before anything is mounted.
 pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
     let mountpoint = args.mountpoint();
-    check_mountpoint(&mountpoint)?;
+    check_mountpoint(&mountpoint, args.nonempty)?;
     let explicit = match (&args.username, args.password_stdin) {
         (Some(u), true) => Some(crate::registry::Credentials::new(
             u.clone(),
@@ -173,7 +263,12 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
         } => {
             let src = connect(args, &registry, explicit, plain).map_err(|e| e.to_string())?;
             let root = match (repo, reference) {
-                (None, _) => RootKind::Registry,
+                (None, _) => {
+                    // Like a repository or an artifact, a registry that wants credentials
+                    // the mount does not have fails now, not at the first `ls`.
+                    src.check_access().map_err(|e| e.to_string())?;
+                    RootKind::Registry
+                }
                 (Some(repo), None) => {
                     src.tags(&repo).map_err(|e| e.to_string())?;
                     RootKind::Repository(repo)

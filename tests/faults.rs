@@ -769,10 +769,16 @@ impl Drop for Tmpfs {
 /// stop short of it: logged as a warning) and the default floor (the cache declines to
 /// store: logged at info level, hence `-v`), and if `strict_too` with `--verify strict`.
 fn full_cache_disk_serves_reads_uncached(files: &[(&str, Vec<u8>)], strict_too: bool) {
-    let Some(small_fs) = Tmpfs::mount("2m") else {
-        eprintln!("SKIPPED: needs root to mount a 2 MiB tmpfs for a full cache disk");
+    let small_fs = Tmpfs::mount("2m");
+    let me = std::thread::current();
+    if !common::needs(
+        small_fs.is_some(),
+        &format!("faults::{}", me.name().unwrap_or("a_full_cache_disk_*")),
+        "mounting a 2 MiB tmpfs for a full cache disk needs root",
+    ) {
         return;
-    };
+    }
+    let Some(small_fs) = small_fs else { return };
     let reg = Registry::start();
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     reg.push_artifact("faults/full", "v1", &refs);

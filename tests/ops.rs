@@ -178,8 +178,11 @@ fn mount_helper_understands_fstab_options() {
 
 #[test]
 fn systemd_units_verify() {
-    if !common::have("systemd-analyze", &["--version"]) {
-        eprintln!("SKIP: systemd-analyze is not installed");
+    if !common::needs(
+        common::have("systemd-analyze", &["--version"]),
+        "ops::systemd_units_verify",
+        "systemd-analyze is not installed (apt: systemd)",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -433,9 +433,50 @@ impl Client {
         })
     }
 
+    /// `GET /v2/` as a client that means to use the registry: a 401 is answered with the
+    /// credentials (Basic, or a token from the challenge's realm). Fails when the registry
+    /// wants credentials and has none, or refuses the ones given. A token service that
+    /// hands out anonymous tokens passes: its public repositories may be read.
+    pub fn check_access(&self) -> Result<(), SourceError> {
+        self.rt.block_on(async {
+            let resp = self.get(self.url("v2/"), "", HeaderMap::new()).await?;
+            match resp.status() {
+                s if s.is_success() => Ok(()),
+                StatusCode::UNAUTHORIZED => Err(self.refused()),
+                s => Err(self.status_error(s, format!("{}v2/", self.base))),
+            }
+        })
+    }
+
     /// Fetch manifest bytes by tag or digest; returns the bytes, content type and the
-    /// `Docker-Content-Digest` the registry reported.
+    /// `Docker-Content-Digest` the registry reported. When there is none, the error says
+    /// what is missing: the repository, or the tag (or digest) in it. The registry's error
+    /// code cannot tell: distribution 2.x answers `MANIFEST_UNKNOWN` for a tag of a
+    /// repository it does not have either; its tag list can (`NAME_UNKNOWN`), and is asked
+    /// only then.
     pub fn manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
+        let result = self.fetch_manifest(repo, reference);
+        let Err(SourceError::NotFound(_)) = result else {
+            return result;
+        };
+        let registry = &self.cfg.registry;
+        let (sep, what) = match reference.starts_with("sha256:") {
+            true => ('@', "manifest"),
+            false => (':', "tag"),
+        };
+        match self.tags(repo) {
+            Err(SourceError::NotFound(_)) => Err(SourceError::NotFound(format!(
+                "repository {registry}/{repo} (asked for {registry}/{repo}{sep}{reference})"
+            ))),
+            Ok(_) => Err(SourceError::NotFound(format!(
+                "{what} {reference} in repository {registry}/{repo}"
+            ))),
+            Err(_) => result,
+        }
+    }
+
+    /// [`Client::manifest`] without the explanation of a 404.
+    fn fetch_manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
         self.rt.block_on(async {
             let mut h = HeaderMap::new();
             h.insert(

@@ -23,6 +23,11 @@ impl RegistrySource {
     pub fn ping(&self) -> Result<(), SourceError> {
         self.client.ping()
     }
+
+    /// Check that the registry lets this client in (see [`Client::check_access`]).
+    pub fn check_access(&self) -> Result<(), SourceError> {
+        self.client.check_access()
+    }
 }
 
 impl Source for RegistrySource {
