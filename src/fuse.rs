@@ -104,7 +104,7 @@ impl FuseFs {
 impl FuseFs {
     /// Log and count an error, and give its errno.
     fn errno(&self, e: &FsError) -> Errno {
-        if matches!(e, FsError::Source(_) | FsError::Cache(_)) {
+        if matches!(e, FsError::Source(_) | FsError::Cache(_)) && !e.logged() {
             log::warn!("{e}");
         }
         if !matches!(e, FsError::NotFound | FsError::NoAttr) {
@@ -112,6 +112,32 @@ impl FuseFs {
         }
         Errno::from_i32(to_errno(e))
     }
+}
+
+/// Tell the kernel to forget directory entries, from a thread of its own: the tree asks
+/// for it while answering a lookup, and the kernel's invalidation waits for the directory
+/// that lookup holds, so sending it there would deadlock. The thread ends with the tree.
+pub fn invalidator(notifier: fuser::Notifier) -> crate::tree::Invalidator {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, String)>();
+    let spawned = std::thread::Builder::new()
+        .name("orasfs-inval".into())
+        .spawn(move || {
+            for (parent, name) in rx {
+                if let Err(e) = notifier.inval_entry(INodeNo(parent), OsStr::new(&name)) {
+                    log::debug!("kernel entry {name:?} in {parent} not invalidated: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no kernel invalidation (cannot start its thread: {e}); moved tags show once their entries expire");
+    }
+    let tx = Mutex::new(tx);
+    Box::new(move |parent, name| {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((parent, name.to_string()));
+    })
 }
 
 fn file_attr(a: &Attr) -> FileAttr {

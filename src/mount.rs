@@ -196,6 +196,7 @@ fn finish(
         root,
         TreeConfig {
             metadata_ttl: args.metadata_ttl,
+            ..TreeConfig::default()
         },
     )
     .map_err(|e| e.to_string())?;
@@ -253,6 +254,8 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     )
     .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    fs.tree()
+        .set_invalidator(crate::fuse::invalidator(session.notifier()));
     let idle = fs.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -265,7 +268,7 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     let watcher = std::thread::spawn(move || {
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
-                log::info!("SIGHUP: dropping cached tags and listings");
+                log::info!("SIGHUP: dropping cached tags and listings, and the kernel's entries");
                 fs.tree().drop_metadata();
                 continue;
             }

@@ -34,6 +34,13 @@ pub struct MemorySource {
     pub corrupt: AtomicBool,
     /// Fail every blob fetch with a 503.
     pub down: AtomicBool,
+    /// Fail every catalog, tag list and manifest request as if the registry could not be
+    /// reached.
+    pub metadata_down: AtomicBool,
+    /// Answer the catalog with "none", as registries without `/v2/_catalog` do.
+    pub no_catalog: AtomicBool,
+    /// Tag digests asked for without the manifest (HEAD requests).
+    pub head_requests: AtomicU64,
 }
 
 impl MemorySource {
@@ -72,6 +79,23 @@ impl MemorySource {
         digest
     }
 
+    /// Remove a tag.
+    pub fn untag(&self, repo: &str, tag: &str) {
+        if let Some(tags) = self.store().repos.get_mut(repo) {
+            tags.remove(tag);
+        }
+    }
+
+    fn metadata_check(&self) -> Result<(), SourceError> {
+        if self.metadata_down.load(Ordering::Relaxed) {
+            return Err(SourceError::Unreachable {
+                target: "memory".into(),
+                detail: "down".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn blob(&self, digest: &Digest) -> Option<Arc<Vec<u8>>> {
         self.store().blobs.get(digest).cloned()
     }
@@ -83,11 +107,16 @@ impl Source for MemorySource {
     }
 
     fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
+        self.metadata_check()?;
+        if self.no_catalog.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         Ok(Some(self.store().repos.keys().cloned().collect()))
     }
 
     fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
         self.tag_requests.fetch_add(1, Ordering::Relaxed);
+        self.metadata_check()?;
         self.store()
             .repos
             .get(repo)
@@ -97,6 +126,7 @@ impl Source for MemorySource {
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
+        self.metadata_check()?;
         let not_found = || SourceError::NotFound(reference.qualify(repo));
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
@@ -114,6 +144,17 @@ impl Source for MemorySource {
             Some(&digest),
             None,
         )
+    }
+
+    fn tag_digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, SourceError> {
+        self.head_requests.fetch_add(1, Ordering::Relaxed);
+        self.metadata_check()?;
+        self.store()
+            .repos
+            .get(repo)
+            .and_then(|tags| tags.get(tag).cloned())
+            .map(Some)
+            .ok_or_else(|| SourceError::NotFound(format!("{repo}:{tag}")))
     }
 
     fn fetch_blob(
