@@ -201,8 +201,9 @@ pub struct Tree {
     resolved: Mutex<HashMap<(String, String), (Instant, Digest)>>,
     /// Catalogs by scope: the registry host in a multi-registry mount, else "".
     catalog: Mutex<HashMap<String, CatalogListing>>,
-    /// Paths the source said are not repositories, and when.
-    not_repos: Mutex<HashMap<String, Instant>>,
+    /// Definite "no" answers to a direct question, and when: paths that are not
+    /// repositories (`path`), and tags missing from their repository (`repo:tag`).
+    absent: Mutex<HashMap<String, Instant>>,
     /// `created` of config blobs by digest (`None`: it has none).
     created: Mutex<HashMap<Digest, Option<SystemTime>>>,
     /// Serialises filling a tag directory's children.
@@ -242,7 +243,7 @@ impl Tree {
             tags: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
             catalog: Mutex::new(HashMap::new()),
-            not_repos: Mutex::new(HashMap::new()),
+            absent: Mutex::new(HashMap::new()),
             created: Mutex::new(HashMap::new()),
             filling: Mutex::new(()),
             invalidator: OnceLock::new(),
@@ -723,7 +724,7 @@ impl Tree {
                     SourceError::NotFound(_) | SourceError::Unauthorized { .. }
                 ) {
                     lock(&self.tags).remove(repo);
-                    lock(&self.not_repos).insert(repo.to_string(), Instant::now());
+                    lock(&self.absent).insert(repo.to_string(), Instant::now());
                 }
                 return Err(e.into());
             }
@@ -733,7 +734,7 @@ impl Tree {
         t.dedup();
         let t = Arc::new(t);
         lock(&self.tags).insert(repo.to_string(), (Instant::now(), t.clone()));
-        lock(&self.not_repos).remove(repo);
+        lock(&self.absent).remove(repo);
         Ok(t)
     }
 
@@ -882,9 +883,16 @@ impl Tree {
         let listed = self.tags(repo)?.binary_search(&name.to_string()).is_ok();
         if !listed {
             // Pushed since the listing, or not there: the registry says which.
+            let key = format!("{repo}:{name}");
+            if self.recently_absent(&key) {
+                return Err(FsError::NotFound);
+            }
             match self.tag_digest(repo, name) {
                 Ok(_) => {}
-                Err(FsError::Source(SourceError::NotFound(_))) => return Err(FsError::NotFound),
+                Err(FsError::Source(SourceError::NotFound(_))) => {
+                    lock(&self.absent).insert(key, Instant::now());
+                    return Err(FsError::NotFound);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -910,6 +918,15 @@ impl Tree {
         Ok(self.add(parent, name, Node::Tag(Arc::new(TagNode::new(repo, name)))))
     }
 
+    /// Whether the source said `key` is absent within the TTL: answers are trusted for the
+    /// TTL whether they say yes or no, so repeated lookups of a missing name (a program
+    /// probing for side files) do not each reach the registry.
+    fn recently_absent(&self, key: &str) -> bool {
+        lock(&self.absent)
+            .get(key)
+            .is_some_and(|at| at.elapsed() < self.cfg.metadata_ttl)
+    }
+
     /// Whether `prefix` (a namespace directory) is itself a repository, so its tags show.
     fn is_repo(&self, prefix: &str) -> Result<bool, FsError> {
         if prefix.is_empty() || (self.hosts.is_some() && !prefix.contains('/')) {
@@ -918,10 +935,8 @@ impl Tree {
         if lock(&self.tags).contains_key(prefix) {
             return Ok(true);
         }
-        if let Some(at) = lock(&self.not_repos).get(prefix) {
-            if at.elapsed() < self.cfg.metadata_ttl {
-                return Ok(false);
-            }
+        if self.recently_absent(prefix) {
+            return Ok(false);
         }
         Ok(self.path_kind(prefix)? == PathKind::Repo)
     }
@@ -941,10 +956,14 @@ impl Tree {
                 return Ok(PathKind::Namespace);
             }
         }
-        match self.tags(path) {
-            Ok(_) => return Ok(PathKind::Repo),
-            Err(FsError::Source(SourceError::NotFound(_) | SourceError::Unauthorized { .. })) => {}
-            Err(e) => return Err(e),
+        if !self.recently_absent(path) {
+            match self.tags(path) {
+                Ok(_) => return Ok(PathKind::Repo),
+                Err(FsError::Source(
+                    SourceError::NotFound(_) | SourceError::Unauthorized { .. },
+                )) => {}
+                Err(e) => return Err(e),
+            }
         }
         if lock(&self.tags).keys().any(|r| r.starts_with(&under)) {
             return Ok(PathKind::Namespace);
@@ -1113,7 +1132,7 @@ impl Tree {
         lock(&self.resolved).clear();
         lock(&self.catalog).clear();
         lock(&self.referrers).clear();
-        lock(&self.not_repos).clear();
+        lock(&self.absent).clear();
         let entries: Vec<(Ino, String)> = self
             .read()
             .iter()

@@ -134,6 +134,8 @@ struct Shared {
     next_conn: AtomicU64,
     /// Require this `Authorization` value on every request (answer 401 otherwise).
     require_auth: Mutex<Option<(String, String)>>,
+    /// Wait this long before answering each request (a round trip to a distant registry).
+    latency: Mutex<Duration>,
 }
 
 /// A fault-injecting proxy on `127.0.0.1:PORT` in front of `upstream` (`127.0.0.1:PORT`).
@@ -164,6 +166,7 @@ impl FaultProxy {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             require_auth: Mutex::new(None),
+            latency: Mutex::new(Duration::ZERO),
         });
         let s = shared.clone();
         let acceptor = std::thread::Builder::new()
@@ -232,6 +235,11 @@ impl FaultProxy {
     /// Whether the proxy is currently down.
     pub fn is_down(&self) -> bool {
         is_down(&self.shared)
+    }
+
+    /// Wait `d` before answering each request, as a registry `d` away would.
+    pub fn set_latency(&self, d: Duration) {
+        *lock(&self.shared.latency) = d;
     }
 
     /// Answer `401` with `challenge` to every request whose `Authorization` is not `value`.
@@ -522,6 +530,7 @@ fn reason(code: u16) -> &'static str {
         206 => "Partial Content",
         307 => "Temporary Redirect",
         401 => "Unauthorized",
+        404 => "Not Found",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
@@ -543,6 +552,10 @@ fn serve_client(s: &Shared, stream: TcpStream) -> io::Result<()> {
             return Ok(());
         }
         lock(&s.arrivals).push(format!("{} {}", req.method, req.target));
+        let latency = *lock(&s.latency);
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
         let mut record = Record {
             method: req.method.clone(),
             path: req.target.clone(),
@@ -797,7 +810,8 @@ impl Launch {
             .arg("--cache-dir")
             .arg(cache)
             .args(&self.args)
-            .arg(&self.source)
+            // An empty source mounts the multi-registry root.
+            .args((!self.source.is_empty()).then_some(&self.source))
             .arg(mountpoint)
             .stdout(Stdio::null())
             .stderr(File::create(stderr)?)
