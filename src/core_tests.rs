@@ -665,3 +665,29 @@ fn mtimes_are_a_function_of_content() {
         assert_eq!(mtime(p), std::time::UNIX_EPOCH, "{p}");
     }
 }
+
+#[test]
+fn listing_entered_tags_after_the_ttl_checks_them_together_then_lookups_ask_nothing() {
+    let src = Arc::new(MemorySource::new());
+    let m = image_manifest(&src, &[titled(src.put_blob("x", b"a".to_vec()), "a")]);
+    for i in 0..20 {
+        src.put_manifest("r", Some(&format!("v{i:02}")), m.clone());
+    }
+    let ttl = std::time::Duration::from_millis(300);
+    let cfg = TreeConfig {
+        metadata_ttl: ttl,
+        ..TreeConfig::default()
+    };
+    let w = world_with(src.clone(), RootKind::Repository("r".into()), cfg);
+    for i in 0..20 {
+        path(&w.fs, &format!("v{i:02}/a")).unwrap();
+    }
+    std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+    let heads = src.head_requests.load(Ordering::Relaxed);
+    assert_eq!(names(&w.fs, ROOT).len(), 20);
+    assert_eq!(src.head_requests.load(Ordering::Relaxed), heads + 20);
+    for i in 0..20 {
+        path(&w.fs, &format!("v{i:02}")).unwrap();
+    }
+    assert_eq!(src.head_requests.load(Ordering::Relaxed), heads + 20);
+}

@@ -211,6 +211,11 @@ impl Fs {
         Ok(out)
     }
 
+    /// Open a directory: a tag directory is entered (its manifest fetched) now.
+    pub fn opendir(&self, ino: Ino) -> Result<(), FsError> {
+        self.tree.enter(ino)
+    }
+
     pub fn open(&self, ino: Ino, write: bool) -> Result<u64, FsError> {
         if write {
             return Err(FsError::ReadOnly);

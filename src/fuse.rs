@@ -278,6 +278,15 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
+    /// Opening a directory enters it: a tag directory fetches its manifest here, so a
+    /// manifest that cannot be shown fails the open.
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(self.errno(&e)),
+        }
+    }
+
     fn readdir(
         &self,
         _req: &Request,

@@ -162,6 +162,8 @@ const CATALOG_FAILURE_MEMORY: Duration = Duration::from_secs(5);
 /// mount) that are not repositories are shown as namespaces: the kernel looks up `org`
 /// before `org/repo`, and only a catalog could say whether `org` leads anywhere.
 pub const PROVISIONAL_DEPTH: usize = 2;
+/// Tags revalidated at once when a directory of entered tags is listed after the TTL.
+const PARALLEL_CHECKS: usize = 8;
 /// Config blobs up to this size are read for their `created` time.
 const MAX_CONFIG_FOR_TIME: u64 = 1 << 20;
 
@@ -1024,9 +1026,15 @@ impl Tree {
             },
             // Tags, namespaces and hosts are all directories: list them without fetching a
             // manifest per entry (a repository may hold thousands of tags).
-            Node::Repo { repo } => return Ok(self.unresolved(ino, listed_tags(&self.tags(repo)?))),
+            Node::Repo { repo } => {
+                let tags = listed_tags(&self.tags(repo)?);
+                self.revalidate_entered(ino);
+                return Ok(self.unresolved(ino, tags));
+            }
             Node::Namespace { prefix } => {
-                return Ok(self.unresolved(ino, self.namespace_names(prefix)?))
+                let names = self.namespace_names(prefix)?;
+                self.revalidate_entered(ino);
+                return Ok(self.unresolved(ino, names));
             }
             Node::Hosts => {
                 let hosts = self.hosts.as_ref().map(|m| m.visited()).unwrap_or_default();
@@ -1053,6 +1061,46 @@ impl Tree {
             }
         }
         Ok(out)
+    }
+
+    /// Check, a few at a time, the tags in directory `ino` that were entered and whose
+    /// resolution is older than the TTL: `ls -l` looks each entry up in turn, and each
+    /// such lookup would otherwise ask the registry on its own, one round trip after
+    /// another. Failures are left for the lookups to report.
+    fn revalidate_entered(&self, ino: Ino) {
+        let stale: Vec<(String, String)> = {
+            let nodes = self.read();
+            let resolved = lock(&self.resolved);
+            let Some(e) = nodes.get(ino as usize - 1) else {
+                return;
+            };
+            e.children
+                .values()
+                .filter_map(|c| match &nodes.get(*c as usize - 1)?.node {
+                    Node::Tag(t) if t.manifest().is_some() => {
+                        let key = (t.repo.clone(), t.tag.clone());
+                        let fresh = resolved
+                            .get(&key)
+                            .is_some_and(|(at, _)| at.elapsed() < self.cfg.metadata_ttl);
+                        (!fresh).then_some(key)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        if stale.len() < 2 {
+            return;
+        }
+        let per = stale.len().div_ceil(PARALLEL_CHECKS);
+        std::thread::scope(|scope| {
+            for part in stale.chunks(per) {
+                scope.spawn(move || {
+                    for (repo, tag) in part {
+                        let _ = self.tag_digest(repo, tag);
+                    }
+                });
+            }
+        });
     }
 
     /// Directory entries for names not looked up yet. An entry carries the inode of a child

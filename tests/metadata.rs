@@ -210,28 +210,26 @@ fn without_a_catalog_tags_are_listed_and_made_up_names_are_absent() {
     assert!(proxy.applied()[0] > 0, "the catalog was asked for");
 }
 
-#[test]
-fn ls_la_of_300_tags_at_50ms_fetches_no_manifest() {
-    let reg = Registry::start();
-    let proxy = FaultProxy::start(reg.addr());
-    let pushed = reg.push_artifact("meta/many", "v000", &[("a.txt", b"alpha")]);
-    for i in 1..300 {
+/// Push `n` tags `v0…` (zero-padded to `width`) of one artifact holding `a.txt`.
+fn push_tags(reg: &Registry, repo: &str, n: usize, width: usize) {
+    let pushed = reg.push_artifact(repo, &format!("v{:0width$}", 0), &[("a.txt", b"alpha")]);
+    for i in 1..n {
         reg.push_manifest(
-            "meta/many",
-            &format!("v{i:03}"),
+            repo,
+            &format!("v{i:0width$}"),
             "application/vnd.oci.image.manifest.v1+json",
             &pushed.manifest,
         );
     }
-    let m = Launch::new(&format!("{}/meta/many", proxy.addr()))
-        .mount()
-        .expect("mount the repository");
-    proxy.set_latency(Duration::from_millis(50));
+}
+
+/// Run `ls -la dir`: how long it took, what it printed, and the requests it caused.
+fn ls_la(proxy: &FaultProxy, dir: &Path) -> (Duration, String, Vec<Record>) {
     let seen = proxy.log().len();
     let t = Instant::now();
     let out = Command::new("ls")
         .arg("-la")
-        .arg(m.path())
+        .arg(dir)
         .output()
         .expect("run ls");
     let took = t.elapsed();
@@ -240,11 +238,31 @@ fn ls_la_of_300_tags_at_50ms_fetches_no_manifest() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let asked = proxy.log().split_off(seen);
+    (
+        took,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        asked,
+    )
+}
+
+/// How many of `asked` used `method`.
+fn count(asked: &[Record], method: &str) -> usize {
+    asked.iter().filter(|r| r.method == method).count()
+}
+
+#[test]
+fn ls_la_of_300_tags_at_50ms_fetches_no_manifest() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr());
+    push_tags(&reg, "meta/many", 300, 3);
+    let m = Launch::new(&format!("{}/meta/many", proxy.addr()))
+        .mount()
+        .expect("mount the repository");
+    proxy.set_latency(Duration::from_millis(50));
+    let (took, listing, asked) = ls_la(&proxy, m.path());
     assert_eq!(lines_matching(&listing, " v"), 300, "{listing}");
-    let asked: Vec<Record> = proxy.log().split_off(seen);
-    let gets = asked.iter().filter(|r| r.method == "GET").count();
-    let heads = asked.iter().filter(|r| r.method == "HEAD").count();
+    let (gets, heads) = (count(&asked, "GET"), count(&asked, "HEAD"));
     let manifests = asked
         .iter()
         .filter(|r| r.path.contains("/manifests/"))
@@ -391,4 +409,33 @@ fn sighup_shows_a_moved_tag_and_a_new_repository_within_a_second() {
     );
     assert!(common::names(m.path()).contains(&"meta".to_string()));
     assert_eq!(common::names(&m.join("meta")), ["fresh", "hup"]);
+}
+
+#[test]
+fn ls_la_after_the_ttl_checks_entered_tags_with_parallel_heads() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr());
+    push_tags(&reg, "meta/entered", 40, 2);
+    let ttl = Duration::from_secs(2);
+    let m = Launch::new(&format!("{}/meta/entered", proxy.addr()))
+        .args(&["--metadata-ttl", "2s"])
+        .mount()
+        .expect("mount the repository");
+    for i in 0..40 {
+        assert_eq!(
+            read_all(&m.join(&format!("v{i:02}/a.txt"))).expect("read"),
+            b"alpha"
+        );
+    }
+    std::thread::sleep(ttl + Duration::from_millis(200));
+    proxy.set_latency(Duration::from_millis(50));
+    let (took, _, asked) = ls_la(&proxy, m.path());
+    let (gets, heads) = (count(&asked, "GET"), count(&asked, "HEAD"));
+    eprintln!(
+        "ls -la of 40 entered tags after the TTL at 50 ms: {took:?}, {gets} GET, {heads} HEAD"
+    );
+    assert_eq!(heads, 40, "one HEAD per entered tag");
+    assert!(gets <= 1, "{gets} GETs: at most the tag list");
+    // One after another, 40 HEADs would take 2 s at 50 ms each.
+    assert!(took < Duration::from_secs(1), "ls -la took {took:?}");
 }
