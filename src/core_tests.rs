@@ -691,3 +691,20 @@ fn listing_entered_tags_after_the_ttl_checks_them_together_then_lookups_ask_noth
     }
     assert_eq!(src.head_requests.load(Ordering::Relaxed), heads + 20);
 }
+
+#[test]
+fn a_refusal_is_eacces_not_absent() {
+    let src = Arc::new(MemorySource::new());
+    src.no_catalog.store(true, Ordering::Relaxed);
+    src.refuse_unknown.store(true, Ordering::Relaxed);
+    let layer = titled(src.put_blob("x", b"alpha".to_vec()), "a.txt");
+    src.put_manifest("org/repo", Some("v1"), image_manifest(&src, &[layer]));
+    let w = world(src, RootKind::Registry, VerifyMode::Lazy);
+    assert!(path(&w.fs, "org/repo/v1/a.txt").is_ok());
+    let errno = |p: &str| path(&w.fs, p).map_err(|e| to_errno(&e));
+    for p in ["org/repo/v9", "no/such/thing.tif", "org/repo/v9"] {
+        assert_eq!(errno(p), Err(libc::EACCES), "{p}");
+    }
+    // Inside a manifest nothing is asked: a missing name there is simply absent.
+    assert_eq!(errno("org/repo/v1/nope"), Err(libc::ENOENT));
+}

@@ -188,6 +188,38 @@ enum PathKind {
     Absent,
 }
 
+/// A definite "no" from the source.
+#[derive(Debug, Clone)]
+enum No {
+    /// 404: not there.
+    NotFound,
+    /// 401/403 (registry, hint): not for us.
+    Refused(String, String),
+}
+
+impl No {
+    /// The "no" in `e`, if it is one.
+    fn of(e: &SourceError) -> Option<No> {
+        match e {
+            SourceError::NotFound(_) => Some(No::NotFound),
+            SourceError::Unauthorized { registry, hint } => {
+                Some(No::Refused(registry.clone(), hint.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn error(&self, what: &str) -> FsError {
+        match self {
+            No::NotFound => FsError::Source(SourceError::NotFound(what.to_string())),
+            No::Refused(registry, hint) => FsError::Source(SourceError::Unauthorized {
+                registry: registry.clone(),
+                hint: hint.clone(),
+            }),
+        }
+    }
+}
+
 /// Tells the kernel to forget the entry `name` in directory `parent`.
 pub type Invalidator = Box<dyn Fn(Ino, &str) + Send + Sync>;
 /// A manifest's referrers, named, and when they were listed.
@@ -205,7 +237,7 @@ pub struct Tree {
     catalog: Mutex<HashMap<String, CatalogListing>>,
     /// Definite "no" answers to a direct question, and when: paths that are not
     /// repositories (`path`), and tags missing from their repository (`repo:tag`).
-    absent: Mutex<HashMap<String, Instant>>,
+    absent: Mutex<HashMap<String, (Instant, No)>>,
     /// `created` of config blobs by digest (`None`: it has none).
     created: Mutex<HashMap<Digest, Option<SystemTime>>>,
     /// Serialises filling a tag directory's children.
@@ -721,12 +753,9 @@ impl Tree {
             Ok(t) => t,
             Err(e) if e.is_transient() => return stale.ok_or(FsError::Source(e)),
             Err(e) => {
-                if matches!(
-                    e,
-                    SourceError::NotFound(_) | SourceError::Unauthorized { .. }
-                ) {
+                if let Some(no) = No::of(&e) {
                     lock(&self.tags).remove(repo);
-                    lock(&self.absent).insert(repo.to_string(), Instant::now());
+                    lock(&self.absent).insert(repo.to_string(), (Instant::now(), no));
                 }
                 return Err(e.into());
             }
@@ -884,19 +913,7 @@ impl Tree {
         }
         let listed = self.tags(repo)?.binary_search(&name.to_string()).is_ok();
         if !listed {
-            // Pushed since the listing, or not there: the registry says which.
-            let key = format!("{repo}:{name}");
-            if self.recently_absent(&key) {
-                return Err(FsError::NotFound);
-            }
-            match self.tag_digest(repo, name) {
-                Ok(_) => {}
-                Err(FsError::Source(SourceError::NotFound(_))) => {
-                    lock(&self.absent).insert(key, Instant::now());
-                    return Err(FsError::NotFound);
-                }
-                Err(e) => return Err(e),
-            }
+            self.confirm_tag(repo, name)?;
         }
         if may_be_namespace {
             self.warn_once(format!("ns:{repo}/{name}"), || {
@@ -908,25 +925,49 @@ impl Tree {
                 let Some(shown) = t.manifest() else {
                     return Ok(c);
                 };
-                if self.tag_digest(repo, name)? == shown.digest {
+                let now = self.tag_digest(repo, name)?;
+                if now == shown.digest {
                     return Ok(c);
                 }
                 // The tag moved: a fresh inode, and the kernel forgets the old entry (it
                 // may hold it, and the files below it, for their whole TTL).
-                log::info!("{repo}:{name} moved to {}", self.tag_digest(repo, name)?);
+                log::info!("{repo}:{name} moved from {} to {now}", shown.digest);
                 self.invalidate(parent, name);
             }
         }
         Ok(self.add(parent, name, Node::Tag(Arc::new(TagNode::new(repo, name)))))
     }
 
+    /// Ask the source whether a tag missing from the listing exists (pushed since): a
+    /// definite "no" is remembered for the TTL like a listing.
+    fn confirm_tag(&self, repo: &str, name: &str) -> Result<(), FsError> {
+        let key = format!("{repo}:{name}");
+        let no = match self.remembered_no(&key) {
+            Some(no) => no,
+            None => match self.tag_digest(repo, name) {
+                Ok(_) => return Ok(()),
+                Err(FsError::Source(e)) => {
+                    let no = No::of(&e).ok_or(FsError::Source(e))?;
+                    lock(&self.absent).insert(key.clone(), (Instant::now(), no.clone()));
+                    no
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        Err(match no {
+            No::NotFound => FsError::NotFound,
+            refused => refused.error(&key),
+        })
+    }
+
     /// Whether the source said `key` is absent within the TTL: answers are trusted for the
     /// TTL whether they say yes or no, so repeated lookups of a missing name (a program
     /// probing for side files) do not each reach the registry.
-    fn recently_absent(&self, key: &str) -> bool {
+    fn remembered_no(&self, key: &str) -> Option<No> {
         lock(&self.absent)
             .get(key)
-            .is_some_and(|at| at.elapsed() < self.cfg.metadata_ttl)
+            .filter(|(at, _)| at.elapsed() < self.cfg.metadata_ttl)
+            .map(|(_, no)| no.clone())
     }
 
     /// Whether `prefix` (a namespace directory) is itself a repository, so its tags show.
@@ -937,7 +978,7 @@ impl Tree {
         if lock(&self.tags).contains_key(prefix) {
             return Ok(true);
         }
-        if self.recently_absent(prefix) {
+        if self.remembered_no(prefix).is_some() {
             return Ok(false);
         }
         Ok(self.path_kind(prefix)? == PathKind::Repo)
@@ -958,23 +999,24 @@ impl Tree {
                 return Ok(PathKind::Namespace);
             }
         }
-        if !self.recently_absent(path) {
-            match self.tags(path) {
+        let no = match self.remembered_no(path) {
+            Some(no) => no,
+            None => match self.tags(path) {
                 Ok(_) => return Ok(PathKind::Repo),
-                Err(FsError::Source(
-                    SourceError::NotFound(_) | SourceError::Unauthorized { .. },
-                )) => {}
+                Err(FsError::Source(e)) => No::of(&e).ok_or(FsError::Source(e))?,
                 Err(e) => return Err(e),
-            }
-        }
+            },
+        };
         if lock(&self.tags).keys().any(|r| r.starts_with(&under)) {
             return Ok(PathKind::Namespace);
         }
-        Ok(match catalog {
-            Ok(Some(_)) => PathKind::Absent,
-            _ if self.depth(path) <= PROVISIONAL_DEPTH => PathKind::Namespace,
-            _ => PathKind::Absent,
-        })
+        match (catalog, no) {
+            (Ok(Some(_)), _) => Ok(PathKind::Absent),
+            _ if self.depth(path) <= PROVISIONAL_DEPTH => Ok(PathKind::Namespace),
+            (_, No::NotFound) => Ok(PathKind::Absent),
+            // Refused: the name may be there, just not for us.
+            (_, refused) => Err(refused.error(path)),
+        }
     }
 
     fn lookup_namespace(&self, parent: Ino, prefix: &str, name: &str) -> Result<Ino, FsError> {

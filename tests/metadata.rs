@@ -439,3 +439,30 @@ fn ls_la_after_the_ttl_checks_entered_tags_with_parallel_heads() {
     // One after another, 40 HEADs would take 2 s at 50 ms each.
     assert!(took < Duration::from_secs(1), "ls -la took {took:?}");
 }
+
+/// The three kinds of "no" stay distinct all the way to errno: the registry says a name is
+/// not there (ENOENT), refuses to say (EACCES), or cannot be reached (EIO).
+#[test]
+fn not_there_refused_and_unreachable_are_distinct_errnos() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr());
+    reg.push_artifact("meta/kinds", "v1", &[("a.txt", b"alpha")]);
+    let m = Launch::new(proxy.addr())
+        .args(&["--connect-timeout", "2s"])
+        .mount()
+        .expect("mount the root");
+    assert_eq!(
+        read_all(&m.join("meta/kinds/v1/a.txt")).expect("read"),
+        b"alpha"
+    );
+    assert_eq!(stat_errno(&m.join("meta/kinds/v9")), libc::ENOENT);
+    proxy.require_authorization("Basic c29tZW9uZTplbHNl", "Basic realm=\"registry\"");
+    assert_eq!(stat_errno(&m.join("meta/kinds/v8")), libc::EACCES);
+    proxy.go_down(Duration::from_secs(30));
+    assert_eq!(stat_errno(&m.join("meta/kinds/v7")), libc::EIO);
+    // What was seen keeps its meaning through all of it.
+    assert_eq!(
+        read_all(&m.join("meta/kinds/v1/a.txt")).expect("read"),
+        b"alpha"
+    );
+}

@@ -39,6 +39,9 @@ pub struct MemorySource {
     pub metadata_down: AtomicBool,
     /// Answer the catalog with "none", as registries without `/v2/_catalog` do.
     pub no_catalog: AtomicBool,
+    /// Answer for a repository or tag that is not there as Docker Hub does: "authentication
+    /// required" rather than "not found".
+    pub refuse_unknown: AtomicBool,
     /// Tag digests asked for without the manifest (HEAD requests).
     pub head_requests: AtomicU64,
 }
@@ -96,6 +99,18 @@ impl MemorySource {
         Ok(())
     }
 
+    /// The error for something not there.
+    fn missing(&self, what: String) -> SourceError {
+        if self.refuse_unknown.load(Ordering::Relaxed) {
+            SourceError::Unauthorized {
+                registry: "memory".into(),
+                hint: format!("access to {what} was denied"),
+            }
+        } else {
+            SourceError::NotFound(what)
+        }
+    }
+
     fn blob(&self, digest: &Digest) -> Option<Arc<Vec<u8>>> {
         self.store().blobs.get(digest).cloned()
     }
@@ -121,13 +136,13 @@ impl Source for MemorySource {
             .repos
             .get(repo)
             .map(|t| t.keys().cloned().collect())
-            .ok_or_else(|| SourceError::NotFound(format!("repository {repo}")))
+            .ok_or_else(|| self.missing(format!("repository {repo}")))
     }
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
         self.metadata_check()?;
-        let not_found = || SourceError::NotFound(reference.qualify(repo));
+        let not_found = || self.missing(reference.qualify(repo));
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(t) => self
@@ -154,7 +169,7 @@ impl Source for MemorySource {
             .get(repo)
             .and_then(|tags| tags.get(tag).cloned())
             .map(Some)
-            .ok_or_else(|| SourceError::NotFound(format!("{repo}:{tag}")))
+            .ok_or_else(|| self.missing(format!("{repo}:{tag}")))
     }
 
     fn fetch_blob(
