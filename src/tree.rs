@@ -162,6 +162,8 @@ const CATALOG_FAILURE_MEMORY: Duration = Duration::from_secs(5);
 /// mount) that are not repositories are shown as namespaces: the kernel looks up `org`
 /// before `org/repo`, and only a catalog could say whether `org` leads anywhere.
 pub const PROVISIONAL_DEPTH: usize = 2;
+/// Definite "no" answers kept before those past the TTL are dropped.
+const MAX_REMEMBERED_NO: usize = 10_000;
 /// Tags revalidated at once when a directory of entered tags is listed after the TTL.
 const PARALLEL_CHECKS: usize = 8;
 /// Config blobs up to this size are read for their `created` time.
@@ -755,7 +757,7 @@ impl Tree {
             Err(e) => {
                 if let Some(no) = No::of(&e) {
                     lock(&self.tags).remove(repo);
-                    lock(&self.absent).insert(repo.to_string(), (Instant::now(), no));
+                    self.remember_no(repo, &no);
                 }
                 return Err(e.into());
             }
@@ -860,7 +862,8 @@ impl Tree {
         }
     }
 
-    /// A registry host in the multi-registry root; an unreachable one is "not found".
+    /// A registry host in the multi-registry root: `EIO` while it cannot be reached, "not
+    /// found" when what answers is not a registry.
     fn lookup_host(&self, parent: Ino, name: &str) -> Result<Ino, FsError> {
         let Some(m) = &self.hosts else {
             return Err(FsError::NotFound);
@@ -872,8 +875,12 @@ impl Tree {
             return Ok(c);
         }
         if let Err(e) = m.host(name) {
-            log::warn!("registry {name}: {e}");
-            return Err(FsError::NotFound);
+            self.warn_once(format!("host:{name}"), || format!("registry {name}: {e}"));
+            return Err(if e.is_transient() {
+                e.into()
+            } else {
+                FsError::NotFound
+            });
         }
         Ok(self.add(
             parent,
@@ -948,7 +955,7 @@ impl Tree {
                 Ok(_) => return Ok(()),
                 Err(FsError::Source(e)) => {
                     let no = No::of(&e).ok_or(FsError::Source(e))?;
-                    lock(&self.absent).insert(key.clone(), (Instant::now(), no.clone()));
+                    self.remember_no(&key, &no);
                     no
                 }
                 Err(e) => return Err(e),
@@ -958,6 +965,17 @@ impl Tree {
             No::NotFound => FsError::NotFound,
             refused => refused.error(&key),
         })
+    }
+
+    /// Remember a definite "no"; answers past the TTL are dropped once there are many, so
+    /// a program probing random names does not grow the table without bound.
+    fn remember_no(&self, key: &str, no: &No) {
+        let mut absent = lock(&self.absent);
+        if absent.len() >= MAX_REMEMBERED_NO {
+            let ttl = self.cfg.metadata_ttl;
+            absent.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        absent.insert(key.to_string(), (Instant::now(), no.clone()));
     }
 
     /// Whether the source said `key` is absent within the TTL: answers are trusted for the

@@ -466,3 +466,27 @@ fn not_there_refused_and_unreachable_are_distinct_errnos() {
         b"alpha"
     );
 }
+
+/// The soft limit on open files is raised to the hard limit at start, as most servers do:
+/// the cache and the connection pool hold descriptors.
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    assert!(
+        common::have("prlimit", &["--version"]),
+        "prlimit is needed: apt-get install util-linux"
+    );
+    let reg = Registry::start();
+    reg.push_artifact("meta/limits", "v1", &[("a.txt", b"alpha")]);
+    let m = Launch::new(&format!("{}/meta/limits:v1", reg.addr()))
+        .under(&["prlimit", "--nofile=128:4096"])
+        .mount()
+        .expect("mount under prlimit");
+    let limits = fs::read_to_string(format!("/proc/{}/limits", m.pid())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3..5], ["4096", "4096"], "{line}");
+    assert_eq!(read_all(&m.join("a.txt")).expect("read"), b"alpha");
+}

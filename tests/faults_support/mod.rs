@@ -772,6 +772,8 @@ pub struct Launch {
     pub cwd: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub stdin: Option<Vec<u8>>,
+    /// A program (and its arguments) that runs orasfs, such as `prlimit --nofile=…`.
+    pub wrapper: Vec<String>,
 }
 
 impl Launch {
@@ -797,13 +799,26 @@ impl Launch {
         self.env.push((k.into(), v.into()));
         self
     }
+    /// Run orasfs under `prog` (which must exec it, keeping the process id).
+    pub fn under(mut self, prog: &[&str]) -> Launch {
+        self.wrapper = prog.iter().map(|s| s.to_string()).collect();
+        self
+    }
     pub fn stdin(mut self, bytes: &[u8]) -> Launch {
         self.stdin = Some(bytes.to_vec());
         self
     }
 
     fn command(&self, cache: &Path, mountpoint: &Path, stderr: &Path) -> io::Result<Child> {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_orasfs"));
+        let bin = env!("CARGO_BIN_EXE_orasfs");
+        let mut c = match self.wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         c.env_remove("RUST_LOG")
             .arg("mount")
             .arg("--foreground")
