@@ -268,7 +268,7 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     let watcher = std::thread::spawn(move || {
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
-                log::info!("SIGHUP: dropping cached tags and listings, and the kernel's entries");
+                log::info!("SIGHUP: dropping cached tags and listings");
                 fs.tree().drop_metadata();
                 continue;
             }
