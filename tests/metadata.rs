@@ -494,3 +494,37 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
     assert_eq!(fields[3..5], ["4096", "4096"], "{line}");
     assert_eq!(read_all(&m.join("a.txt")).expect("read"), b"alpha");
 }
+
+/// A registry whose packets are dropped: connections time out instead of being refused.
+/// The first lookup to meet it waits one connect timeout, not one per retry, and the
+/// lookups after it fail at once.
+#[test]
+fn a_registry_that_lets_connections_time_out_costs_one_connect_timeout() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr());
+    reg.push_artifact("meta/dark", "v1", &[("a.txt", b"alpha")]);
+    let connect_timeout = Duration::from_secs(1);
+    let m = Launch::new(proxy.addr())
+        .args(&["--metadata-ttl", "1s", "--connect-timeout", "1s"])
+        .mount()
+        .expect("mount the root");
+    let file = m.join("meta/dark/v1/a.txt");
+    assert_eq!(read_all(&file).expect("read"), b"alpha");
+    proxy.go_dark(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    assert_eq!(
+        read_all(&file).expect("a seen file in the outage"),
+        b"alpha"
+    );
+    let first = t.elapsed();
+    let t = Instant::now();
+    assert_eq!(stat_errno(&m.join("meta/dark/v2")), libc::EIO);
+    let unseen = t.elapsed();
+    eprintln!("dropped packets: first lookup {first:?}, an unseen name after it {unseen:?}");
+    assert!(
+        first < connect_timeout * 2,
+        "the first lookup took {first:?}: more than one connect timeout"
+    );
+    assert!(unseen < connect_timeout, "an unseen name took {unseen:?}");
+}

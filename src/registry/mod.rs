@@ -163,6 +163,17 @@ impl WholeAnswer {
     }
 }
 
+/// How hard a request tries.
+#[derive(Debug, Clone, Copy)]
+struct Tries {
+    /// Attempts after the first, for transient failures.
+    retries: u32,
+    /// Give up at the first connect timeout. For metadata: a registry that lets a
+    /// connection time out counts as down at once, rather than after as many more connect
+    /// timeouts as there are retries, each of which a lookup would wait out.
+    stop_at_connect_timeout: bool,
+}
+
 /// A blob by repository and digest, for per-blob memories.
 type BlobKey = (String, Digest);
 
@@ -320,19 +331,23 @@ impl Client {
     /// transient failures (after the retries). `Authorization` is only sent to the
     /// registry's own origin, and a 401 from elsewhere is returned as it is.
     async fn get(&self, url: Url, scope: &str, extra: HeaderMap) -> Result<Response, SourceError> {
-        self.send(Method::GET, url, scope, extra, self.cfg.retries)
-            .await
+        let tries = Tries {
+            retries: self.cfg.retries,
+            stop_at_connect_timeout: false,
+        };
+        self.send(Method::GET, url, scope, extra, tries).await
     }
 
-    /// [`Client::get`] with any method and a number of retries.
+    /// [`Client::get`] with any method and number of tries.
     async fn send(
         &self,
         method: Method,
         url: Url,
         scope: &str,
         extra: HeaderMap,
-        retries: u32,
+        tries: Tries,
     ) -> Result<Response, SourceError> {
+        let retries = tries.retries;
         let mut url = url;
         let mut attempt = 0u32;
         let mut renewed = false;
@@ -351,7 +366,10 @@ impl Client {
             let delay = match req.send().await {
                 Err(e) => {
                     let err = self.unreachable(&e);
-                    if attempt >= retries || is_certificate_error(&error_chain(&e)) {
+                    if attempt >= retries
+                        || is_certificate_error(&error_chain(&e))
+                        || (tries.stop_at_connect_timeout && e.is_connect() && e.is_timeout())
+                    {
                         return Err(err);
                     }
                     log::warn!(
@@ -491,9 +509,9 @@ impl Client {
             let h = manifest_accept();
             let what = format!("{}/{repo}:{reference}", self.cfg.registry);
             let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
-            let retries = self.gate()?;
+            let tries = self.gate()?;
             let resp = self.settle(
-                self.send(Method::HEAD, url, &pull_scope(repo), h, retries)
+                self.send(Method::HEAD, url, &pull_scope(repo), h, tries)
                     .await,
             )?;
             if !resp.status().is_success() {
@@ -507,12 +525,16 @@ impl Client {
         })
     }
 
-    /// The retries a metadata request may make now, or [`SourceError::Down`] while the
-    /// registry is known to be down (see [`outage`]).
-    fn gate(&self) -> Result<u32, SourceError> {
-        Ok(match self.health.gate(&self.cfg.registry)? {
+    /// How a metadata request may try now, or [`SourceError::Down`] while the registry is
+    /// known to be down (see [`outage`]).
+    fn gate(&self) -> Result<Tries, SourceError> {
+        let retries = match self.health.gate(&self.cfg.registry)? {
             outage::Gate::Ask => self.cfg.retries,
             outage::Gate::Probe => 0,
+        };
+        Ok(Tries {
+            retries,
+            stop_at_connect_timeout: true,
         })
     }
 
@@ -542,11 +564,11 @@ impl Client {
         limit: u64,
         what: &str,
     ) -> Result<WholeAnswer, SourceError> {
-        let retries = self.gate()?;
+        let tries = self.gate()?;
         let mut cuts = 0u32;
         let r = loop {
             let resp = match self
-                .send(Method::GET, url.clone(), scope, h.clone(), retries)
+                .send(Method::GET, url.clone(), scope, h.clone(), tries)
                 .await
             {
                 Ok(r) => r,
@@ -565,7 +587,7 @@ impl Client {
                         body,
                     })
                 }
-                Err(e @ SourceError::Unreachable { .. }) if cuts < retries => {
+                Err(e @ SourceError::Unreachable { .. }) if cuts < tries.retries => {
                     log::warn!("{what}: {e}; asking again (attempt {})", cuts + 1);
                     tokio::time::sleep(backoff(cuts)).await;
                     cuts += 1;

@@ -136,6 +136,10 @@ struct Shared {
     require_auth: Mutex<Option<(String, String)>>,
     /// Wait this long before answering each request (a round trip to a distant registry).
     latency: Mutex<Duration>,
+    /// Until when new connections time out (see [`FaultProxy::go_dark`]).
+    dark_until: Mutex<Option<Instant>>,
+    /// Connections that fill the accept queue while dark.
+    fillers: Mutex<Vec<TcpStream>>,
 }
 
 /// A fault-injecting proxy on `127.0.0.1:PORT` in front of `upstream` (`127.0.0.1:PORT`).
@@ -167,6 +171,8 @@ impl FaultProxy {
             next_conn: AtomicU64::new(0),
             require_auth: Mutex::new(None),
             latency: Mutex::new(Duration::ZERO),
+            dark_until: Mutex::new(None),
+            fillers: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let acceptor = std::thread::Builder::new()
@@ -232,6 +238,23 @@ impl FaultProxy {
         kill_conns(&self.shared);
     }
 
+    /// Let new connections time out (as a host whose packets are dropped) and reset live
+    /// ones, for `d`. The proxy stops accepting and fills its accept queue, after which the
+    /// kernel drops incoming SYNs.
+    pub fn go_dark(&self, d: Duration) {
+        *lock(&self.shared.dark_until) = Some(Instant::now() + d);
+        kill_conns(&self.shared);
+        std::thread::sleep(Duration::from_millis(50)); // the acceptor sees it
+        let addr: std::net::SocketAddr = self.shared.addr.parse().expect("proxy address");
+        let mut fillers = lock(&self.shared.fillers);
+        for _ in 0..1024 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => fillers.push(s),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Whether the proxy is currently down.
     pub fn is_down(&self) -> bool {
         is_down(&self.shared)
@@ -291,6 +314,15 @@ fn accept_loop(s: Arc<Shared>, first: TcpListener) {
     let mut listener = Some(first);
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     while !s.stop.load(Ordering::SeqCst) {
+        let dark = *lock(&s.dark_until);
+        if let Some(until) = dark {
+            if Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            *lock(&s.dark_until) = None;
+            lock(&s.fillers).clear();
+        }
         if is_down(&s) {
             // Closing the listening socket makes connects fail with ECONNREFUSED.
             listener = None;
