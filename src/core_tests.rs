@@ -174,11 +174,17 @@ fn registry_tree_repos_tags_files_and_fallbacks() {
             .unwrap();
     assert_eq!((a.size, a.perm, a.is_dir), (big.len() as u64, 0o444, false));
     assert_eq!(w.fs.getattr(v1).unwrap().perm, 0o555);
-    let created = w.fs.getattr(v1).unwrap().mtime;
+    // Files carry the manifest's `created` annotation; the tag directory, which a re-push
+    // can change, has the fixed epoch.
+    let created =
+        w.fs.getattr(path(&w.fs, "eo/products/v1/imagery.tif").unwrap())
+            .unwrap()
+            .mtime;
     assert_eq!(
         created,
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(1714564800)
     );
+    assert_eq!(w.fs.getattr(v1).unwrap().mtime, w.fs.tree().epoch());
     // Digest lookup works though it is not listed; unknown names do not.
     let digest = crate::oci::Digest::of(&m);
     let by_digest = path(&w.fs, &format!("eo/products/{digest}")).unwrap();
@@ -669,4 +675,219 @@ fn strict_mode_reads_lazily_only_with_a_bound_index_and_require_index_refuses_th
     // Small blobs are verified whole and served, index or not.
     let (w, data, ino) = single_blob_world(1000, VerifyMode::RequireIndex);
     assert!(read_all(&w.fs, ino).unwrap() == data);
+}
+
+fn world_with(src: Arc<MemorySource>, root: RootKind, cfg: TreeConfig) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = Tree::new(src.clone(), root, cfg).unwrap();
+    World {
+        src,
+        fs: fs_over(tree, dir.path(), ReadConfig::default()),
+        _dir: dir,
+    }
+}
+
+/// Trust nothing listed: every lookup asks the source again.
+fn always_ask() -> TreeConfig {
+    TreeConfig {
+        metadata_ttl: std::time::Duration::ZERO,
+        ..TreeConfig::default()
+    }
+}
+
+/// An image manifest with `config` and no `created` annotation.
+fn plain_manifest(config: &Descriptor, layers: &[Descriptor]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::oci::OCI_MANIFEST,
+        "config": desc_json(config),
+        "layers": layers.iter().map(desc_json).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+fn is_eio(r: Result<u64, FsError>) -> bool {
+    matches!(&r, Err(e) if to_errno(e) == libc::EIO)
+}
+
+#[test]
+fn looking_up_every_listed_tag_fetches_no_manifest() {
+    let src = Arc::new(MemorySource::new());
+    let m = image_manifest(&src, &[titled(src.put_blob("x", b"a".to_vec()), "a")]);
+    for i in 0..300 {
+        src.put_manifest("r", Some(&format!("v{i:03}")), m.clone());
+    }
+    let w = world(src, RootKind::Repository("r".into()), VerifyMode::Lazy);
+    let entries = names(&w.fs, ROOT);
+    assert_eq!(entries.len(), 300);
+    for e in entries {
+        let a = w.fs.lookup(ROOT, &e).unwrap();
+        assert!(a.is_dir, "{e}");
+    }
+    assert_eq!(w.src.manifest_requests.load(Ordering::Relaxed), 0);
+    assert_eq!(w.src.head_requests.load(Ordering::Relaxed), 0);
+    assert_eq!(w.src.tag_requests.load(Ordering::Relaxed), 1);
+    // Entering one fetches its manifest, once.
+    path(&w.fs, "v007/a").unwrap();
+    assert_eq!(w.src.manifest_requests.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn an_outage_keeps_names_seen_and_fails_names_never_seen() {
+    let src = Arc::new(MemorySource::new());
+    let layer = titled(src.put_blob("x", b"alpha".to_vec()), "a.txt");
+    src.put_manifest("eo/products", Some("v1"), image_manifest(&src, &[layer]));
+    let w = world_with(src.clone(), RootKind::Registry, always_ask());
+    let file = path(&w.fs, "eo/products/v1/a.txt").unwrap();
+    assert_eq!(read_all(&w.fs, file).unwrap(), b"alpha");
+    src.metadata_down.store(true, Ordering::Relaxed);
+    // Seen: the same answers, though nothing listed is trusted any more.
+    assert_eq!(path(&w.fs, "eo/products/v1/a.txt").unwrap(), file);
+    assert_eq!(names(&w.fs, path(&w.fs, "eo/products").unwrap()), ["v1"]);
+    assert_eq!(read_all(&w.fs, file).unwrap(), b"alpha");
+    // Never seen: EIO, not "absent" and never a phantom directory.
+    for p in ["eo/products/v2", "no", "no/such/thing.tif", "eo/other"] {
+        assert!(is_eio(path(&w.fs, p)), "{p}: {:?}", path(&w.fs, p));
+    }
+    // Back: only definite answers make a name absent.
+    src.metadata_down.store(false, Ordering::Relaxed);
+    for p in ["eo/products/v2", "no", "eo/other"] {
+        assert!(matches!(path(&w.fs, p), Err(FsError::NotFound)), "{p}");
+    }
+}
+
+#[test]
+fn without_a_catalog_repositories_list_their_tags_and_made_up_names_are_absent() {
+    let src = Arc::new(MemorySource::new());
+    src.no_catalog.store(true, Ordering::Relaxed);
+    let layer = titled(src.put_blob("x", b"alpha".to_vec()), "a.txt");
+    let m = image_manifest(&src, &[layer]);
+    src.put_manifest("org/repo", Some("v1"), m.clone());
+    src.put_manifest("org/repo", Some("v2"), m);
+    let w = world(src, RootKind::Registry, VerifyMode::Lazy);
+    assert_eq!(names(&w.fs, path(&w.fs, "org/repo").unwrap()), ["v1", "v2"]);
+    assert!(path(&w.fs, "org/repo/v1/a.txt").is_ok());
+    for p in [
+        "org/repo/v3",
+        "org/repo/v1/nope",
+        "no/such/thing.tif",
+        "org/repo/x/y",
+    ] {
+        assert!(matches!(path(&w.fs, p), Err(FsError::NotFound)), "{p}");
+    }
+    // The namespace is known from the repository found below it.
+    assert_eq!(names(&w.fs, ROOT), ["org"]);
+    assert_eq!(names(&w.fs, path(&w.fs, "org").unwrap()), ["repo"]);
+}
+
+#[test]
+fn a_moved_tag_gets_a_new_inode_and_the_kernel_is_told_to_forget_the_old() {
+    let src = Arc::new(MemorySource::new());
+    let one = titled(src.put_blob("x", b"one".to_vec()), "f");
+    src.put_manifest("r", Some("v1"), image_manifest(&src, &[one]));
+    let w = world_with(src.clone(), RootKind::Repository("r".into()), always_ask());
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let t = told.clone();
+    w.fs.tree().set_invalidator(Box::new(move |p, n| {
+        t.lock().unwrap().push((p, n.to_string()))
+    }));
+    let old = path(&w.fs, "v1").unwrap();
+    assert_eq!(
+        read_all(&w.fs, path(&w.fs, "v1/f").unwrap()).unwrap(),
+        b"one"
+    );
+    // Not moved: the same inode, revalidated with a HEAD, no manifest fetched again.
+    let gets = src.manifest_requests.load(Ordering::Relaxed);
+    assert_eq!(path(&w.fs, "v1").unwrap(), old);
+    assert_eq!(src.manifest_requests.load(Ordering::Relaxed), gets);
+    assert!(src.head_requests.load(Ordering::Relaxed) > 0);
+    assert!(told.lock().unwrap().is_empty());
+    let two = titled(src.put_blob("x", b"two".to_vec()), "f");
+    src.put_manifest("r", Some("v1"), image_manifest(&src, &[two]));
+    let new = path(&w.fs, "v1").unwrap();
+    assert_ne!(new, old);
+    assert_eq!(told.lock().unwrap().as_slice(), [(ROOT, "v1".to_string())]);
+    assert_eq!(
+        read_all(&w.fs, path(&w.fs, "v1/f").unwrap()).unwrap(),
+        b"two"
+    );
+    // SIGHUP: every entry a listing made is forgotten by the kernel.
+    told.lock().unwrap().clear();
+    w.fs.tree().drop_metadata();
+    assert_eq!(told.lock().unwrap().as_slice(), [(ROOT, "v1".to_string())]);
+}
+
+#[test]
+fn mtimes_are_a_function_of_content() {
+    let src = Arc::new(MemorySource::new());
+    let layer = titled(src.put_blob("x", b"alpha".to_vec()), "a.txt");
+    let config = src.put_blob(
+        "application/vnd.oci.image.config.v1+json",
+        br#"{"created":"2023-06-14T20:41:59.079795125Z","architecture":"amd64"}"#.to_vec(),
+    );
+    src.put_manifest(
+        "r",
+        Some("dated"),
+        plain_manifest(&config, std::slice::from_ref(&layer)),
+    );
+    let empty = src.put_blob("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+    src.put_manifest("r", Some("undated"), plain_manifest(&empty, &[layer]));
+    let mtime = |p: &str| {
+        let w = world(
+            src.clone(),
+            RootKind::Repository("r".into()),
+            VerifyMode::Lazy,
+        );
+        w.fs.getattr(path(&w.fs, p).unwrap()).unwrap().mtime
+    };
+    let created = std::time::UNIX_EPOCH + std::time::Duration::new(1686775319, 79795125);
+    for p in ["dated/a.txt", "dated/.manifest.json", "dated/.config.json"] {
+        assert_eq!(mtime(p), created, "{p}");
+    }
+    for p in ["undated/a.txt", "undated", "dated"] {
+        assert_eq!(mtime(p), std::time::UNIX_EPOCH, "{p}");
+    }
+}
+
+#[test]
+fn listing_entered_tags_after_the_ttl_checks_them_together_then_lookups_ask_nothing() {
+    let src = Arc::new(MemorySource::new());
+    let m = image_manifest(&src, &[titled(src.put_blob("x", b"a".to_vec()), "a")]);
+    for i in 0..20 {
+        src.put_manifest("r", Some(&format!("v{i:02}")), m.clone());
+    }
+    let ttl = std::time::Duration::from_millis(300);
+    let cfg = TreeConfig {
+        metadata_ttl: ttl,
+        ..TreeConfig::default()
+    };
+    let w = world_with(src.clone(), RootKind::Repository("r".into()), cfg);
+    for i in 0..20 {
+        path(&w.fs, &format!("v{i:02}/a")).unwrap();
+    }
+    std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+    let heads = src.head_requests.load(Ordering::Relaxed);
+    assert_eq!(names(&w.fs, ROOT).len(), 20);
+    assert_eq!(src.head_requests.load(Ordering::Relaxed), heads + 20);
+    for i in 0..20 {
+        path(&w.fs, &format!("v{i:02}")).unwrap();
+    }
+    assert_eq!(src.head_requests.load(Ordering::Relaxed), heads + 20);
+}
+
+#[test]
+fn a_refusal_is_eacces_not_absent() {
+    let src = Arc::new(MemorySource::new());
+    src.no_catalog.store(true, Ordering::Relaxed);
+    src.refuse_unknown.store(true, Ordering::Relaxed);
+    let layer = titled(src.put_blob("x", b"alpha".to_vec()), "a.txt");
+    src.put_manifest("org/repo", Some("v1"), image_manifest(&src, &[layer]));
+    let w = world(src, RootKind::Registry, VerifyMode::Lazy);
+    assert!(path(&w.fs, "org/repo/v1/a.txt").is_ok());
+    let errno = |p: &str| path(&w.fs, p).map_err(|e| to_errno(&e));
+    for p in ["org/repo/v9", "no/such/thing.tif", "org/repo/v9"] {
+        assert_eq!(errno(p), Err(libc::EACCES), "{p}");
+    }
+    // Inside a manifest nothing is asked: a missing name there is simply absent.
+    assert_eq!(errno("org/repo/v1/nope"), Err(libc::ENOENT));
 }

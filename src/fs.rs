@@ -75,7 +75,6 @@ pub struct Fs {
     cfg: FsConfig,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    started: SystemTime,
     /// Failed operations by kind, for `orasfs stats`.
     pub errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
@@ -88,7 +87,6 @@ impl Fs {
             cfg,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            started: SystemTime::now(),
             errors: Mutex::new(Default::default()),
         }
     }
@@ -112,9 +110,13 @@ impl Fs {
             Node::Image(m) | Node::Index(m) | Node::SubDir { manifest: m } | Node::Referrers(m) => {
                 (true, 0, m.mtime)
             }
-            Node::Namespace { .. } | Node::Repo { .. } | Node::ControlDir | Node::Hosts => {
-                (true, 0, self.started)
-            }
+            // Names that can change have no time of their own: a fixed one keeps `rsync -a`
+            // and `make` from seeing changes across mounts.
+            Node::Namespace { .. }
+            | Node::Repo { .. }
+            | Node::Tag(_)
+            | Node::ControlDir
+            | Node::Hosts => (true, 0, self.tree.epoch()),
             Node::StatsFile => (false, 0, SystemTime::now()),
         };
         Attr {
@@ -135,9 +137,13 @@ impl Fs {
     /// How long the kernel may trust this entry: long when nothing can change it.
     pub fn ttl(&self, ino: Ino) -> Duration {
         match self.tree.node(ino) {
-            Ok(Node::Namespace { .. } | Node::Repo { .. } | Node::Hosts | Node::Referrers(_)) => {
-                self.cfg.mutable_ttl
-            }
+            Ok(
+                Node::Namespace { .. }
+                | Node::Repo { .. }
+                | Node::Tag(_)
+                | Node::Hosts
+                | Node::Referrers(_),
+            ) => self.cfg.mutable_ttl,
             Ok(Node::Image(m) | Node::Index(m))
                 if matches!(m.reference, crate::source::Reference::Tag(_)) =>
             {
@@ -198,6 +204,11 @@ impl Fs {
                 .map(|(name, ino, is_dir)| DirEntry { ino, is_dir, name }),
         );
         Ok(out)
+    }
+
+    /// Open a directory: a tag directory is entered (its manifest fetched) now.
+    pub fn opendir(&self, ino: Ino) -> Result<(), FsError> {
+        self.tree.enter(ino)
     }
 
     pub fn open(&self, ino: Ino, write: bool) -> Result<u64, FsError> {
@@ -315,6 +326,20 @@ impl Fs {
                     put(&format!("user.oci.annotation.{k}"), v.clone());
                 }
             }
+            Node::Tag(t) => {
+                put("user.oci.reference", format!("{}:{}", t.repo, t.tag));
+                if let Some(m) = t.manifest() {
+                    put("user.oci.digest", m.digest.to_string());
+                    put(
+                        "user.oci.mediatype",
+                        m.fetched.manifest.media_type().to_string(),
+                    );
+                    put("user.oci.size", m.fetched.bytes.len().to_string());
+                    for (k, v) in m.fetched.manifest.annotations() {
+                        put(&format!("user.oci.annotation.{k}"), v.clone());
+                    }
+                }
+            }
             Node::SubDir { .. }
             | Node::Referrers(_)
             | Node::Namespace { .. }
@@ -326,7 +351,13 @@ impl Fs {
         Ok(out)
     }
 
+    /// A tag directory lists its manifest's attributes once entered (`ls -l` asks for
+    /// attributes of every entry, and must not fetch a manifest each); asking for one by
+    /// name enters it.
     pub fn getxattr(&self, ino: Ino, name: &str) -> Result<Vec<u8>, FsError> {
+        if name.starts_with("user.oci.") {
+            self.tree.enter(ino)?;
+        }
         self.xattrs(ino)?
             .into_iter()
             .find(|(k, _)| k == name)

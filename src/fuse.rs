@@ -108,7 +108,7 @@ impl FuseFs {
 impl FuseFs {
     /// Log and count an error, and give its errno.
     fn errno(&self, e: &FsError) -> Errno {
-        if matches!(e, FsError::Source(_) | FsError::Cache(_)) {
+        if matches!(e, FsError::Source(_) | FsError::Cache(_)) && !e.logged() {
             log::warn!("{e}");
         }
         if !matches!(e, FsError::NotFound | FsError::NoAttr) {
@@ -116,6 +116,32 @@ impl FuseFs {
         }
         Errno::from_i32(to_errno(e))
     }
+}
+
+/// Tell the kernel to forget directory entries, from a thread of its own: the tree asks
+/// for it while answering a lookup, and the kernel's invalidation waits for the directory
+/// that lookup holds, so sending it there would deadlock. The thread ends with the tree.
+pub fn invalidator(notifier: fuser::Notifier) -> crate::tree::Invalidator {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, String)>();
+    let spawned = std::thread::Builder::new()
+        .name("orasfs-inval".into())
+        .spawn(move || {
+            for (parent, name) in rx {
+                if let Err(e) = notifier.inval_entry(INodeNo(parent), OsStr::new(&name)) {
+                    log::debug!("kernel entry {name:?} in {parent} not invalidated: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no kernel invalidation (cannot start its thread: {e}); moved tags show once their entries expire");
+    }
+    let tx = Mutex::new(tx);
+    Box::new(move |parent, name| {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((parent, name.to_string()));
+    })
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -260,6 +286,15 @@ impl Filesystem for FuseFs {
         self.fs.release(fh.0);
         self.backing().release(fh.0);
         reply.ok();
+    }
+
+    /// Opening a directory enters it: a tag directory fetches its manifest here, so a
+    /// manifest that cannot be shown fails the open.
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(self.errno(&e)),
+        }
     }
 
     fn readdir(

@@ -18,6 +18,23 @@ fn limit_malloc_retention() {
     }
 }
 
+/// Raise the soft limit on open files to the hard limit, as most servers do: the cache
+/// and the connection pool hold descriptors, and the default soft limit (often 1024) is
+/// reached long before the machine's.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut argv: Vec<String> = std::env::args().collect();
     let invoked_as = argv
@@ -36,6 +53,7 @@ fn main() -> ExitCode {
         };
     }
     limit_malloc_retention();
+    raise_open_files_limit();
     let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Mount(args) => {

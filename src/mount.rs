@@ -293,6 +293,7 @@ fn finish(
         root,
         TreeConfig {
             metadata_ttl: args.metadata_ttl,
+            ..TreeConfig::default()
         },
     )
     .map_err(|e| e.to_string())?;
@@ -357,6 +358,8 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     )
     .map_err(|e| mount_error(&mountpoint, &e, Path::new(DEV_FUSE)))?;
     let mut unmounter = session.unmount_callable();
+    fs.tree()
+        .set_invalidator(crate::fuse::invalidator(session.notifier()));
     let idle = fs.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -357,8 +357,11 @@ fn the_multi_registry_root_reaches_any_registry_by_host() {
         "the root lists visited hosts"
     );
     assert!(!spot.mnt.join("not-a-host").exists());
-    assert!(
-        !spot.mnt.join("127.0.0.1:1").exists(),
-        "an unreachable registry is not found"
+    assert_eq!(
+        fs::metadata(spot.mnt.join("127.0.0.1:1"))
+            .err()
+            .and_then(|e| e.raw_os_error()),
+        Some(libc::EIO),
+        "a registry that cannot be reached is EIO, not absent"
     );
 }

@@ -38,6 +38,16 @@ pub struct MemorySource {
     pub corrupt_at: Mutex<Option<(Digest, u64)>>,
     /// Referrers by subject digest.
     referrers: Mutex<HashMap<Digest, Vec<Descriptor>>>,
+    /// Fail every catalog, tag list and manifest request as if the registry could not be
+    /// reached.
+    pub metadata_down: AtomicBool,
+    /// Answer the catalog with "none", as registries without `/v2/_catalog` do.
+    pub no_catalog: AtomicBool,
+    /// Answer for a repository or tag that is not there as Docker Hub does: "authentication
+    /// required" rather than "not found".
+    pub refuse_unknown: AtomicBool,
+    /// Tag digests asked for without the manifest (HEAD requests).
+    pub head_requests: AtomicU64,
 }
 
 impl MemorySource {
@@ -86,6 +96,35 @@ impl MemorySource {
         digest
     }
 
+    /// Remove a tag.
+    pub fn untag(&self, repo: &str, tag: &str) {
+        if let Some(tags) = self.store().repos.get_mut(repo) {
+            tags.remove(tag);
+        }
+    }
+
+    fn metadata_check(&self) -> Result<(), SourceError> {
+        if self.metadata_down.load(Ordering::Relaxed) {
+            return Err(SourceError::Unreachable {
+                target: "memory".into(),
+                detail: "down".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The error for something not there.
+    fn missing(&self, what: String) -> SourceError {
+        if self.refuse_unknown.load(Ordering::Relaxed) {
+            SourceError::Unauthorized {
+                registry: "memory".into(),
+                hint: format!("access to {what} was denied"),
+            }
+        } else {
+            SourceError::NotFound(what)
+        }
+    }
+
     fn blob(&self, digest: &Digest) -> Option<Arc<Vec<u8>>> {
         self.store().blobs.get(digest).cloned()
     }
@@ -97,21 +136,27 @@ impl Source for MemorySource {
     }
 
     fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
+        self.metadata_check()?;
+        if self.no_catalog.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         Ok(Some(self.store().repos.keys().cloned().collect()))
     }
 
     fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
         self.tag_requests.fetch_add(1, Ordering::Relaxed);
+        self.metadata_check()?;
         self.store()
             .repos
             .get(repo)
             .map(|t| t.keys().cloned().collect())
-            .ok_or_else(|| SourceError::NotFound(format!("repository {repo}")))
+            .ok_or_else(|| self.missing(format!("repository {repo}")))
     }
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
-        let not_found = || SourceError::NotFound(reference.qualify(repo));
+        self.metadata_check()?;
+        let not_found = || self.missing(reference.qualify(repo));
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(t) => self
@@ -138,6 +183,17 @@ impl Source for MemorySource {
             .get(digest)
             .cloned()
             .unwrap_or_default())
+    }
+
+    fn tag_digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, SourceError> {
+        self.head_requests.fetch_add(1, Ordering::Relaxed);
+        self.metadata_check()?;
+        self.store()
+            .repos
+            .get(repo)
+            .and_then(|tags| tags.get(tag).cloned())
+            .map(Some)
+            .ok_or_else(|| self.missing(format!("{repo}:{tag}")))
     }
 
     fn fetch_blob(

@@ -77,6 +77,19 @@ impl Source for RegistrySource {
         Ok(fetched)
     }
 
+    fn tag_digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, SourceError> {
+        match self.client.manifest_digest(repo, tag)? {
+            Some(d) => Digest::parse(&d).map(Some).map_err(|e| SourceError::Oci {
+                what: format!(
+                    "{}/{repo}:{tag}: Docker-Content-Digest header",
+                    self.client.registry()
+                ),
+                source: e,
+            }),
+            None => Ok(None),
+        }
+    }
+
     fn fetch_blob(
         &self,
         repo: &str,
