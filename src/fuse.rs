@@ -27,6 +27,8 @@ pub struct FuseFs {
     /// Hand verified blob files to the kernel (FUSE passthrough), when it allows.
     passthrough: AtomicBool,
     backing: Mutex<Backing>,
+    /// Told once the kernel's INIT has been answered for: the mount is live.
+    initialized: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 /// Kernel backing ids for passthrough: one per inode while any handle has it open. The
@@ -67,7 +69,17 @@ impl FuseFs {
             fs,
             passthrough: AtomicBool::new(passthrough),
             backing: Mutex::new(Backing::default()),
+            initialized: Mutex::new(None),
         }
+    }
+
+    /// Be told on `tx` once the kernel has initialised the mount. Readiness is known this
+    /// way, not by a `stat` of the mountpoint: a daemon thread waiting on its own mount
+    /// cannot be killed while its request is in the daemon's hands, so a daemon killed
+    /// at that moment could never exit.
+    pub fn on_init(self, tx: std::sync::mpsc::Sender<()>) -> Self {
+        *self.initialized.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        self
     }
 
     fn backing(&self) -> std::sync::MutexGuard<'_, Backing> {
@@ -174,6 +186,15 @@ fn name_str(name: &OsStr) -> Option<&str> {
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Some(tx) = self
+            .initialized
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            // Requests wait for the INIT reply, which follows this call.
+            let _ = tx.send(());
+        }
         // Large reads cross into orasfs in requests of up to 1 MiB (FUSE_MAX_PAGES); the
         // kernel's own read-ahead stays small (orasfs reads ahead into its cache itself).
         let _ = config.add_capabilities(InitFlags::FUSE_MAX_PAGES);

@@ -351,8 +351,11 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     config.n_threads = Some(args.threads.clamp(1, 64));
     let fs = Arc::new(prepared.fs);
     let mountpoint = args.mountpoint();
+    // Resolved now, while it is a plain directory: the daemon never asks its own mount.
+    let target = crate::mountpoint::absolute(&mountpoint);
+    let (init_tx, init_rx) = std::sync::mpsc::channel();
     let mut session = fuser::Session::new(
-        FuseFs::new(fs.clone(), !args.no_passthrough),
+        FuseFs::new(fs.clone(), !args.no_passthrough).on_init(init_tx),
         &mountpoint,
         &config,
     )
@@ -381,18 +384,22 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
             break;
         }
     });
-    // Ready once the mount answers: the stat below is served by the loop started next.
-    let probe = mountpoint.clone();
+    // Ready once the kernel has initialised the mount (see `FuseFs::on_init`).
     let source = prepared.fsname.clone();
+    let shown = mountpoint.display().to_string();
     let result = std::thread::scope(|scope| {
-        scope.spawn(|| match std::fs::metadata(&probe) {
-            Ok(meta) => {
-                set_kernel_readahead(&meta);
-                log::info!("mounted {source} at {}", probe.display());
+        let (target, shown, source) = (&target, &shown, &source);
+        scope.spawn(move || match init_rx.recv() {
+            Ok(()) => {
+                set_kernel_readahead(target);
+                log::info!("mounted {source} at {shown}");
                 readiness.ready();
             }
-            Err(e) => {
-                log::error!("the mount at {} does not answer: {e}", probe.display());
+            Err(_) => {
+                log::error!(
+                    "the mount at {} was never initialised",
+                    mountpoint.display()
+                );
             }
         });
         let result = session.run();
@@ -513,11 +520,15 @@ fn create_private_dir(dir: &Path) -> Result<(), Failure> {
 /// small read at the start of a file (a GIS client reading a header) then reaches orasfs
 /// as one 16 KiB request, not a larger one, while streams are read ahead by orasfs itself
 /// into the cache. This needs root; without it the default stays.
-fn set_kernel_readahead(meta: &std::fs::Metadata) {
-    use std::os::unix::fs::MetadataExt;
-    let dev = meta.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+fn set_kernel_readahead(target: &Path) {
+    let Some(entry) = crate::mountpoint::mounted_at_absolute(target) else {
+        log::debug!(
+            "kernel read-ahead left at its default ({} not in the mount table)",
+            target.display()
+        );
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", entry.dev);
     let kib = crate::fuse::KERNEL_READAHEAD / 1024;
     match std::fs::write(&knob, kib.to_string()) {
         Ok(()) => log::debug!("kernel read-ahead set to {kib} KiB ({knob})"),

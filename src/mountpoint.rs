@@ -14,6 +14,8 @@ pub struct MountEntry {
     pub fstype: String,
     /// The mount source, e.g. `orasfs:127.0.0.1:5000/eo/products:v1`.
     pub source: String,
+    /// The device, `major:minor`.
+    pub dev: String,
 }
 
 /// Undo the octal escapes of the mount table (`\040` for a space, and so on).
@@ -44,6 +46,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
+            let dev = left.split(' ').nth(2)?;
             let target = left.split(' ').nth(4)?;
             let mut r = right.split(' ');
             let fstype = r.next()?;
@@ -52,6 +55,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 target: PathBuf::from(unescape(target)),
                 fstype: unescape(fstype),
                 source: unescape(source),
+                dev: dev.to_string(),
             })
         })
         .collect()
@@ -75,7 +79,12 @@ pub fn absolute(p: &Path) -> PathBuf {
 
 /// The topmost mount at `p`, if `p` is a mount point.
 pub fn mounted_at(p: &Path) -> Option<MountEntry> {
-    let want = absolute(p);
+    mounted_at_absolute(&absolute(p))
+}
+
+/// [`mounted_at`] for a path already made absolute: reads only the mount table, so it
+/// never waits on the mount itself (a FUSE daemon may ask about its own mount).
+pub fn mounted_at_absolute(want: &Path) -> Option<MountEntry> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     parse_mountinfo(&text)
         .into_iter()
