@@ -822,6 +822,9 @@ impl Inner {
                 break;
             }
             self.ensure_complete(state)?;
+            if let Some(bytes) = lock(&self.uncached).get(&blob.digest) {
+                return slice(state, bytes, offset, end);
+            }
             if let Some(v) = self.cache.verified(blob) {
                 if let Some(b) = v.read(offset, end) {
                     return Ok(b);
@@ -888,19 +891,26 @@ impl Inner {
         if self.cache.has_verified(&blob.digest) || state.is_verified() {
             return Ok(());
         }
-        let all = 0..block_count(blob.size);
+        let count = block_count(blob.size);
+        // A blob that fits the memory bound is also kept in memory while it is fetched,
+        // so that if the store refuses its blocks (no room) it need not be fetched again.
+        let keep = blob.size <= self.cfg.max_memory;
         for _ in 0..=TAKEOVERS {
             let generation = state.generation();
             let p = state.partial(&self.cache);
-            let (mine, theirs) = state.claim(p.as_deref(), all.clone());
-            let max = (self.cfg.max_request / BLOCK_SIZE).max(1);
-            // Whole-blob fetches are not kept in memory: the store or the hash has them.
-            for r in runs(&mine, max.max(block_count(blob.size))) {
-                self.fetch_run(state, p.clone(), r, false, generation)?;
+            let (mine, theirs) = state.claim(p.as_deref(), 0..count);
+            let mut kept = BTreeMap::new();
+            for r in runs(&mine, count) {
+                kept.extend(self.fetch_run(state, p.clone(), r, keep, generation)?);
             }
             state.wait(&theirs);
             self.advance_hash(state, None, HashWait::Yes)?;
-            if state.is_verified() || p.is_none_or(|p| p.present() < block_count(blob.size)) {
+            let stored = p.as_ref().is_some_and(|p| p.present() == count);
+            if state.is_verified() && !stored && kept.len() as u64 == count {
+                let whole: Vec<u8> = kept.into_values().flatten().collect();
+                lock(&self.uncached).put(blob.digest.clone(), Arc::new(whole));
+            }
+            if state.is_verified() || !stored {
                 break;
             }
         }

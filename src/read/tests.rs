@@ -506,3 +506,61 @@ fn whole_blob_fetches_are_accounted_under_the_cap() {
     }
     assert!(s.fs.cache().stats.evicted_blobs.load(Ordering::Relaxed) >= 2);
 }
+
+/// A disk with no room at all: the store refuses every block.
+fn no_room(_: &Path) -> Option<Space> {
+    Some(Space {
+        total: 100 * MIB,
+        avail: 0,
+    })
+}
+
+#[test]
+fn a_blob_held_in_memory_and_named_with_a_larger_size_is_eio_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemorySource::new());
+    let data = bytes(300_000, 7);
+    let mut honest = mem.put_blob("application/octet-stream", data.clone());
+    let mut liar = honest.clone();
+    liar.size += 1000;
+    honest
+        .annotations
+        .insert(ANNOTATION_TITLE.into(), "honest".into());
+    liar.annotations
+        .insert(ANNOTATION_TITLE.into(), "liar".into());
+    let config = mem.put_blob("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc_json(&config),
+        "layers": [desc_json(&honest), desc_json(&liar)],
+    }))
+    .unwrap();
+    mem.put_manifest("r", Some("t"), manifest);
+    let tree = Tree::new(
+        mem.clone(),
+        RootKind::Artifact("r".into(), Reference::Tag("t".into())),
+        TreeConfig::default(),
+    )
+    .unwrap();
+    let mut cfg = CacheConfig::new(dir.path().to_path_buf());
+    cfg.min_free_percent = 10.0;
+    cfg.space_probe = no_room;
+    let reader = BlobReader::new(
+        BlobCache::open(cfg).unwrap(),
+        mem.clone(),
+        ReadConfig::default(),
+    );
+    let fs = Fs::new(tree, reader, FsConfig::default());
+    let ino = fs.lookup(ROOT, "honest").unwrap().ino;
+    assert!(read_file(&fs, ino, 64 * 1024) == data, "served from memory");
+    assert_eq!(
+        fs.cache().stats.verified_blobs.load(Ordering::Relaxed),
+        1,
+        "a blob verified in memory is counted"
+    );
+    let liar = fs.lookup(ROOT, "liar").unwrap().ino;
+    let fh = fs.open(liar, false).unwrap();
+    let err = fs.read(fh, 299_990, 1000).unwrap_err();
+    assert_eq!(crate::error::to_errno(&err), libc::EIO, "{err}");
+}
