@@ -77,6 +77,10 @@ fn main() -> ExitCode {
         }
         Command::Umount { mountpoint, lazy } => orasfs::mount::unmount(&mountpoint, lazy),
         Command::Stats { mountpoint } => orasfs::stats::print(&mountpoint),
+        Command::Index(args) => {
+            orasfs::logging::init(args.registry.verbose, Default::default());
+            orasfs::index::command::run(&args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,9 @@ mod auth;
 mod blob;
 pub mod credentials;
 pub mod headers;
+mod push;
+
+pub use push::PushedManifest;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
