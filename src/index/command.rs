@@ -121,6 +121,7 @@ fn index_and_attach(
             "{what} is an image index; index one of its manifests by digest"
         ));
     };
+    dest.check_writable().map_err(|e| e.to_string())?;
     let mut indexed: Vec<Indexed> = Vec::new();
     for layer in m.layers.iter().filter(|l| l.media_type != MEDIA_TYPE) {
         if indexed.iter().any(|i| i.layer == layer.digest) {

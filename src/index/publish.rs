@@ -20,6 +20,8 @@ use crate::source::{Reference, Source};
 
 /// A place to write index blobs and manifests.
 pub trait Destination {
+    /// Fail now, before any blob is read, if nothing could be written.
+    fn check_writable(&self) -> Result<(), SourceError>;
     /// Store a blob, unless it is there already.
     fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), SourceError>;
     /// Store a manifest, under `tag` or by its digest only; returns its digest.
@@ -43,6 +45,10 @@ pub struct RegistryDestination<'a> {
 }
 
 impl Destination for RegistryDestination<'_> {
+    fn check_writable(&self) -> Result<(), SourceError> {
+        self.client.check_push(&self.repo)
+    }
+
     fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), SourceError> {
         self.client.push_blob(&self.repo, digest, bytes).map(|_| ())
     }
@@ -108,9 +114,18 @@ impl LayoutDestination {
     }
 
     fn unwritable(&self, what: &Path, e: std::io::Error) -> SourceError {
-        SourceError::Layout {
-            path: self.root.display().to_string(),
-            detail: format!("cannot write {}: {e}", what.display()),
+        // Without the temporary file's name, which tempfile adds to its errors.
+        let e = e
+            .raw_os_error()
+            .map(std::io::Error::from_raw_os_error)
+            .unwrap_or(e);
+        SourceError::Io {
+            path: format!(
+                "OCI layout {}: cannot write {}",
+                self.root.display(),
+                what.display()
+            ),
+            source: e,
         }
     }
 
@@ -158,6 +173,14 @@ fn entry_digest(v: &Value) -> Option<&str> {
 }
 
 impl Destination for LayoutDestination {
+    fn check_writable(&self) -> Result<(), SourceError> {
+        let dir = self.root.join("blobs").join("sha256");
+        fs::create_dir_all(&dir).map_err(|e| self.unwritable(&dir, e))?;
+        tempfile::NamedTempFile::new_in(&dir)
+            .map(drop)
+            .map_err(|e| self.unwritable(&dir, e))
+    }
+
     fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), SourceError> {
         let path = self.root.join("blobs").join("sha256").join(digest.hex());
         if fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64) {

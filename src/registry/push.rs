@@ -21,6 +21,16 @@ pub struct PushedManifest {
     pub subject_indexed: bool,
 }
 
+/// Where an upload started by `POST start` continues (its `Location`).
+fn upload_location(start: &Url, posted: &Response) -> Option<Url> {
+    posted
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| start.join(l).ok())
+        .filter(|u| u.scheme() == "http" || u.scheme() == "https")
+}
+
 fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
 }
@@ -127,6 +137,27 @@ impl Client {
         SourceError::Protocol { what, detail }
     }
 
+    /// Check that pushing to `repo` is allowed: start a blob upload, then cancel it.
+    pub fn check_push(&self, repo: &str) -> Result<(), SourceError> {
+        let what = format!("push to {}/{repo}", self.cfg.registry);
+        self.rt.block_on(async {
+            let start = self.url(&format!("v2/{repo}/blobs/uploads/"));
+            let posted = self
+                .send(Method::POST, start.clone(), repo, HeaderMap::new(), None)
+                .await?;
+            if posted.status() != StatusCode::ACCEPTED {
+                return Err(self.push_failed(posted, what).await);
+            }
+            if let Some(u) = upload_location(&start, &posted) {
+                // A left-over upload is harmless (registries purge them); cancel it anyway.
+                let _ = self
+                    .send(Method::DELETE, u, repo, HeaderMap::new(), None)
+                    .await;
+            }
+            Ok(())
+        })
+    }
+
     /// Upload a blob unless the repository has it already. Returns whether it uploaded.
     pub fn push_blob(
         &self,
@@ -152,13 +183,8 @@ impl Client {
             if posted.status() != StatusCode::ACCEPTED {
                 return Err(self.push_failed(posted, what).await);
             }
-            let location = posted
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| start.join(l).ok())
-                .filter(|u| u.scheme() == "http" || u.scheme() == "https")
-                .ok_or_else(|| SourceError::Protocol {
+            let location =
+                upload_location(&start, &posted).ok_or_else(|| SourceError::Protocol {
                     what: what.clone(),
                     detail: "the upload answer has no usable Location".into(),
                 })?;
