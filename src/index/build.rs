@@ -1,10 +1,10 @@
-//! Index one blob by streaming it once from a [`Source`]: the block hashes and the
-//! whole-blob sha256 run on two threads, so that indexing goes about as fast as hashing
-//! the blob once (both are sha256 over every byte; one thread would take twice as long).
+//! Index one blob by streaming it once from a [`Source`]: the block hashes (on the thread
+//! that reads) and the whole-blob sha256 (on a second thread) run side by side, so that
+//! indexing goes about as fast as hashing the blob once. Both are sha256 over every byte;
+//! on one thread indexing would take twice as long.
 
 use std::io;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
@@ -13,9 +13,10 @@ use crate::error::SourceError;
 use crate::oci::{Descriptor, Digest};
 use crate::source::{BlobSink, BodyKind, Source};
 
-/// Bytes handed to the hashing threads at a time.
-const BATCH: usize = 1 << 20;
-/// Batches in flight per thread: bounds memory to a few MiB.
+/// Bytes handed to the whole-blob hashing thread at a time: large, so that a busy machine
+/// schedules few hand-offs.
+const BATCH: usize = 4 << 20;
+/// Batches in flight: bounds memory to a few batches.
 const DEPTH: usize = 4;
 
 /// An index blob made for one data blob.
@@ -38,29 +39,37 @@ pub enum BuildError {
     Blob { digest: Digest, detail: String },
 }
 
-/// Feeds batches of the blob to the two hashing threads.
-struct Fanout {
+/// Hashes blocks as the bytes arrive, and hands them in batches to the thread that
+/// hashes the whole blob.
+struct Fanout<'a> {
+    blocks: &'a mut Builder,
     batch: Vec<u8>,
-    to_blocks: SyncSender<Arc<Vec<u8>>>,
-    to_whole: SyncSender<Arc<Vec<u8>>>,
+    to_whole: SyncSender<Vec<u8>>,
+    /// Batches the hashing thread is done with, to fill again: fresh multi-MiB buffers
+    /// would cost a page fault per 4 KiB.
+    recycled: Receiver<Vec<u8>>,
 }
 
-impl Fanout {
+impl Fanout<'_> {
     fn flush(&mut self) -> io::Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let full = Arc::new(std::mem::replace(
-            &mut self.batch,
-            Vec::with_capacity(BATCH),
-        ));
-        let gone = |_| io::Error::other("a hashing thread stopped");
-        self.to_blocks.send(full.clone()).map_err(gone)?;
-        self.to_whole.send(full).map_err(gone)
+        let next = match self.recycled.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Vec::with_capacity(BATCH),
+        };
+        let full = std::mem::replace(&mut self.batch, next);
+        self.to_whole
+            .send(full)
+            .map_err(|_| io::Error::other("the hashing thread stopped"))
     }
 }
 
-impl BlobSink for Fanout {
+impl BlobSink for Fanout<'_> {
     fn begin(&mut self, kind: BodyKind) -> io::Result<()> {
         match kind {
             BodyKind::Whole => Ok(()),
@@ -69,6 +78,7 @@ impl BlobSink for Fanout {
     }
 
     fn data(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        self.blocks.update(bytes);
         while !bytes.is_empty() {
             let n = (BATCH - self.batch.len()).min(bytes.len());
             self.batch.extend_from_slice(&bytes[..n]);
@@ -89,23 +99,23 @@ pub fn index_layer(
     layer: &Descriptor,
     block_size: u64,
 ) -> Result<Built, BuildError> {
-    let (to_blocks, blocks_rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
-    let (to_whole, whole_rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+    let (to_whole, whole_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    let (give_back, recycled) = sync_channel::<Vec<u8>>(DEPTH + 2);
     let mut builder = Builder::blocks_only(&layer.digest, layer.size, block_size);
-    let (fetched, whole, builder) = std::thread::scope(|s| {
-        let blocks = s.spawn(move || {
-            drain(blocks_rx, |b| builder.update(b));
-            builder
-        });
+    let (fetched, whole) = std::thread::scope(|s| {
         let whole = s.spawn(move || {
             let mut h = Sha256::new();
-            drain(whole_rx, |b| h.update(b));
+            for batch in whole_rx {
+                h.update(&batch);
+                let _ = give_back.try_send(batch);
+            }
             Digest::from_hasher(h)
         });
         let mut sink = Fanout {
+            blocks: &mut builder,
             batch: Vec::with_capacity(BATCH),
-            to_blocks,
             to_whole,
+            recycled,
         };
         let fetched = source
             .fetch_blob(repo, &layer.digest, layer.size, None, &mut sink)
@@ -115,17 +125,15 @@ pub fn index_layer(
                     source: e,
                 })
             });
-        drop(sink); // closes both channels: the threads finish
-        (fetched, whole.join(), blocks.join())
+        drop(sink); // closes the channel: the thread finishes
+        (fetched, whole.join())
     });
     fetched?;
     let blob_err = |detail: String| BuildError::Blob {
         digest: layer.digest.clone(),
         detail,
     };
-    let (Ok(whole), Ok(builder)) = (whole, builder) else {
-        return Err(blob_err("a hashing thread panicked".into()));
-    };
+    let whole = whole.map_err(|_| blob_err("the hashing thread panicked".into()))?;
     let (bytes, root) = builder
         .finish_with(whole)
         .map_err(|e| blob_err(e.to_string()))?;
@@ -134,12 +142,6 @@ pub fn index_layer(
         bytes,
         root,
     })
-}
-
-fn drain(rx: Receiver<Arc<Vec<u8>>>, mut f: impl FnMut(&[u8])) {
-    for batch in rx {
-        f(&batch);
-    }
 }
 
 #[cfg(test)]
