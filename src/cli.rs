@@ -88,8 +88,9 @@ pub struct IndexArgs {
     /// With --embed: push the new manifest to this tag instead of REF's.
     #[arg(long, value_name = "TAG", requires = "embed")]
     pub tag: Option<String>,
-    /// Bytes per hashed block: a power of two from 4KiB to 16MiB.
-    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_block_size)]
+    /// Bytes per hashed block: a power of two from 4KiB to 16MiB. Mounts use an index only
+    /// when its blocks are the read path's (16KiB).
+    #[arg(long, value_name = "SIZE", default_value = "16KiB", value_parser = parse_block_size)]
     pub block_size: u64,
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -167,10 +168,14 @@ pub enum CacheAction {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum VerifyArg {
-    /// Serve ranges as they arrive; verify the whole blob when its last byte arrives.
+    /// Serve ranges as they arrive (each block checked against the layer's block index
+    /// when it has one); verify the whole blob when its last byte arrives.
     Lazy,
-    /// Fetch and verify a whole blob before serving its first byte.
+    /// Serve only checked bytes: lazily when a block index bound by the manifest exists,
+    /// otherwise fetch and verify a whole blob before serving its first byte.
     Strict,
+    /// Like strict, but refuse (EACCES) large layers that have no block index.
+    RequireIndex,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -208,7 +213,8 @@ pub struct MountArgs {
     /// Keep at least this share of the cache's filesystem free, in percent.
     #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
     pub cache_min_free: f64,
-    /// Bound on memory used for in-flight and read-ahead data (e.g. 64MiB).
+    /// Largest small blob verified and held in memory when the cache cannot store it
+    /// (disk full, read-only) (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_memory: u64,
     /// Registry credentials file (Docker config.json or containers auth.json format); when
@@ -337,6 +343,7 @@ impl From<VerifyArg> for VerifyMode {
         match v {
             VerifyArg::Lazy => VerifyMode::Lazy,
             VerifyArg::Strict => VerifyMode::Strict,
+            VerifyArg::RequireIndex => VerifyMode::RequireIndex,
         }
     }
 }

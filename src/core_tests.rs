@@ -262,16 +262,13 @@ fn a_small_read_of_a_large_blob_is_lazy() {
         w.fs.read(fh, off, 65536).unwrap(),
         &data[off as usize..off as usize + 65536]
     );
-    assert!(w.src.blob_bytes.load(Ordering::Relaxed) <= 2 * BLOCK_SIZE);
+    assert!(w.src.blob_bytes.load(Ordering::Relaxed) <= 128 * 1024);
     assert_eq!(
         w.src.blob_requests.load(Ordering::Relaxed),
         1,
         "one range request"
     );
-    assert_eq!(
-        w.fs.getxattr(ino, "user.orasfs.verified").unwrap(),
-        b"false"
-    );
+    assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"none");
 }
 
 #[test]
@@ -291,7 +288,7 @@ fn corrupted_bytes_never_complete_a_read_and_are_dropped() {
     w.src.corrupt.store(false, Ordering::Relaxed);
     assert_eq!(read_all(&w.fs, ino).unwrap(), data);
     w.fs.wait_idle();
-    assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"true");
+    assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"blob");
 }
 
 #[test]
@@ -314,7 +311,7 @@ fn small_blobs_and_strict_mode_verify_before_the_first_byte() {
         );
         w.src.corrupt.store(false, Ordering::Relaxed);
         assert_eq!(w.fs.read(fh, 100, 10).unwrap(), &data[100..110]);
-        assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"true");
+        assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"blob");
     }
 }
 
@@ -514,4 +511,162 @@ fn listing_tags_fetches_no_manifest_and_hides_referrer_index_tags() {
     assert!(again
         .iter()
         .any(|e| e.name == "v7" && e.ino == v7 && e.is_dir));
+}
+
+/// An 8 MiB layer with a block index, attached `bound` (embedded in the manifest) or as a
+/// referrer; the index itself possibly damaged.
+struct Indexed {
+    w: World,
+    data: Vec<u8>,
+    ino: u64,
+    data_digest: crate::oci::Digest,
+    index_digest: crate::oci::Digest,
+}
+
+fn indexed_world(bound: bool, damage_index: bool, verify: VerifyMode) -> Indexed {
+    use crate::index::format;
+    let src = Arc::new(MemorySource::new());
+    let data = bytes(8 * MIB as usize + 123, 21);
+    let data_digest = crate::oci::Digest::of(&data);
+    let mut b = format::Builder::new(&data_digest, data.len() as u64, BLOCK_SIZE);
+    b.update(&data);
+    let (mut index, root) = b.finish().unwrap();
+    if damage_index {
+        let n = index.len();
+        index[n - 1] ^= 1; // the last leaf no longer matches the top table
+        index[format::HEADER_LEN as usize] ^= 1; // nor the top table the root
+    }
+    let mut layer = titled(src.put_blob("image/tiff", data.clone()), "scene.tif");
+    let mut ix = src.put_blob(format::MEDIA_TYPE, index);
+    ix.annotations
+        .insert(format::ANNOTATION_BLOB.into(), data_digest.to_string());
+    ix.annotations
+        .insert(format::ANNOTATION_ROOT.into(), root.to_string());
+    let index_digest = ix.digest.clone();
+    if bound {
+        layer
+            .annotations
+            .insert(format::ANNOTATION_INDEX.into(), ix.digest.to_string());
+        layer
+            .annotations
+            .insert(format::ANNOTATION_ROOT.into(), root.to_string());
+        src.put_manifest("r", Some("t"), image_manifest(&src, &[layer, ix]));
+    } else {
+        let m = image_manifest(&src, &[layer]);
+        let subject = src.put_manifest("r", Some("t"), m);
+        let config = src.put_blob("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+        let referrer = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::oci::OCI_MANIFEST,
+            "artifactType": format::MEDIA_TYPE,
+            "config": desc_json(&config),
+            "layers": [desc_json(&ix)],
+        }))
+        .unwrap();
+        let size = referrer.len() as u64;
+        let rd = src.put_manifest("r", None, referrer);
+        src.put_referrer(
+            &subject,
+            Descriptor {
+                media_type: crate::oci::OCI_MANIFEST.into(),
+                digest: rd,
+                size,
+                annotations: Default::default(),
+                platform: None,
+                artifact_type: Some(format::MEDIA_TYPE.into()),
+            },
+        );
+    }
+    let w = world(
+        src,
+        RootKind::Artifact("r".into(), Reference::Tag("t".into())),
+        verify,
+    );
+    let ino = path(&w.fs, "scene.tif").unwrap();
+    Indexed {
+        w,
+        data,
+        ino,
+        data_digest,
+        index_digest,
+    }
+}
+
+#[test]
+fn a_block_that_fails_its_index_is_never_served_and_is_fetched_again() {
+    for bound in [true, false] {
+        let t = indexed_world(bound, false, VerifyMode::Lazy);
+        let w = &t.w;
+        assert_eq!(names(&w.fs, ROOT).len(), 3, "the index layer is hidden");
+        let at = 5 * MIB + 100;
+        *w.src.corrupt_at.lock().unwrap() = Some((t.data_digest.clone(), at));
+        let fh = w.fs.open(t.ino, false).unwrap();
+        let err = w.fs.read(fh, 5 * MIB, 65536).unwrap_err();
+        assert_eq!(to_errno(&err), libc::EIO, "bound={bound}: {err}");
+        let failures = &w.fs.cache().stats.block_failures;
+        assert_eq!(failures.load(Ordering::Relaxed), 1, "bound={bound}");
+        // Only that block and the index parts it needed were fetched.
+        let served = w.src.blob_bytes.load(Ordering::Relaxed);
+        let index_parts = 2 * 64 + 32 * 5 + 4096; // header (twice), top table, one leaf
+        assert!(
+            served <= 65536 + index_parts,
+            "bound={bound}: {served} bytes"
+        );
+        // The fault is gone: the next read fetches the block again and serves it.
+        *w.src.corrupt_at.lock().unwrap() = None;
+        let got = w.fs.read(fh, 5 * MIB, 65536).unwrap();
+        assert!(got == t.data[5 * MIB as usize..][..65536], "bound={bound}");
+        let level = w.fs.getxattr(t.ino, "user.orasfs.verified").unwrap();
+        let want: &[u8] = if bound { b"blocks" } else { b"blocks-referrer" };
+        assert_eq!(level, want);
+        // Read to the end: the whole blob is then verified against its digest too.
+        assert!(read_all(&w.fs, t.ino).unwrap() == t.data);
+        w.fs.wait_idle();
+        assert_eq!(
+            w.fs.getxattr(t.ino, "user.orasfs.verified").unwrap(),
+            b"blob"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_index_is_refused_and_the_blob_read_without_it() {
+    let t = indexed_world(true, true, VerifyMode::Lazy);
+    let w = &t.w;
+    let fh = w.fs.open(t.ino, false).unwrap();
+    let got = w.fs.read(fh, 3 * MIB, 4096).unwrap();
+    assert!(got == t.data[3 * MIB as usize..][..4096]);
+    assert_eq!(
+        w.fs.getxattr(t.ino, "user.orasfs.verified").unwrap(),
+        b"none"
+    );
+    assert_eq!(w.fs.cache().stats.block_failures.load(Ordering::Relaxed), 0);
+    let _ = &t.index_digest;
+}
+
+#[test]
+fn strict_mode_reads_lazily_only_with_a_bound_index_and_require_index_refuses_the_rest() {
+    // Bound index, strict: one block's worth, not the whole blob.
+    let t = indexed_world(true, false, VerifyMode::Strict);
+    let fh = t.w.fs.open(t.ino, false).unwrap();
+    let got = t.w.fs.read(fh, 2 * MIB, 4096).unwrap();
+    assert!(got == t.data[2 * MIB as usize..][..4096]);
+    assert!(t.w.src.blob_bytes.load(Ordering::Relaxed) < MIB);
+    // Referrer index, strict: fetched whole and verified before the first byte.
+    let t = indexed_world(false, false, VerifyMode::Strict);
+    let fh = t.w.fs.open(t.ino, false).unwrap();
+    t.w.fs.read(fh, 2 * MIB, 4096).unwrap();
+    assert!(t.w.src.blob_bytes.load(Ordering::Relaxed) >= t.data.len() as u64);
+    // require-index: an indexed layer is served lazily, an unindexed one refused.
+    let t = indexed_world(false, false, VerifyMode::RequireIndex);
+    let fh = t.w.fs.open(t.ino, false).unwrap();
+    t.w.fs.read(fh, 2 * MIB, 4096).unwrap();
+    assert!(t.w.src.blob_bytes.load(Ordering::Relaxed) < MIB);
+    let (w, _, ino) = single_blob_world(8 * MIB as usize, VerifyMode::RequireIndex);
+    let fh = w.fs.open(ino, false).unwrap();
+    let err = w.fs.read(fh, 0, 4096).unwrap_err();
+    assert_eq!(to_errno(&err), libc::EACCES, "{err}");
+    // Small blobs are verified whole and served, index or not.
+    let (w, data, ino) = single_blob_world(1000, VerifyMode::RequireIndex);
+    assert!(read_all(&w.fs, ino).unwrap() == data);
 }

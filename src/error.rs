@@ -65,6 +65,8 @@ pub enum CacheError {
     Source(#[from] SourceError),
     #[error("fetch of {0} failed in another reader")]
     SharedFetch(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Errors of the filesystem core, as `fs.rs` reports them.
@@ -98,6 +100,7 @@ impl FsError {
             FsError::Source(SourceError::Unauthorized { .. }) => "unauthorized",
             FsError::Source(_) | FsError::Cache(CacheError::Source(_)) => "registry",
             FsError::Cache(CacheError::Integrity { .. }) => "integrity",
+            FsError::Cache(CacheError::Refused(_)) => "refused",
             FsError::Cache(_) => "cache",
         }
     }
@@ -113,6 +116,7 @@ pub fn to_errno(e: &FsError) -> i32 {
         FsError::BadHandle => libc::EBADF,
         FsError::NoAttr => libc::ENODATA,
         FsError::Source(s) | FsError::Cache(CacheError::Source(s)) => source_errno(s),
+        FsError::Cache(CacheError::Refused(_)) => libc::EACCES,
         FsError::Cache(_) => libc::EIO,
     }
 }

@@ -205,7 +205,7 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         let handle = match self.tree.node(ino)? {
-            Node::Blob { blob, .. } => Handle::Blob(self.reader.open(&blob)),
+            Node::Blob { blob, index, .. } => Handle::Blob(self.reader.open(&blob, index.as_ref())),
             Node::Inline { bytes, .. } => Handle::Inline(bytes),
             Node::StatsFile => Handle::Inline(Arc::new(crate::stats::snapshot(self).into_bytes())),
             _ => return Err(FsError::IsDir),
@@ -273,7 +273,9 @@ impl Fs {
         let mut out: Vec<(String, Vec<u8>)> = Vec::new();
         let mut put = |k: &str, v: String| out.push((k.to_string(), v.into_bytes()));
         match self.tree.node(ino)? {
-            Node::Blob { blob, desc, .. } => {
+            Node::Blob {
+                blob, desc, index, ..
+            } => {
                 put("user.oci.digest", blob.digest.to_string());
                 put("user.oci.mediatype", desc.media_type.clone());
                 put("user.oci.size", desc.size.to_string());
@@ -282,7 +284,7 @@ impl Fs {
                 }
                 put(
                     "user.orasfs.verified",
-                    self.reader.is_verified(&blob).to_string(),
+                    self.reader.verification(&blob, index.as_ref()).into(),
                 );
             }
             Node::Inline {
@@ -294,7 +296,7 @@ impl Fs {
                 put("user.oci.digest", digest.to_string());
                 put("user.oci.mediatype", media_type);
                 put("user.oci.size", bytes.len().to_string());
-                put("user.orasfs.verified", "true".into());
+                put("user.orasfs.verified", "blob".into());
             }
             Node::Image(m) | Node::Index(m) => {
                 put("user.oci.digest", m.digest.to_string());

@@ -17,8 +17,9 @@ use fuser::{BackingId, InitFlags, KernelConfig};
 use crate::error::{to_errno, FsError};
 use crate::fs::{Attr, Fs};
 
-/// The largest read the kernel is asked to send in one request.
-pub const MAX_REQUEST: u32 = 1 << 20;
+/// The kernel's read-ahead on the mount: its usual 128 KiB, so the first small read of a
+/// file reaches orasfs as a 16 KiB request (see `cache::block`).
+pub const KERNEL_READAHEAD: u32 = 128 * 1024;
 
 /// Adapts [`Fs`] to FUSE.
 pub struct FuseFs {
@@ -147,12 +148,11 @@ fn name_str(name: &OsStr) -> Option<&str> {
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Requests of up to 1 MiB (FUSE_MAX_PAGES), and kernel read-ahead to match, so a
-        // stream crosses into orasfs in few, large requests.
-        if config.add_capabilities(InitFlags::FUSE_MAX_PAGES).is_ok() {
-            if let Err(max) = config.set_max_readahead(MAX_REQUEST) {
-                let _ = config.set_max_readahead(max);
-            }
+        // Large reads cross into orasfs in requests of up to 1 MiB (FUSE_MAX_PAGES); the
+        // kernel's own read-ahead stays small (orasfs reads ahead into its cache itself).
+        let _ = config.add_capabilities(InitFlags::FUSE_MAX_PAGES);
+        if let Err(max) = config.set_max_readahead(KERNEL_READAHEAD) {
+            let _ = config.set_max_readahead(max);
         }
         if self.passthrough.load(Ordering::Relaxed) {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()

@@ -288,7 +288,7 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     std::thread::scope(|scope| {
         scope.spawn(|| match std::fs::metadata(&probe) {
             Ok(meta) => {
-                raise_kernel_readahead(&meta);
+                set_kernel_readahead(&meta);
                 log::info!("mounted {source} at {}", probe.display());
                 readiness.ready();
             }
@@ -308,16 +308,19 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     Ok(())
 }
 
-/// The kernel reads ahead only 128 KiB on a FUSE mount by default, which splits a stream
-/// into many small requests. Raise it to match `max_read` (1 MiB) through the mount's
-/// backing-device entry in sysfs; this needs root, and without it the default stays.
-fn raise_kernel_readahead(meta: &std::fs::Metadata) {
+/// Keep the kernel's read-ahead on the mount at its usual 128 KiB
+/// ([`crate::fuse::KERNEL_READAHEAD`]), whatever the system default for new devices: a
+/// small read at the start of a file (a GIS client reading a header) then reaches orasfs
+/// as one 16 KiB request, not a larger one, while streams are read ahead by orasfs itself
+/// into the cache. This needs root; without it the default stays.
+fn set_kernel_readahead(meta: &std::fs::Metadata) {
     use std::os::unix::fs::MetadataExt;
     let dev = meta.dev();
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    match std::fs::write(&knob, "1024") {
-        Ok(()) => log::debug!("kernel read-ahead raised to 1 MiB ({knob})"),
+    let kib = crate::fuse::KERNEL_READAHEAD / 1024;
+    match std::fs::write(&knob, kib.to_string()) {
+        Ok(()) => log::debug!("kernel read-ahead set to {kib} KiB ({knob})"),
         Err(e) => log::debug!("kernel read-ahead left at its default ({knob}: {e})"),
     }
 }

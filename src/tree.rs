@@ -10,6 +10,7 @@ use crate::cache::BlobRef;
 use crate::error::{FsError, SourceError};
 use crate::names::{self, CONFIG_FILE, MANIFEST_FILE};
 use crate::oci::{Descriptor, Digest, ImageManifest, Manifest, ANNOTATION_CREATED};
+use crate::read::index::{is_index_layer, IndexHint};
 use crate::source::multi::MultiSource;
 use crate::source::{valid_repo_name, valid_tag, FetchedManifest, Reference, Source};
 
@@ -55,6 +56,8 @@ pub enum Node {
         blob: BlobRef,
         desc: Arc<Descriptor>,
         mtime: SystemTime,
+        /// Where a data layer's block index may be found (none for configs).
+        index: Option<IndexHint>,
     },
     /// `.orasfs/` at the mount root: not listed, reachable by name.
     ControlDir,
@@ -316,7 +319,7 @@ impl Tree {
     }
 
     fn fill_image(&self, ino: Ino, m: &Arc<ManifestNode>, image: &ImageManifest) {
-        let blob = |d: &Descriptor| Node::Blob {
+        let blob = |d: &Descriptor, index: Option<IndexHint>| Node::Blob {
             blob: BlobRef {
                 repo: m.repo.clone(),
                 digest: d.digest.clone(),
@@ -324,6 +327,7 @@ impl Tree {
             },
             desc: Arc::new(d.clone()),
             mtime: m.mtime,
+            index,
         };
         self.add(
             ino,
@@ -335,11 +339,15 @@ impl Tree {
                 mtime: m.mtime,
             },
         );
-        self.add(ino, CONFIG_FILE, blob(&image.config));
+        self.add(ino, CONFIG_FILE, blob(&image.config, None));
         for (placement, layer) in names::place_layers(&image.layers)
             .into_iter()
             .zip(&image.layers)
         {
+            // Block indexes serve the layers they index; they are not files of their own.
+            if is_index_layer(layer) {
+                continue;
+            }
             if let Some((title, why)) = &placement.refused {
                 self.warn_once(format!("{}:{title}", m.digest), || {
                     format!(
@@ -367,7 +375,8 @@ impl Tree {
                     ),
                 };
             }
-            self.add(dir, file, blob(layer));
+            let hint = IndexHint::for_layer(&m.repo, &m.digest, layer, &image.layers);
+            self.add(dir, file, blob(layer, Some(hint)));
         }
     }
 

@@ -275,7 +275,7 @@ fn transient_faults_are_ridden_out() {
             retry_after: Some("1".into()),
         },
     ));
-    proxy.add(Rule::get(&d[2], Fault::Truncate { after: 4096 }).skip(3));
+    proxy.add(Rule::get(&d[2], Fault::Truncate { after: 4096 }).skip(2));
     proxy.add(
         Rule::get(
             &d[3],
@@ -886,7 +886,8 @@ fn tampered_cache_is_detected_and_refetched(extra: &[&str]) {
         .iter()
         .map(|(d, _)| hex_of(d).to_string())
         .collect();
-    let partial = random_bytes(6 * MIB, 130);
+    // Large enough that a 2 MiB read and the read-ahead it starts leave most of it unread.
+    let partial = random_bytes(24 * MIB, 130);
     let pushed_partial = reg.push_artifact("faults/tamper", "p", &[("partial.bin", &partial)]);
     let partial_hex = hex_of(&pushed_partial.layers[0].0).to_string();
     let cache = tempfile::tempdir().unwrap();

@@ -20,7 +20,7 @@ use orasfs::oci::Digest;
 use orasfs::source::Source;
 use registry_support::http::{Reply, Request, Server};
 
-const BLOCK: usize = 64 << 10;
+const BLOCK: usize = orasfs::cache::block::BLOCK_SIZE as usize;
 
 /// Run `orasfs ARGS` with no credentials from the environment.
 fn orasfs(args: &[&str]) -> Output {
@@ -161,8 +161,8 @@ fn annotation<'a>(d: &'a Value, key: &str) -> &'a str {
     d["annotations"][key].as_str().unwrap_or("")
 }
 
-/// Data files pushed with the ORAS client: a 3 MiB blob (several leaves of blocks would
-/// need 64 MiB; three leaves' worth of logic is in the unit tests) and a small one.
+/// Data files pushed with the ORAS client: a 3 MiB blob (two leaves of blocks) and a
+/// small one.
 fn pushed(reg: &Registry, repo_tag: &str) -> Option<Vec<(String, Vec<u8>)>> {
     let files = vec![
         (

@@ -297,7 +297,7 @@ fn xattrs_and_stats_explain_the_mount() {
         xattr(&m.join("v1"), "user.oci.reference").as_deref(),
         Some("eo/products:v1")
     );
-    assert_eq!(xattr(&f, "user.orasfs.verified").as_deref(), Some("false"));
+    assert_eq!(xattr(&f, "user.orasfs.verified").as_deref(), Some("none"));
     let stats = |m: &Mount| -> serde_json::Value {
         serde_json::from_slice(&fs::read(m.join(".orasfs/stats.json")).unwrap()).unwrap()
     };
@@ -313,7 +313,7 @@ fn xattrs_and_stats_explain_the_mount() {
         s["verification"]["verified_blobs"].as_u64().unwrap() >= 1,
         "{s}"
     );
-    assert_eq!(xattr(&f, "user.orasfs.verified").as_deref(), Some("true"));
+    assert_eq!(xattr(&f, "user.orasfs.verified").as_deref(), Some("blob"));
     assert!(
         !common::names(m.path()).contains(&".orasfs".to_string()),
         "hidden from the root listing"

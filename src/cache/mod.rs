@@ -96,6 +96,8 @@ pub struct CacheStats {
     pub fetched_bytes: AtomicU64,
     pub verified_blobs: AtomicU64,
     pub integrity_failures: AtomicU64,
+    /// Blocks that failed their check against a block index (never served).
+    pub block_failures: AtomicU64,
     pub corrupt_blocks: AtomicU64,
     pub write_failures: AtomicU64,
     /// Blobs evicted to keep the size cap or the free-space floor, and their bytes.

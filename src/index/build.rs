@@ -156,8 +156,8 @@ mod tests {
         let digest = Digest::of(&data);
         let src = MemorySource::new();
         let layer = src.put_blob("application/octet-stream", data.clone());
-        let built = index_layer(&src, "r", &layer, 65536).unwrap();
-        let mut plain = Builder::new(&digest, data.len() as u64, 65536);
+        let built = index_layer(&src, "r", &layer, 16384).unwrap();
+        let mut plain = Builder::new(&digest, data.len() as u64, 16384);
         plain.update(&data);
         let (bytes, root) = plain.finish().unwrap();
         assert_eq!(built.bytes, bytes);
@@ -170,6 +170,6 @@ mod tests {
             size: data.len() as u64 - 1,
             ..layer.clone()
         };
-        assert!(index_layer(&src, "r", &short, 65536).is_err());
+        assert!(index_layer(&src, "r", &short, 16384).is_err());
     }
 }

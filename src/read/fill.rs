@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::index::BlobIndex;
 use super::state::BlobState;
 use super::Inner;
 use crate::cache::block::{block_len, BLOCK_SIZE};
-use crate::cache::Partial;
+use crate::cache::{CacheStats, Partial};
 use crate::error::{CacheError, SourceError};
 use crate::source::{BlobSink, BodyKind};
 
@@ -38,6 +39,8 @@ pub(super) struct FillSink<'a> {
     mismatch: Option<CacheError>,
     /// The blob's generation when this fetch was claimed.
     generation: u64,
+    /// The blob's block index: every block is checked against it before anything else.
+    index: Option<Arc<BlobIndex>>,
 }
 
 impl<'a> FillSink<'a> {
@@ -48,9 +51,11 @@ impl<'a> FillSink<'a> {
         claimed: Range<u64>,
         keep: bool,
         generation: u64,
+        index: Option<Arc<BlobIndex>>,
     ) -> Self {
         Self {
             generation,
+            index,
             inner,
             state,
             partial,
@@ -111,13 +116,36 @@ impl<'a> FillSink<'a> {
         })
     }
 
-    /// A block is complete: store it, release it, hash it, keep it.
+    /// A block is complete: check it, store it, release it, hash it, keep it.
     fn seal(&mut self) {
         let i = self.next;
         let data = std::mem::take(&mut self.buf);
         let ours = self.claimed.contains(&i);
+        // A block that fails its index is never stored, hashed or served.
+        let sound = match &self.index {
+            Some(ix) => match ix.check(self.inner.src.as_ref(), self.inner.stats(), i, &data) {
+                Ok(true) => true,
+                Ok(false) => {
+                    CacheStats::add(&self.inner.stats().block_failures, 1);
+                    log::error!(
+                        "{}: block {i} does not match its index; not served",
+                        self.state.blob.digest
+                    );
+                    self.mismatch.get_or_insert(
+                        self.state
+                            .integrity(format!("block {i} does not match its index")),
+                    );
+                    false
+                }
+                Err(e) => {
+                    self.mismatch.get_or_insert(e);
+                    false
+                }
+            },
+            None => true,
+        };
         // After the blob's bytes were dropped, what this fetch brings is not trusted.
-        let current = self.state.generation() == self.generation;
+        let current = sound && self.state.generation() == self.generation;
         if let Some(p) = self.partial.as_ref().filter(|_| current) {
             if ours || !p.has(i) {
                 self.inner.cache.store_block(p, &self.state.blob, i, &data);
@@ -135,7 +163,7 @@ impl<'a> FillSink<'a> {
                 self.mismatch.get_or_insert(e);
             }
         }
-        if self.keep.contains(&i) {
+        if sound && self.keep.contains(&i) {
             self.kept.insert(i, data);
         }
         self.next = i + 1;

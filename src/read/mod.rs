@@ -1,7 +1,7 @@
 //! The read path: which bytes of a blob to fetch, from where, verified how, before they
 //! are served. [`BlobReader`] owns the [`Source`] and uses the [`BlobCache`] store.
 //!
-//! - **Fetch what is read.** A read needs the 64 KiB blocks it touches. Blocks the store
+//! - **Fetch what is read.** A read needs the 16 KiB blocks it touches. Blocks the store
 //!   holds are read back and checked against their CRC; missing ones are claimed
 //!   (single-flight per block, [`state`]), merged into runs of adjacent blocks, one range
 //!   request per run (at most [`ReadConfig::max_request`]), disjoint runs in parallel.
@@ -29,12 +29,14 @@
 //!
 //! Lock order (a lock is only taken while holding those before it in this list):
 //! `Inner::states` → `BlobState::partial` → store locks (`BlobCache` LRUs, ledger, a
-//! `Partial`'s map); `BlobState::hash` → `BlobState::partial` → store locks;
+//! `Partial`'s map); `BlobState::hash` → `BlobState::partial`, `Inner::failures` → store
+//! locks (the verdict is drawn and acted on under the hash lock);
 //! `BlobState::flight` is a leaf (never held while taking another lock). No lock is held
 //! across a network call.
 
 pub mod ahead;
 mod fill;
+pub mod index;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -56,6 +58,7 @@ use crate::oci::Digest;
 use crate::source::Source;
 use ahead::ReadAhead;
 use fill::FillSink;
+use index::{BlobIndex, IndexHint, Indexes, Trust};
 use state::{runs, BlobState};
 
 /// Read-ahead worker threads.
@@ -72,8 +75,22 @@ pub enum VerifyMode {
     /// whole blob is checked against its digest when its last byte arrives.
     #[default]
     Lazy,
-    /// Fetch and verify a whole blob before serving its first byte.
+    /// Never serve a byte not checked against a digest: serve lazily when a block index
+    /// bound by the manifest exists, else fetch and verify a whole blob before serving
+    /// its first byte.
     Strict,
+    /// Like `Strict`, but a layer with no block index is refused (EACCES) instead of
+    /// fetched whole; small blobs are still verified whole.
+    RequireIndex,
+}
+
+/// How a blob's bytes reach a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    /// Block by block, as read (each block checked against the index, if any).
+    Blocks,
+    /// Fetched and verified whole before the first byte.
+    Whole,
 }
 
 /// Read path settings.
@@ -93,7 +110,7 @@ impl Default for ReadConfig {
         Self {
             small_blob: 4 * 1024 * 1024,
             verify: VerifyMode::Lazy,
-            max_request: 8 * 1024 * 1024,
+            max_request: 4 * 1024 * 1024,
             max_memory: 64 * 1024 * 1024,
         }
     }
@@ -160,6 +177,9 @@ pub(crate) struct Inner {
     failures: Mutex<HashMap<Digest, u64>>,
     /// Small blobs verified in memory because the store could not take them.
     uncached: Mutex<LruCache<Digest, Arc<Vec<u8>>>>,
+    indexes: Indexes,
+    /// Blobs refused for want of an index (logged once each).
+    refused: Mutex<std::collections::HashSet<Digest>>,
     jobs: Mutex<Option<mpsc::Sender<Queued>>>,
     pending: Arc<Pending>,
 }
@@ -198,6 +218,8 @@ impl BlobReader {
             )),
             jobs: Mutex::new(Some(tx)),
             pending: Arc::default(),
+            indexes: Indexes::default(),
+            refused: Mutex::default(),
         });
         for n in 0..WORKERS {
             let rx = rx.clone();
@@ -227,13 +249,33 @@ impl BlobReader {
         &self.inner.src
     }
 
-    /// Open a blob for reading: pins it until the returned handle is dropped.
-    pub fn open(&self, blob: &BlobRef) -> OpenBlob {
+    /// Open a blob for reading: pins it until the returned handle is dropped. `hint`
+    /// says where its block index may be.
+    pub fn open(&self, blob: &BlobRef, hint: Option<&IndexHint>) -> OpenBlob {
+        let state = self.inner.state(blob);
+        if let Some(h) = hint {
+            lock(&state.hint).get_or_insert_with(|| h.clone());
+        }
         OpenBlob {
             _pin: self.inner.cache.pin_guard(&blob.digest),
             failures_at_open: self.inner.failures(&blob.digest),
-            state: self.inner.state(blob),
+            state,
             ahead: Mutex::new(ReadAhead::default()),
+        }
+    }
+
+    /// How the bytes of a blob are checked, for `user.orasfs.verified`: `blob` (all of
+    /// it against its digest), `blocks` (every byte read, against a block index that the
+    /// manifest binds), `blocks-referrer` (the same, against an index found through
+    /// referrers), or `none`.
+    pub fn verification(&self, blob: &BlobRef, hint: Option<&IndexHint>) -> &'static str {
+        if self.inner.is_verified(blob) {
+            return "blob";
+        }
+        match self.inner.index_of(blob, hint).map(|ix| ix.trust) {
+            Some(Trust::Bound) => "blocks",
+            Some(Trust::Referrer) => "blocks-referrer",
+            None => "none",
         }
     }
 
@@ -251,7 +293,7 @@ impl BlobReader {
         if offset >= end {
             return Ok(Vec::new());
         }
-        if self.inner.lazy(blob) {
+        if self.inner.mode(&h.state)? == ReadMode::Blocks {
             let ahead = lock(&h.ahead).on_read(offset, end, blob.size);
             if let Some(r) = ahead {
                 self.inner.read_ahead(&h.state, r, generation);
@@ -308,10 +350,47 @@ impl Inner {
         lock(&self.failures).get(d).copied().unwrap_or(0)
     }
 
-    /// Whether reads of this blob go block by block (and so may read ahead), rather than
-    /// through a whole-blob fetch.
-    fn lazy(&self, blob: &BlobRef) -> bool {
-        blob.size > self.cfg.small_blob && self.cfg.verify == VerifyMode::Lazy
+    /// Whether reads of this blob may serve blocks before the whole blob is checked:
+    /// lazily by default, and in strict modes only with a block index to check them.
+    fn mode(&self, state: &BlobState) -> Result<ReadMode, CacheError> {
+        let blob = &state.blob;
+        if blob.size <= self.cfg.small_blob {
+            return Ok(ReadMode::Whole);
+        }
+        Ok(match self.cfg.verify {
+            VerifyMode::Lazy => ReadMode::Blocks,
+            VerifyMode::Strict => match self.state_index(state).map(|ix| ix.trust) {
+                Some(Trust::Bound) => ReadMode::Blocks,
+                _ => ReadMode::Whole,
+            },
+            VerifyMode::RequireIndex => match self.state_index(state) {
+                Some(_) => ReadMode::Blocks,
+                None if self.is_verified(blob) => ReadMode::Whole,
+                None => {
+                    if lock(&self.refused).insert(blob.digest.clone()) {
+                        log::warn!(
+                            "{}: refused: it has no block index and --verify require-index is set",
+                            blob.digest
+                        );
+                    }
+                    return Err(CacheError::Refused(format!(
+                        "{} has no block index (--verify require-index)",
+                        blob.digest
+                    )));
+                }
+            },
+        })
+    }
+
+    /// The verified block index of a blob, resolved on first use.
+    fn index_of(&self, blob: &BlobRef, hint: Option<&IndexHint>) -> Option<Arc<BlobIndex>> {
+        self.indexes
+            .get(self.src.as_ref(), self.stats(), blob, hint)
+    }
+
+    fn state_index(&self, state: &BlobState) -> Option<Arc<BlobIndex>> {
+        let hint = lock(&state.hint).clone();
+        self.index_of(&state.blob, hint.as_ref())
     }
 
     fn is_verified(&self, blob: &BlobRef) -> bool {
@@ -440,7 +519,7 @@ impl Inner {
                 }
             }
         }
-        if !self.lazy(blob) {
+        if self.mode(state)? == ReadMode::Whole {
             return self.read_whole(state, offset, end);
         }
         let blocks = blocks_of(blob.size, offset, end - offset);
@@ -451,6 +530,12 @@ impl Inner {
             let from = (offset.max(base) - base) as usize;
             let to = (end.min(base + b.len() as u64) - base) as usize;
             out.extend_from_slice(&b[from..to]);
+        }
+        // A read that reaches the end of the blob may be the one that completes it (a
+        // whole-file read's last): it waits for the digest's verdict, whichever thread
+        // hashes, so a whole-file read never ends successfully with a wrong byte.
+        if end == blob.size && !state.is_verified() {
+            self.advance_hash(state, None, HashWait::Yes)?;
         }
         Ok(out)
     }
@@ -464,15 +549,30 @@ impl Inner {
     ) -> Result<Vec<Vec<u8>>, CacheError> {
         let mut got: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut misses = 0u64;
+        let index = self.state_index(state);
         for attempt in 0..=TAKEOVERS {
             let p = state.partial(&self.cache);
-            // What the store has.
+            // What the store has (with an index, checked against it too: the blocks may
+            // have been cached before the index existed).
             for i in range.clone() {
                 if got.contains_key(&i) {
                     continue;
                 }
                 match p.as_ref().map(|p| p.read_block(i)) {
                     Some(Ok(Some(b))) => {
+                        if let Some(ix) = &index {
+                            if !ix.check(self.src.as_ref(), self.stats(), i, &b)? {
+                                CacheStats::add(&self.stats().block_failures, 1);
+                                log::warn!(
+                                    "cache: block {i} of {} does not match its index; refetching",
+                                    state.blob.digest
+                                );
+                                if let Some(p) = &p {
+                                    p.forget_block(i);
+                                }
+                                continue;
+                            }
+                        }
                         got.insert(i, b);
                     }
                     Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -575,7 +675,14 @@ impl Inner {
         let blob = &state.blob;
         let from = blocks.start * BLOCK_SIZE;
         let to = blob.size.min(blocks.end * BLOCK_SIZE);
-        let mut sink = FillSink::new(self, state, p, blocks, keep, generation);
+        let index = self.state_index(state);
+        if let Some(ix) = &index {
+            if let Err(e) = ix.prepare(self.src.as_ref(), self.stats(), blocks.clone()) {
+                state.release(blocks);
+                return Err(e);
+            }
+        }
+        let mut sink = FillSink::new(self, state, p, blocks, keep, generation, index);
         CacheStats::add(&self.stats().fetch_requests, 1);
         let fetched = self.src.fetch_blob(
             &blob.repo,
@@ -612,7 +719,7 @@ impl Inner {
                     Err(TryLockError::WouldBlock) => return Ok(()),
                 },
             };
-            if state.is_verified() {
+            if h.done || state.is_verified() {
                 return Ok(());
             }
             let p = state.partial(&self.cache);
@@ -637,10 +744,12 @@ impl Inner {
                 h.next += 1;
             }
             if h.next == count {
+                // Drawn under the lock, so the verdict is drawn once, and a reader waiting
+                // for it (a read at the end of the blob) sees its outcome.
+                h.done = true;
                 let hasher = std::mem::replace(&mut h.hasher, sha2::Sha256::new());
                 let actual = Digest::from_hasher(hasher);
-                drop(h);
-                return self.conclude(state, p, actual);
+                return self.conclude(state, p, actual, &mut h);
             }
             let next = h.next;
             drop(h);
@@ -665,17 +774,19 @@ impl Inner {
         state: &Arc<BlobState>,
         p: Option<Arc<crate::cache::Partial>>,
         actual: Digest,
+        h: &mut state::HashProgress,
     ) -> Result<(), CacheError> {
         let blob = &state.blob;
         if actual != blob.digest {
             // Lazily read blobs may have served bytes already; whole ones served none.
-            self.record_failure(&blob.digest, self.lazy(blob));
+            let served = self.mode(state).is_ok_and(|m| m == ReadMode::Blocks);
+            self.record_failure(&blob.digest, served);
             log::error!(
                 "{}: the fetched bytes hash to {actual}; dropping them from the cache",
                 blob.digest
             );
             self.cache.forget_blob(&blob.digest);
-            state.reset();
+            state.reset_holding(h);
             return Err(state.integrity(format!("content hashes to {actual}")));
         }
         state.verified.store(true, Ordering::Release);

@@ -17,6 +17,8 @@ pub(super) struct HashProgress {
     /// The next block to hash.
     pub next: u64,
     pub hasher: Sha256,
+    /// Every block was hashed and the verdict taken (by whoever got there first).
+    pub done: bool,
 }
 
 impl HashProgress {
@@ -24,6 +26,7 @@ impl HashProgress {
         Self {
             next: 0,
             hasher: Sha256::new(),
+            done: false,
         }
     }
 }
@@ -41,6 +44,8 @@ pub(super) struct BlobState {
     /// Bumped when the blob's bytes are dropped (a digest mismatch): fetches started
     /// before then neither store nor hash what they bring.
     generation: AtomicU64,
+    /// Where the blob's block index may be found.
+    pub hint: Mutex<Option<super::index::IndexHint>>,
 }
 
 impl BlobState {
@@ -53,6 +58,7 @@ impl BlobState {
             hash: Mutex::new(HashProgress::new()),
             verified: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            hint: Mutex::new(None),
         }
     }
 
@@ -76,9 +82,15 @@ impl BlobState {
     /// Forget the partial file (after a digest mismatch deleted it): the next use opens a
     /// fresh one, and hashing starts again.
     pub fn reset(&self) {
+        let mut h = lock(&self.hash);
+        self.reset_holding(&mut h);
+    }
+
+    /// [`BlobState::reset`], for a caller that holds the hash lock.
+    pub fn reset_holding(&self, h: &mut HashProgress) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         *lock(&self.partial) = None;
-        *lock(&self.hash) = HashProgress::new();
+        *h = HashProgress::new();
         self.verified.store(false, Ordering::Release);
     }
 

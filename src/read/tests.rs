@@ -315,7 +315,7 @@ fn the_size_cap_holds_and_evicted_blobs_lose_their_memory_state() {
     );
     assert_eq!(
         s.fs.getxattr(s.inos[0], "user.orasfs.verified").unwrap(),
-        b"false"
+        b"none"
     );
     // Its blocks are gone too: reading it again fetches it again.
     let r0 = requests(&s);

@@ -34,6 +34,10 @@ pub struct MemorySource {
     pub corrupt: AtomicBool,
     /// Fail every blob fetch with a 503.
     pub down: AtomicBool,
+    /// Flip the byte at this offset of this blob in every body that holds it.
+    pub corrupt_at: Mutex<Option<(Digest, u64)>>,
+    /// Referrers by subject digest.
+    referrers: Mutex<HashMap<Digest, Vec<Descriptor>>>,
 }
 
 impl MemorySource {
@@ -43,6 +47,16 @@ impl MemorySource {
 
     fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record `referrer` (a manifest's descriptor) as a referrer of `subject`.
+    pub fn put_referrer(&self, subject: &Digest, referrer: Descriptor) {
+        self.referrers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(subject.clone())
+            .or_default()
+            .push(referrer);
     }
 
     /// Store a blob and return its descriptor.
@@ -116,6 +130,16 @@ impl Source for MemorySource {
         )
     }
 
+    fn referrers(&self, _repo: &str, digest: &Digest) -> Result<Vec<Descriptor>, SourceError> {
+        Ok(self
+            .referrers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     fn fetch_blob(
         &self,
         _repo: &str,
@@ -134,8 +158,9 @@ impl Source for MemorySource {
         let blob = self
             .blob(digest)
             .ok_or_else(|| SourceError::NotFound(format!("blob {digest}")))?;
-        let (kind, mut body) = match range {
+        let (kind, mut body) = match &range {
             Some(r) if !self.ignore_ranges.load(Ordering::Relaxed) => {
+                let r = r.clone();
                 let end = r.end.min(blob.len() as u64) as usize;
                 let start = (r.start as usize).min(end);
                 (BodyKind::Range, blob[start..end].to_vec())
@@ -145,6 +170,20 @@ impl Source for MemorySource {
         if self.corrupt.load(Ordering::Relaxed) {
             if let Some(b) = body.first_mut() {
                 *b ^= 0xff;
+            }
+        }
+        let at = self
+            .corrupt_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((_, at)) = at.filter(|(d, _)| d == digest) {
+            let base = match (kind, &range) {
+                (BodyKind::Range, Some(r)) => r.start,
+                _ => 0,
+            };
+            if let Some(b) = at.checked_sub(base).and_then(|i| body.get_mut(i as usize)) {
+                *b ^= 0x01;
             }
         }
         self.blob_bytes
