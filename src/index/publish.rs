@@ -168,8 +168,13 @@ impl LayoutDestination {
     }
 }
 
-fn entry_digest(v: &Value) -> Option<&str> {
-    v.get("digest").and_then(Value::as_str)
+/// Add `entry` to `list` unless an entry with its digest is there; whether it was added.
+fn add_once(list: &mut Vec<Value>, entry: Map<String, Value>) -> bool {
+    if list.iter().any(|m| m.get("digest") == entry.get("digest")) {
+        return false;
+    }
+    list.push(Value::Object(entry));
+    true
 }
 
 impl Destination for LayoutDestination {
@@ -202,8 +207,8 @@ impl Destination for LayoutDestination {
         let digest = Digest::of(bytes);
         self.put_blob(&digest, bytes)?;
         let mut entry: Map<String, Value> = descriptor(media_type, &digest, bytes.len() as u64);
-        self.edit_index(|list| {
-            if let Some(t) = tag {
+        self.edit_index(|list| match tag {
+            Some(t) => {
                 let ref_name = crate::oci::ANNOTATION_REF_NAME;
                 list.retain(|m| {
                     m.get("annotations")
@@ -212,14 +217,10 @@ impl Destination for LayoutDestination {
                         != Some(t)
                 });
                 entry.insert("annotations".into(), json!({ ref_name: t }));
-            } else if list
-                .iter()
-                .any(|m| entry_digest(m) == Some(&digest.to_string()))
-            {
-                return false;
+                list.push(Value::Object(entry));
+                true
             }
-            list.push(Value::Object(entry));
-            true
+            None => add_once(list, entry),
         })?;
         Ok(digest)
     }
@@ -228,16 +229,7 @@ impl Destination for LayoutDestination {
         let digest = Digest::of(manifest);
         self.put_blob(&digest, manifest)?;
         let entry = referrer_descriptor(manifest);
-        self.edit_index(|list| {
-            if list
-                .iter()
-                .any(|m| entry_digest(m) == Some(&digest.to_string()))
-            {
-                return false;
-            }
-            list.push(Value::Object(entry));
-            true
-        })?;
+        self.edit_index(|list| add_once(list, entry))?;
         Ok(digest)
     }
 }

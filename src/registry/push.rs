@@ -137,23 +137,30 @@ impl Client {
         SourceError::Protocol { what, detail }
     }
 
+    /// `POST /v2/<repo>/blobs/uploads/`: start an upload; returns where it continues.
+    async fn start_upload(&self, repo: &str, what: &str) -> Result<Url, SourceError> {
+        let start = self.url(&format!("v2/{repo}/blobs/uploads/"));
+        let posted = self
+            .send(Method::POST, start.clone(), repo, HeaderMap::new(), None)
+            .await?;
+        if posted.status() != StatusCode::ACCEPTED {
+            return Err(self.push_failed(posted, what.to_string()).await);
+        }
+        upload_location(&start, &posted).ok_or_else(|| SourceError::Protocol {
+            what: what.to_string(),
+            detail: "the upload answer has no usable Location".into(),
+        })
+    }
+
     /// Check that pushing to `repo` is allowed: start a blob upload, then cancel it.
     pub fn check_push(&self, repo: &str) -> Result<(), SourceError> {
         let what = format!("push to {}/{repo}", self.cfg.registry);
         self.rt.block_on(async {
-            let start = self.url(&format!("v2/{repo}/blobs/uploads/"));
-            let posted = self
-                .send(Method::POST, start.clone(), repo, HeaderMap::new(), None)
-                .await?;
-            if posted.status() != StatusCode::ACCEPTED {
-                return Err(self.push_failed(posted, what).await);
-            }
-            if let Some(u) = upload_location(&start, &posted) {
-                // A left-over upload is harmless (registries purge them); cancel it anyway.
-                let _ = self
-                    .send(Method::DELETE, u, repo, HeaderMap::new(), None)
-                    .await;
-            }
+            let upload = self.start_upload(repo, &what).await?;
+            // A left-over upload is harmless (registries purge them); cancel it anyway.
+            let _ = self
+                .send(Method::DELETE, upload, repo, HeaderMap::new(), None)
+                .await;
             Ok(())
         })
     }
@@ -176,19 +183,7 @@ impl Client {
                 StatusCode::NOT_FOUND => {}
                 _ => return Err(self.push_failed(head, what).await),
             }
-            let start = self.url(&format!("v2/{repo}/blobs/uploads/"));
-            let posted = self
-                .send(Method::POST, start.clone(), repo, HeaderMap::new(), None)
-                .await?;
-            if posted.status() != StatusCode::ACCEPTED {
-                return Err(self.push_failed(posted, what).await);
-            }
-            let location =
-                upload_location(&start, &posted).ok_or_else(|| SourceError::Protocol {
-                    what: what.clone(),
-                    detail: "the upload answer has no usable Location".into(),
-                })?;
-            let mut put = location;
+            let mut put = self.start_upload(repo, &what).await?;
             put.query_pairs_mut()
                 .append_pair("digest", &digest.to_string());
             let mut h = HeaderMap::new();
