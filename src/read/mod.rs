@@ -675,7 +675,12 @@ impl Inner {
         let blob = &state.blob;
         let from = blocks.start * BLOCK_SIZE;
         let to = blob.size.min(blocks.end * BLOCK_SIZE);
-        let index = self.state_index(state);
+        // Blobs read whole are checked against their digest; only block reads need the
+        // index (and only they pay for finding it).
+        let index = match self.mode(state) {
+            Ok(ReadMode::Blocks) => self.state_index(state),
+            _ => None,
+        };
         if let Some(ix) = &index {
             if let Err(e) = ix.prepare(self.src.as_ref(), self.stats(), blocks.clone()) {
                 state.release(blocks);
