@@ -65,12 +65,16 @@ fn index_fails(args: &[&str]) -> String {
 /// Push files with the python ORAS client; false (after saying so) when it is missing
 /// outside CI.
 fn oras_push(addr: &str, target: &str, files: &[(&str, &[u8])]) -> bool {
-    if !have("python3", &["-c", "import oras.client"]) {
-        assert!(
-            std::env::var("CI").is_err(),
-            "python3 cannot import oras: pip install oras (scripts/test.sh does)"
-        );
-        eprintln!("SKIPPED: python3 cannot import oras (pip install oras)");
+    let python = common::oras_python();
+    let can = have(
+        python.to_str().unwrap_or("python3"),
+        &["-c", "import oras.client"],
+    );
+    if !common::needs(
+        can,
+        "oras_push",
+        "python cannot import oras (pip package oras; scripts/test.sh installs it)",
+    ) {
         return false;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -86,7 +90,7 @@ fn oras_push(addr: &str, target: &str, files: &[(&str, &[u8])]) -> bool {
          sys.exit(0 if r.status_code in (200, 201) else f'push: {{r.status_code}} {{r.text}}')\n",
         names.join(", ")
     );
-    let out = Command::new("python3")
+    let out = Command::new(&python)
         .arg("-c")
         .arg(script)
         .current_dir(dir.path())

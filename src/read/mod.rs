@@ -810,8 +810,15 @@ impl Inner {
     fn record_failure(&self, d: &Digest, served: bool) {
         CacheStats::add(&self.stats().integrity_failures, 1);
         if served {
-            *lock(&self.failures).entry(d.clone()).or_insert(0) += 1;
+            self.poison(d);
         }
+    }
+
+    /// Fail every later read of files open on `d` now: a block of it arrived wrong. (The
+    /// kernel retries a failed read-ahead page by page; those retries fail too, so the
+    /// reader sees the error, and a new open reads again.)
+    fn poison(&self, d: &Digest) {
+        *lock(&self.failures).entry(d.clone()).or_insert(0) += 1;
     }
 
     /// Serve from a blob that must be verified whole first (small blobs, strict mode).
