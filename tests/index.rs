@@ -547,7 +547,10 @@ fn failures_are_one_line_naming_what_and_where() {
     let reg = Registry::start();
     reg.push_artifact("t/a", "v1", &[("a.txt", b"a")]);
     let e = index_fails(&[&format!("{}/t/a:nope", reg.addr())]);
-    assert!(e.contains("t/a:nope") && e.contains("not found"), "{e}");
+    assert!(
+        e.contains("tag nope") && e.contains("t/a") && e.contains("not found"),
+        "{e}"
+    );
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
