@@ -3,7 +3,8 @@
 #
 #   scripts/demo.sh
 #
-# On a Debian machine it installs what is missing (fuse3, gdal-bin, curl, a C compiler),
+# It checks the Rust toolchain (cargo >= 1.85 with rustfmt and clippy) and /dev/fuse. On a
+# Debian machine it installs what is missing (fuse3, gdal-bin, curl, a C compiler),
 # builds orasfs in release mode, mounts the example OCI image layout
 # examples/eo-layout:v1 at a temporary mountpoint, lists it, prints its STAC item, runs
 # gdalinfo on the Cloud-Optimized GeoTIFF straight from the mount, shows the tag listing
@@ -13,9 +14,14 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO="$(pwd)"
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+step "Checking the Rust toolchain"
+check_toolchain
 
 # --- 1. System packages -------------------------------------------------------------
 SUDO=""
@@ -42,19 +48,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     echo "all present (fuse3, gdal-bin, curl, cc)"
 fi
-[ -e /dev/fuse ] || die "/dev/fuse does not exist: this machine (or container) has no FUSE device"
+check_fuse_device
 
 # --- 2. Build -----------------------------------------------------------------------
-step "Checking the Rust toolchain"
-if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
-    PATH="$HOME/.cargo/bin:$PATH"
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again"
-cargo --version
-
 step "Building orasfs (cargo build --release)"
 cargo build --release
-BIN="$REPO/target/release/orasfs"
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/orasfs"
 [ -x "$BIN" ] || die "build finished but $BIN is missing"
 
 # --- 3. Mount, look, unmount --------------------------------------------------------

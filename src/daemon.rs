@@ -2,6 +2,11 @@
 //! exit only once the child reports that the mount is live (exit 0) or why it failed
 //! (the child's one-line error, exit 1). The same readiness also goes to systemd
 //! (`READY=1` over `$NOTIFY_SOCKET`) when orasfs runs under a `Type=notify` unit.
+//!
+//! The child stays in the caller's process group until the mount is ready, and only then
+//! starts its own session. Under an automount (fstab `x-systemd.automount`), autofs lets
+//! only the mounting process group through the pending mountpoint: a child that left it
+//! first would hang on its own checks of the mountpoint until the mount timed out.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -15,6 +20,8 @@ use std::sync::Mutex;
 pub struct Readiness {
     pipe: Mutex<Option<File>>,
     log_file: Option<std::path::PathBuf>,
+    /// A forked daemon leaves the caller's process group and session once ready.
+    new_session: bool,
 }
 
 impl Readiness {
@@ -27,8 +34,14 @@ impl Readiness {
     pub fn ready(&self) {
         notify_systemd("READY=1");
         if let Some(mut p) = self.take() {
+            crate::logging::detach_terminal();
             let _ = p.write_all(b"OK\n");
             detach_stdio(self.log_file.as_deref());
+        }
+        if self.new_session {
+            // SAFETY: setsid has no preconditions; it fails only for a group leader, which
+            // a forked child is not.
+            unsafe { libc::setsid() };
         }
     }
 
@@ -49,7 +62,8 @@ impl Readiness {
 }
 
 /// Fork. In the parent this waits for the child's verdict and exits the process; in the
-/// child (a new session leader) it returns the [`Readiness`] to report through.
+/// child (still in the caller's process group; a new session once ready) it returns the
+/// [`Readiness`] to report through.
 pub fn daemonize(log_file: Option<&Path>) -> Result<Readiness, String> {
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid two-element array for pipe(2) to fill.
@@ -83,16 +97,16 @@ pub fn daemonize(log_file: Option<&Path>) -> Result<Readiness, String> {
         std::process::exit(1);
     }
     // Child.
-    // SAFETY: closing our copy of the read end; setsid has no preconditions.
+    // SAFETY: closing our copy of the read end. No setsid() here: see the module doc.
     unsafe {
         libc::close(fds[0]);
-        libc::setsid();
     }
     // SAFETY: fds[1] is the pipe's write end, owned by nothing else in the child.
     let wr = unsafe { File::from_raw_fd(fds[1]) };
     Ok(Readiness {
         pipe: Mutex::new(Some(wr)),
         log_file: log_file.map(Path::to_path_buf),
+        new_session: true,
     })
 }
 
@@ -110,14 +124,6 @@ pub fn detach_stdio(log_file: Option<&Path>) {
         libc::dup2(n, 0);
         libc::dup2(n, 1);
         libc::dup2(e, 2);
-    }
-}
-
-/// In the foreground with `--log-file`: send stderr (the log) to the file.
-pub fn detach_stdio_keep_terminal(log_file: &Path) {
-    if let Ok(f) = File::options().create(true).append(true).open(log_file) {
-        // SAFETY: dup2 of an open fd onto stderr.
-        unsafe { libc::dup2(f.as_raw_fd(), 2) };
     }
 }
 

@@ -15,6 +15,10 @@ pub enum SourceError {
     Unauthorized { registry: String, hint: String },
     #[error("cannot reach {target}: {detail}")]
     Unreachable { target: String, detail: String },
+    /// The registry is known to be down: the request was not sent (see
+    /// `registry::outage`). Logged once when the outage starts, not per request.
+    #[error("registry {target} is down {detail}")]
+    Down { target: String, detail: String },
     #[error("{url}: HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("{what}: {detail}")]
@@ -41,12 +45,33 @@ impl SourceError {
     /// Whether trying the same request again may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            SourceError::Unreachable { .. } => true,
+            SourceError::Unreachable { .. } | SourceError::Down { .. } => true,
             SourceError::Status { status, .. } => {
                 *status >= 500 || *status == 429 || *status == 408
             }
             _ => false,
         }
+    }
+}
+
+impl FsError {
+    /// Whether this error says the source could not answer (an outage: unreachable, 5xx,
+    /// 429), as opposed to a definite answer such as "not found" or "refused". Only an
+    /// outage lets the tree fall back on what it saw before.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            FsError::Source(s) | FsError::Cache(CacheError::Source(s)) => s.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Whether the error was already logged where it arose (an outage is logged once).
+    pub fn logged(&self) -> bool {
+        matches!(
+            self,
+            FsError::Source(SourceError::Down { .. })
+                | FsError::Cache(CacheError::Source(SourceError::Down { .. }))
+        )
     }
 }
 
@@ -65,6 +90,8 @@ pub enum CacheError {
     Source(#[from] SourceError),
     #[error("fetch of {0} failed in another reader")]
     SharedFetch(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Errors of the filesystem core, as `fs.rs` reports them.
@@ -100,6 +127,7 @@ impl FsError {
             FsError::Source(SourceError::Unauthorized { .. }) => "unauthorized",
             FsError::Source(_) | FsError::Cache(CacheError::Source(_)) => "registry",
             FsError::Cache(CacheError::Integrity { .. }) => "integrity",
+            FsError::Cache(CacheError::Refused(_)) => "refused",
             FsError::Cache(_) => "cache",
             FsError::Archive(_) => "archive",
         }
@@ -116,6 +144,7 @@ pub fn to_errno(e: &FsError) -> i32 {
         FsError::BadHandle => libc::EBADF,
         FsError::NoAttr => libc::ENODATA,
         FsError::Source(s) | FsError::Cache(CacheError::Source(s)) => source_errno(s),
+        FsError::Cache(CacheError::Refused(_)) => libc::EACCES,
         FsError::Cache(_) | FsError::Archive(_) => libc::EIO,
     }
 }

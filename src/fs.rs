@@ -1,6 +1,7 @@
 //! The filesystem core: `lookup`, `getattr`, `readdir`, `open`, `read`, `getxattr` over
-//! the [`Tree`] and the [`BlobCache`], returning plain structs and typed errors. Nothing
-//! here knows about FUSE, so all of it is tested without a mount.
+//! the [`Tree`] (which file is this?) and the [`BlobReader`] (its bytes), returning plain
+//! structs and typed errors. Nothing here knows about FUSE, so all of it is tested
+//! without a mount.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,10 +11,9 @@ use std::time::{Duration, SystemTime};
 use crate::archive::index::{Node as ArchiveNode, NodeKind};
 use crate::archive::open::Limits;
 use crate::archive::view::{Member, Views};
-use crate::archive::{Archive, CachedBlob, MemberReader};
-use crate::cache::prefetch::{Prefetcher, Stream};
-use crate::cache::{BlobCache, BlobRef, PinGuard};
+use crate::archive::{Archive, MemberReader, ReadBlob};
 use crate::error::FsError;
+use crate::read::{BlobReader, OpenBlob};
 use crate::tree::{Ino, Node, Tree, ROOT};
 
 /// Attributes of one inode.
@@ -71,32 +71,23 @@ impl Default for FsConfig {
 /// open; the pin goes with the last reference, so a read racing `release` keeps it) and
 /// carries its read-ahead state.
 enum Handle {
-    Blob {
-        blob: BlobRef,
-        stream: Stream,
-        _pin: PinGuard,
-        /// The blob's digest failures when opened: after a new one, this handle may
-        /// have served bytes that were wrong, so all its later reads fail.
-        failures_at_open: u64,
-    },
+    Blob(OpenBlob),
     Inline(Arc<Vec<u8>>),
     /// A file inside an archive.
     Member {
         archive: Arc<Archive>,
-        reader: MemberReader,
-        bytes: CachedBlob,
+        member: MemberReader,
+        open: OpenBlob,
     },
 }
 
 /// The filesystem.
 pub struct Fs {
     tree: Tree,
-    cache: Arc<BlobCache>,
+    reader: BlobReader,
     cfg: FsConfig,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    prefetch: Prefetcher,
-    started: SystemTime,
     /// Failed operations by kind, for `orasfs stats`.
     pub errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Archive layers shown as directories.
@@ -104,16 +95,17 @@ pub struct Fs {
 }
 
 impl Fs {
-    pub fn new(tree: Tree, cache: Arc<BlobCache>, cfg: FsConfig) -> Self {
-        let archives = Views::new(Some(cache.root().join("archives")), Limits::default());
+    pub fn new(tree: Tree, reader: BlobReader, cfg: FsConfig) -> Self {
+        let archives = Views::new(
+            Some(reader.cache().root().join("archives")),
+            Limits::default(),
+        );
         Self {
             tree,
-            prefetch: Prefetcher::new(cache.clone()),
-            cache,
+            reader,
             cfg,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            started: SystemTime::now(),
             errors: Mutex::new(Default::default()),
             archives,
         }
@@ -123,8 +115,12 @@ impl Fs {
         &self.tree
     }
 
-    pub fn cache(&self) -> &Arc<BlobCache> {
-        &self.cache
+    pub fn reader(&self) -> &BlobReader {
+        &self.reader
+    }
+
+    pub fn cache(&self) -> &Arc<crate::cache::BlobCache> {
+        self.reader.cache()
     }
 
     fn attr_of(&self, ino: Ino, node: &Node) -> Attr {
@@ -135,9 +131,13 @@ impl Fs {
                 (true, 0, m.mtime)
             }
             Node::Archive { mtime, .. } => (true, 0, *mtime),
-            Node::Namespace { .. } | Node::Repo { .. } | Node::ControlDir | Node::Hosts => {
-                (true, 0, self.started)
-            }
+            // Names that can change have no time of their own: a fixed one keeps `rsync -a`
+            // and `make` from seeing changes across mounts.
+            Node::Namespace { .. }
+            | Node::Repo { .. }
+            | Node::Tag(_)
+            | Node::ControlDir
+            | Node::Hosts => (true, 0, self.tree.epoch()),
             Node::StatsFile => (false, 0, SystemTime::now()),
         };
         Attr {
@@ -159,9 +159,13 @@ impl Fs {
     /// How long the kernel may trust this entry: long when nothing can change it.
     pub fn ttl(&self, ino: Ino) -> Duration {
         match self.tree.node(ino) {
-            Ok(Node::Namespace { .. } | Node::Repo { .. } | Node::Hosts | Node::Referrers(_)) => {
-                self.cfg.mutable_ttl
-            }
+            Ok(
+                Node::Namespace { .. }
+                | Node::Repo { .. }
+                | Node::Tag(_)
+                | Node::Hosts
+                | Node::Referrers(_),
+            ) => self.cfg.mutable_ttl,
             Ok(Node::Image(m) | Node::Index(m))
                 if matches!(m.reference, crate::source::Reference::Tag(_)) =>
             {
@@ -221,18 +225,20 @@ impl Fs {
         } else {
             return Ok(None);
         };
-        let archive = self.archives.archive(member.view, &self.blob_bytes(blob))?;
+        let open = self.reader.open(&blob, None);
+        let archive = self
+            .archives
+            .archive(member.view, &self.blob_bytes(&open))?;
         if !Views::owns(ino) {
             member.node = self.archives.root(member.view);
         }
         Ok(Some((member, archive)))
     }
 
-    fn blob_bytes(&self, blob: BlobRef) -> CachedBlob {
-        CachedBlob {
-            cache: self.cache.clone(),
-            source: self.tree.source().clone(),
-            blob,
+    fn blob_bytes<'a>(&'a self, open: &'a OpenBlob) -> ReadBlob<'a> {
+        ReadBlob {
+            reader: &self.reader,
+            open,
         }
     }
 
@@ -307,6 +313,11 @@ impl Fs {
         Ok(out)
     }
 
+    /// Open a directory: a tag directory is entered (its manifest fetched) now.
+    pub fn opendir(&self, ino: Ino) -> Result<(), FsError> {
+        self.tree.enter(ino)
+    }
+
     pub fn open(&self, ino: Ino, write: bool) -> Result<u64, FsError> {
         if write {
             return Err(FsError::ReadOnly);
@@ -317,17 +328,12 @@ impl Fs {
             let (_, blob) = self.archives.tree_of(m.view).ok_or(FsError::NotFound)?;
             return Ok(self.add_handle(Handle::Member {
                 archive,
-                reader,
-                bytes: self.blob_bytes(blob),
+                member: reader,
+                open: self.reader.open(&blob, None),
             }));
         }
         let handle = match self.tree.node(ino)? {
-            Node::Blob { blob, .. } => Handle::Blob {
-                _pin: self.cache.pin_guard(&blob.digest),
-                failures_at_open: self.cache.failures(&blob.digest),
-                stream: self.prefetch.stream(),
-                blob,
-            },
+            Node::Blob { blob, index, .. } => Handle::Blob(self.reader.open(&blob, index.as_ref())),
             Node::Inline { bytes, .. } => Handle::Inline(bytes),
             Node::StatsFile => Handle::Inline(Arc::new(crate::stats::snapshot(self).into_bytes())),
             _ => return Err(FsError::IsDir),
@@ -342,6 +348,11 @@ impl Fs {
             .unwrap_or_else(|e| e.into_inner())
             .insert(fh, Arc::new(handle));
         fh
+    }
+
+    /// How many file handles are open (a stop after a lazy detach serves them first).
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn release(&self, fh: u64) {
@@ -367,41 +378,23 @@ impl Fs {
             }
             Handle::Member {
                 archive,
-                reader,
-                bytes,
-            } => Ok(archive.read(bytes, reader, offset, size)?),
-            Handle::Blob {
-                blob,
-                stream,
-                failures_at_open,
-                ..
-            } => {
-                if self.cache.failures(&blob.digest) != *failures_at_open {
-                    return Err(FsError::Cache(crate::error::CacheError::Integrity {
-                        digest: blob.digest.clone(),
-                        detail:
-                            "the blob failed verification while this file was open; open it again"
-                                .into(),
-                    }));
-                }
-                let src = self.tree.source();
-                self.prefetch.on_read(src, blob, stream, offset, size);
-                Ok(self.cache.read(src.as_ref(), blob, offset, size)?)
-            }
+                member,
+                open,
+            } => Ok(archive.read(&self.blob_bytes(open), member, offset, size)?),
+            Handle::Blob(open) => Ok(self.reader.read(open, offset, size)?),
         }
     }
 
     /// Wait until background work (read-ahead, promotion) is done.
     pub fn wait_idle(&self) {
-        self.prefetch.wait_idle();
-        self.cache.wait_for_background();
+        self.reader.wait_idle();
     }
 
     /// Whether every byte of a file has been checked against its digest (manifests are
     /// checked before they are shown).
     pub fn is_verified(&self, ino: Ino) -> bool {
         match self.tree.node(ino) {
-            Ok(Node::Blob { blob, .. }) => self.cache.is_verified(&blob),
+            Ok(Node::Blob { blob, .. }) => self.reader.is_verified(&blob),
             Ok(Node::Inline { .. }) => true,
             _ => false,
         }
@@ -411,7 +404,7 @@ impl Fs {
     /// then read it directly (FUSE passthrough).
     pub fn verified_file(&self, ino: Ino) -> Option<std::fs::File> {
         match self.tree.node(ino).ok()? {
-            Node::Blob { blob, .. } => self.cache.passthrough_file(&blob),
+            Node::Blob { blob, .. } => self.reader.passthrough_file(&blob),
             _ => None,
         }
     }
@@ -436,7 +429,9 @@ impl Fs {
                 put("user.oci.mediatype", desc.media_type.clone());
                 put("user.oci.size", desc.size.to_string());
             }
-            Node::Blob { blob, desc, .. } => {
+            Node::Blob {
+                blob, desc, index, ..
+            } => {
                 put("user.oci.digest", blob.digest.to_string());
                 put("user.oci.mediatype", desc.media_type.clone());
                 put("user.oci.size", desc.size.to_string());
@@ -445,7 +440,7 @@ impl Fs {
                 }
                 put(
                     "user.orasfs.verified",
-                    self.cache.is_verified(&blob).to_string(),
+                    self.reader.verification(&blob, index.as_ref()).into(),
                 );
             }
             Node::Inline {
@@ -457,7 +452,7 @@ impl Fs {
                 put("user.oci.digest", digest.to_string());
                 put("user.oci.mediatype", media_type);
                 put("user.oci.size", bytes.len().to_string());
-                put("user.orasfs.verified", "true".into());
+                put("user.orasfs.verified", "blob".into());
             }
             Node::Image(m) | Node::Index(m) => {
                 put("user.oci.digest", m.digest.to_string());
@@ -471,6 +466,20 @@ impl Fs {
                     put(&format!("user.oci.annotation.{k}"), v.clone());
                 }
             }
+            Node::Tag(t) => {
+                put("user.oci.reference", format!("{}:{}", t.repo, t.tag));
+                if let Some(m) = t.manifest() {
+                    put("user.oci.digest", m.digest.to_string());
+                    put(
+                        "user.oci.mediatype",
+                        m.fetched.manifest.media_type().to_string(),
+                    );
+                    put("user.oci.size", m.fetched.bytes.len().to_string());
+                    for (k, v) in m.fetched.manifest.annotations() {
+                        put(&format!("user.oci.annotation.{k}"), v.clone());
+                    }
+                }
+            }
             Node::SubDir { .. }
             | Node::Referrers(_)
             | Node::Namespace { .. }
@@ -482,7 +491,13 @@ impl Fs {
         Ok(out)
     }
 
+    /// A tag directory lists its manifest's attributes once entered (`ls -l` asks for
+    /// attributes of every entry, and must not fetch a manifest each); asking for one by
+    /// name enters it.
     pub fn getxattr(&self, ino: Ino, name: &str) -> Result<Vec<u8>, FsError> {
+        if name.starts_with("user.oci.") {
+            self.tree.enter(ino)?;
+        }
         self.xattrs(ino)?
             .into_iter()
             .find(|(k, _)| k == name)

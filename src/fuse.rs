@@ -17,12 +17,18 @@ use fuser::{BackingId, InitFlags, KernelConfig};
 use crate::error::{to_errno, FsError};
 use crate::fs::{Attr, Fs};
 
+/// The kernel's read-ahead on the mount: its usual 128 KiB, so the first small read of a
+/// file reaches orasfs as a 16 KiB request (see `cache::block`).
+pub const KERNEL_READAHEAD: u32 = 128 * 1024;
+
 /// Adapts [`Fs`] to FUSE.
 pub struct FuseFs {
     fs: Arc<Fs>,
     /// Hand verified blob files to the kernel (FUSE passthrough), when it allows.
     passthrough: AtomicBool,
     backing: Mutex<Backing>,
+    /// Told once the kernel's INIT has been answered for: the mount is live.
+    initialized: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 /// Kernel backing ids for passthrough: one per inode while any handle has it open. The
@@ -63,7 +69,17 @@ impl FuseFs {
             fs,
             passthrough: AtomicBool::new(passthrough),
             backing: Mutex::new(Backing::default()),
+            initialized: Mutex::new(None),
         }
+    }
+
+    /// Be told on `tx` once the kernel has initialised the mount. Readiness is known this
+    /// way, not by a `stat` of the mountpoint: a daemon thread waiting on its own mount
+    /// cannot be killed while its request is in the daemon's hands, so a daemon killed
+    /// at that moment could never exit.
+    pub fn on_init(self, tx: std::sync::mpsc::Sender<()>) -> Self {
+        *self.initialized.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        self
     }
 
     fn backing(&self) -> std::sync::MutexGuard<'_, Backing> {
@@ -104,7 +120,7 @@ impl FuseFs {
 impl FuseFs {
     /// Log and count an error, and give its errno.
     fn errno(&self, e: &FsError) -> Errno {
-        if matches!(e, FsError::Source(_) | FsError::Cache(_)) {
+        if matches!(e, FsError::Source(_) | FsError::Cache(_)) && !e.logged() {
             log::warn!("{e}");
         }
         if !matches!(e, FsError::NotFound | FsError::NoAttr) {
@@ -112,6 +128,32 @@ impl FuseFs {
         }
         Errno::from_i32(to_errno(e))
     }
+}
+
+/// Tell the kernel to forget directory entries, from a thread of its own: the tree asks
+/// for it while answering a lookup, and the kernel's invalidation waits for the directory
+/// that lookup holds, so sending it there would deadlock. The thread ends with the tree.
+pub fn invalidator(notifier: fuser::Notifier) -> crate::tree::Invalidator {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, String)>();
+    let spawned = std::thread::Builder::new()
+        .name("orasfs-inval".into())
+        .spawn(move || {
+            for (parent, name) in rx {
+                if let Err(e) = notifier.inval_entry(INodeNo(parent), OsStr::new(&name)) {
+                    log::debug!("kernel entry {name:?} in {parent} not invalidated: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no kernel invalidation (cannot start its thread: {e}); moved tags show once their entries expire");
+    }
+    let tx = Mutex::new(tx);
+    Box::new(move |parent, name| {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((parent, name.to_string()));
+    })
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -146,6 +188,21 @@ fn name_str(name: &OsStr) -> Option<&str> {
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Some(tx) = self
+            .initialized
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            // Requests wait for the INIT reply, which follows this call.
+            let _ = tx.send(());
+        }
+        // Large reads cross into orasfs in requests of up to 1 MiB (FUSE_MAX_PAGES); the
+        // kernel's own read-ahead stays small (orasfs reads ahead into its cache itself).
+        let _ = config.add_capabilities(InitFlags::FUSE_MAX_PAGES);
+        if let Err(max) = config.set_max_readahead(KERNEL_READAHEAD) {
+            let _ = config.set_max_readahead(max);
+        }
         if self.passthrough.load(Ordering::Relaxed) {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(2).is_ok();
@@ -252,6 +309,15 @@ impl Filesystem for FuseFs {
         self.fs.release(fh.0);
         self.backing().release(fh.0);
         reply.ok();
+    }
+
+    /// Opening a directory enters it: a tag directory fetches its manifest here, so a
+    /// manifest that cannot be shown fails the open.
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(self.errno(&e)),
+        }
     }
 
     fn readdir(

@@ -30,6 +30,19 @@ fn ignored(opt: &str) -> bool {
         || opt.starts_with("comment=")
 }
 
+/// The long options of `orasfs mount`, each with whether it takes a value.
+fn mount_options() -> Vec<(String, bool)> {
+    use clap::CommandFactory;
+    let cli = crate::cli::Cli::command();
+    let Some(mount) = cli.find_subcommand("mount") else {
+        return Vec::new();
+    };
+    mount
+        .get_arguments()
+        .filter_map(|a| Some((a.get_long()?.to_string(), a.get_action().takes_values())))
+        .collect()
+}
+
 /// Translate helper arguments (after argv[0]) into `orasfs mount ...` arguments.
 pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
     let mut positional = Vec::new();
@@ -38,6 +51,10 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "-o" => options.push(it.next().ok_or("-o needs an option list")?.clone()),
+            // mount(8) names the type of a `type.subtype` mount (fuse.orasfs) with -t.
+            "-t" => {
+                it.next().ok_or("-t needs a type")?;
+            }
             // mount(8) may pass these: no mtab, sloppy, fake, verbose.
             "-n" | "-s" | "-f" | "-v" => {}
             s if s.starts_with("-o") => options.push(s[2..].to_string()),
@@ -48,6 +65,7 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
     let [source, mountpoint] = positional.as_slice() else {
         return Err("usage: mount.orasfs SOURCE MOUNTPOINT [-o OPTIONS]".into());
     };
+    let known = mount_options();
     let mut out = vec!["orasfs".to_string(), "mount".to_string()];
     for opt in options
         .iter()
@@ -71,7 +89,18 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
         {
             return Err(format!("bad mount option {opt:?}"));
         }
-        out.push(format!("--{}", name.replace('_', "-")));
+        let long = name.replace('_', "-");
+        match (known.iter().find(|(k, _)| *k == long), value) {
+            (None, _) => return Err(format!("unknown mount option {name}")),
+            (Some((_, true)), None) => {
+                return Err(format!("mount option {name} needs a value: {name}=VALUE"))
+            }
+            (Some((_, false)), Some(_)) => {
+                return Err(format!("mount option {name} takes no value: {name}"))
+            }
+            _ => {}
+        }
+        out.push(format!("--{long}"));
         if let Some(v) = value {
             out.push(v.to_string());
         }
@@ -127,5 +156,28 @@ mod tests {
         assert!(translate(&s(&["a", "b", "-o", "rw"])).is_err());
         assert!(translate(&s(&["a", "b", "-o"])).is_err());
         assert!(translate(&s(&["a", "b", "-o", "x;rm=1"])).is_err());
+    }
+
+    #[test]
+    fn unknown_or_misused_options_are_named() {
+        let err = |o: &str| translate(&s(&["a", "b", "-o", o])).unwrap_err();
+        assert_eq!(err("ro,bogus_opt"), "unknown mount option bogus_opt");
+        assert_eq!(
+            err("cache_size"),
+            "mount option cache_size needs a value: cache_size=VALUE"
+        );
+        assert_eq!(
+            err("allow_other=1"),
+            "mount option allow_other takes no value: allow_other"
+        );
+        assert!(translate(&s(&["a", "b", "-o", "nonempty,verbose"])).is_ok());
+        assert_eq!(
+            translate(&s(&["a", "b", "-o", "ro", "-t", "fuse.orasfs"])).unwrap(),
+            s(&["orasfs", "mount", "a", "b"])
+        );
+        assert_eq!(
+            translate(&s(&["a", "b", "-x"])).unwrap_err(),
+            "unknown helper flag -x"
+        );
     }
 }

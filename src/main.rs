@@ -18,6 +18,23 @@ fn limit_malloc_retention() {
     }
 }
 
+/// Raise the soft limit on open files to the hard limit, as most servers do: the cache
+/// and the connection pool hold descriptors, and the default soft limit (often 1024) is
+/// reached long before the machine's.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut argv: Vec<String> = std::env::args().collect();
     let invoked_as = argv
@@ -36,14 +53,16 @@ fn main() -> ExitCode {
         };
     }
     limit_malloc_retention();
+    raise_open_files_limit();
     let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Mount(args) => {
+            if let Err(msg) = orasfs::mount::check_operands(&args) {
+                eprintln!("orasfs: {msg}");
+                return ExitCode::FAILURE;
+            }
             // Fork first, before any thread or runtime exists.
             let readiness = if args.foreground {
-                if let Some(f) = &args.log_file {
-                    daemon::detach_stdio_keep_terminal(f);
-                }
                 Readiness::foreground()
             } else {
                 match daemon::daemonize(args.log_file.as_deref()) {
@@ -54,11 +73,26 @@ fn main() -> ExitCode {
                     }
                 }
             };
-            orasfs::logging::init(args.verbose, args.log_format);
+            let output = match &args.log_file {
+                // In the foreground the log file gets the lines instead of the terminal; a
+                // daemon shows them on the terminal too until it detaches.
+                Some(path) => orasfs::logging::Output::File {
+                    path,
+                    terminal: !args.foreground,
+                },
+                None => orasfs::logging::Output::Stderr,
+            };
+            let logged = orasfs::logging::init(args.verbose, args.log_format, output);
             let args = *args;
-            let result = orasfs::mount::prepare(&args)
+            let result = logged
+                .and_then(|()| orasfs::mount::prepare(&args))
                 .and_then(|p| orasfs::mount::run(&args, p, &readiness));
             if let Err(msg) = &result {
+                if args.log_file.is_some() {
+                    // The terminal gets the one-line error below; the log file gets it too.
+                    orasfs::logging::detach_terminal();
+                    log::error!("{msg}");
+                }
                 if readiness.fail(msg) {
                     return ExitCode::FAILURE;
                 }
@@ -66,7 +100,8 @@ fn main() -> ExitCode {
             result
         }
         Command::Cache(args) => {
-            orasfs::logging::init(0, Default::default());
+            // Logging to standard error cannot fail.
+            let _ = orasfs::logging::init(0, Default::default(), orasfs::logging::Output::Stderr);
             let dir = args.cache_dir.unwrap_or_else(default_cache_dir);
             let out = match args.action {
                 CacheAction::Stats => orasfs::cache::manage::stats(&dir),
@@ -75,8 +110,16 @@ fn main() -> ExitCode {
             };
             out.map(|text| print!("{text}"))
         }
-        Command::Umount { mountpoint, lazy } => orasfs::mount::unmount(&mountpoint, lazy),
+        Command::Umount { mountpoint, lazy } => orasfs::mount::umount_command(&mountpoint, lazy),
         Command::Stats { mountpoint } => orasfs::stats::print(&mountpoint),
+        Command::Index(args) => {
+            let _ = orasfs::logging::init(
+                args.registry.verbose,
+                Default::default(),
+                orasfs::logging::Output::Stderr,
+            );
+            orasfs::index::command::run(&args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

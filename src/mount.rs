@@ -11,6 +11,7 @@ use crate::cli::{default_cache_dir, MountArgs};
 use crate::daemon::Readiness;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
+use crate::read::{BlobReader, ReadConfig};
 use crate::registry::{Client, ClientConfig};
 use crate::source::layout::LayoutSource;
 use crate::source::multi::MultiSource;
@@ -22,17 +23,66 @@ use crate::tree::{RootKind, Tree, TreeConfig};
 /// Everything a mount needs, checked and ready.
 pub struct Prepared {
     pub fs: Fs,
+    /// The mount's source as /proc/self/mountinfo shows it: SOURCE exactly as given.
     pub fsname: String,
 }
 
 /// A one-line failure, printed as `orasfs: <message>`.
 pub type Failure = String;
 
-fn check_mountpoint(p: &Path) -> Result<(), Failure> {
+/// Catch a forgotten MOUNTPOINT before anything else (before the daemon forks): a lone
+/// operand that names a SOURCE — a registry reference, or an OCI layout directory — is
+/// not meant as the mountpoint of a mount of every registry.
+pub fn check_operands(args: &MountArgs) -> Result<(), Failure> {
+    let [only] = args.operands.as_slice() else {
+        return Ok(());
+    };
+    let p = Path::new(only);
+    let is_source = if p.is_dir() {
+        p.join("oci-layout").is_file()
+    } else {
+        let bare = split_scheme(only, false).map_or(only.as_str(), |(_, rest)| rest);
+        target::parse(bare).is_ok()
+    };
+    if is_source {
+        return Err(format!(
+            "MOUNTPOINT is missing: {only} is a SOURCE; run `orasfs mount {only} MOUNTPOINT` \
+             (a lone MOUNTPOINT mounts every registry by host name)"
+        ));
+    }
+    Ok(())
+}
+
+/// The mountpoint must be a directory, not already a FUSE mount, and empty unless
+/// `nonempty`. A mount left stale by a dead daemon is cleared first.
+fn check_mountpoint(p: &Path, nonempty: bool) -> Result<(), Failure> {
+    let mut entries = reach_mountpoint(p)?;
+    if let Some(m) = crate::mountpoint::mounted_at(p).filter(|m| m.fstype.starts_with("fuse")) {
+        return Err(format!(
+            "{} is already mounted ({} of {}); unmount it first with `orasfs umount {}`",
+            p.display(),
+            m.fstype,
+            m.source,
+            p.display()
+        ));
+    }
+    if let (false, Some(first)) = (nonempty, entries.next()) {
+        let name = first.map(|e| e.file_name()).unwrap_or_default();
+        return Err(format!(
+            "mountpoint {} is not empty (it holds {}); give --nonempty to mount over it anyway",
+            p.display(),
+            name.to_string_lossy()
+        ));
+    }
+    Ok(())
+}
+
+/// Stat and open the mountpoint; clears a stale FUSE mount. Returns its entries.
+fn reach_mountpoint(p: &Path) -> Result<std::fs::ReadDir, Failure> {
     // The kernel may still hold cached attributes of a dead mount's root, so also open it.
-    let probe = std::fs::metadata(p).and_then(|m| std::fs::read_dir(p).map(|_| m));
+    let probe = std::fs::metadata(p).and_then(|m| std::fs::read_dir(p).map(|d| (m, d)));
     match probe {
-        Ok(m) if m.is_dir() => Ok(()),
+        Ok((m, d)) if m.is_dir() => Ok(d),
         Ok(_) => Err(format!("mountpoint {} is not a directory", p.display())),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             // A daemon died and left its mount behind: clear it and carry on.
@@ -41,10 +91,10 @@ fn check_mountpoint(p: &Path) -> Result<(), Failure> {
                 p.display()
             );
             unmount(p, true)?;
-            match std::fs::metadata(p) {
-                Ok(m) if m.is_dir() => {
+            match std::fs::metadata(p).and_then(|m| std::fs::read_dir(p).map(|d| (m, d))) {
+                Ok((m, d)) if m.is_dir() => {
                     log::warn!("cleared the stale mount at {}", p.display());
-                    Ok(())
+                    Ok(d)
                 }
                 _ => Err(format!(
                     "could not clear the stale mount at {}",
@@ -54,6 +104,46 @@ fn check_mountpoint(p: &Path) -> Result<(), Failure> {
         }
         Err(e) => Err(format!("mountpoint {}: {e}", p.display())),
     }
+}
+
+/// `orasfs umount`: refuse a path that is not mounted or not a FUSE mount, and explain a
+/// busy mount.
+pub fn umount_command(p: &Path, lazy: bool) -> Result<(), Failure> {
+    match crate::mountpoint::mounted_at(p) {
+        None => return Err(format!("{} is not mounted", p.display())),
+        Some(m) if !m.fstype.starts_with("fuse") => {
+            return Err(format!(
+                "{} is a {} mount, not orasfs; leaving it alone",
+                p.display(),
+                m.fstype
+            ))
+        }
+        Some(_) => {}
+    }
+    unmount(p, lazy).map_err(|e| {
+        if !e.contains("busy") {
+            return e;
+        }
+        let holders = crate::mountpoint::holders(p);
+        let by = if holders.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = holders.iter().take(10).map(|h| h.to_string()).collect();
+            let more = holders.len().saturating_sub(10);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!(" (held by {}{more})", names.join(", "))
+        };
+        format!(
+            "{} is busy{by}; close what uses it, or detach it now and let it go when no \
+             longer used with `orasfs umount --lazy {}`",
+            p.display(),
+            p.display()
+        )
+    })
 }
 
 /// Unmount with `fusermount3 -u` (`-uz` when `lazy`), falling back to umount(2) as root.
@@ -73,7 +163,9 @@ pub fn unmount(p: &Path, lazy: bool) -> Result<(), Failure> {
             if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
                 return Ok(());
             }
+            let errno = std::io::Error::last_os_error();
             let why = match other {
+                Ok(_) if errno.raw_os_error() == Some(libc::EBUSY) => errno.to_string(),
                 Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
                 Err(e) => format!("fusermount3: {e}"),
             };
@@ -115,7 +207,7 @@ fn connect(
 /// Split an `https://` or `http://` prefix off a registry SOURCE: `https://` forces TLS
 /// (also for a loopback host), `http://` plain HTTP. Returns whether plain HTTP was asked
 /// for, and the SOURCE without its scheme.
-fn split_scheme(source: &str, plain_http_flag: bool) -> Result<(Option<bool>, &str), Failure> {
+pub fn split_scheme(source: &str, plain_http_flag: bool) -> Result<(Option<bool>, &str), Failure> {
     if let Some(rest) = source.strip_prefix("https://") {
         if plain_http_flag {
             return Err(format!(
@@ -133,7 +225,7 @@ fn split_scheme(source: &str, plain_http_flag: bool) -> Result<(Option<bool>, &s
 /// Validate the command line and reach the source; fails before anything is mounted.
 pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
     let mountpoint = args.mountpoint();
-    check_mountpoint(&mountpoint)?;
+    check_mountpoint(&mountpoint, args.nonempty)?;
     let explicit = match (&args.username, args.password_stdin) {
         (Some(u), true) => Some(crate::registry::Credentials::new(
             u.clone(),
@@ -152,7 +244,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
         let multi = Arc::new(MultiSource::new(Box::new(move |host: &str| {
             Ok(Arc::new(connect(&flags, host, None, None)?) as Arc<dyn Source>)
         })));
-        return finish(args, multi.clone(), RootKind::Hosts(multi), "registries");
+        return finish(args, multi.clone(), RootKind::Hosts(multi), "orasfs");
     };
     let (plain, target_arg) = split_scheme(source_arg, args.plain_http)?;
     let (source, root): (Arc<dyn Source>, RootKind) = match target::parse(target_arg)? {
@@ -171,7 +263,12 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
         } => {
             let src = connect(args, &registry, explicit, plain).map_err(|e| e.to_string())?;
             let root = match (repo, reference) {
-                (None, _) => RootKind::Registry,
+                (None, _) => {
+                    // Like a repository or an artifact, a registry that wants credentials
+                    // the mount does not have fails now, not at the first `ls`.
+                    src.check_access().map_err(|e| e.to_string())?;
+                    RootKind::Registry
+                }
                 (Some(repo), None) => {
                     src.tags(&repo).map_err(|e| e.to_string())?;
                     RootKind::Repository(repo)
@@ -197,15 +294,21 @@ fn finish(
         TreeConfig {
             metadata_ttl: args.metadata_ttl,
             unpack: args.unpack,
+            ..TreeConfig::default()
         },
     )
     .map_err(|e| e.to_string())?;
     let mut cache_cfg = CacheConfig::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir));
-    cache_cfg.verify = args.verify.into();
     cache_cfg.max_size = args.cache_size;
     cache_cfg.min_free_percent = args.cache_min_free.clamp(0.0, 100.0);
-    cache_cfg.max_memory = args.max_memory;
+    create_private_dir(&cache_cfg.dir)?;
     let cache = BlobCache::open(cache_cfg).map_err(|e| e.to_string())?;
+    let read_cfg = ReadConfig {
+        verify: args.verify.into(),
+        max_memory: args.max_memory,
+        ..ReadConfig::default()
+    };
+    let reader = BlobReader::new(cache, tree.source().clone(), read_cfg);
     let mut fs_cfg = FsConfig {
         mutable_ttl: args.metadata_ttl,
         file_mode: args.file_mode,
@@ -219,19 +322,21 @@ fn finish(
         fs_cfg.gid = gid;
     }
     Ok(Prepared {
-        fs: Fs::new(tree, cache, fs_cfg),
-        fsname: format!("orasfs:{name}"),
+        fs: Fs::new(tree, reader, fs_cfg),
+        fsname: name.to_string(),
     })
 }
 
-/// Mount and serve until unmounted. SIGTERM/SIGINT unmount cleanly; SIGHUP drops cached
-/// tags and listings.
+/// Mount and serve until unmounted. SIGTERM/SIGINT unmount (lazily when the mount is busy,
+/// see [`crate::stop`]) and exit 0; SIGHUP drops cached tags and listings.
 pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Result<(), Failure> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
-        MountOption::FSName(prepared.fsname.clone()),
-        MountOption::Subtype("orasfs".into()),
+        MountOption::FSName(fsname_option(&prepared.fsname, is_root())),
+        // As a kernel option (not `MountOption::Subtype`, which only fusermount3 reads),
+        // so that a mount made directly as root is `fuse.orasfs` too.
+        MountOption::CUSTOM("subtype=orasfs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
@@ -247,13 +352,18 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     config.n_threads = Some(args.threads.clamp(1, 64));
     let fs = Arc::new(prepared.fs);
     let mountpoint = args.mountpoint();
+    // Resolved now, while it is a plain directory: the daemon never asks its own mount.
+    let target = crate::mountpoint::absolute(&mountpoint);
+    let (init_tx, init_rx) = std::sync::mpsc::channel();
     let mut session = fuser::Session::new(
-        FuseFs::new(fs.clone(), !args.no_passthrough),
+        FuseFs::new(fs.clone(), !args.no_passthrough).on_init(init_tx),
         &mountpoint,
         &config,
     )
-    .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
+    .map_err(|e| mount_error(&mountpoint, &e, Path::new(DEV_FUSE)))?;
     let mut unmounter = session.unmount_callable();
+    fs.tree()
+        .set_invalidator(crate::fuse::invalidator(session.notifier()));
     let idle = fs.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -262,7 +372,8 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let handle = signals.handle();
-    let shown = mountpoint.display().to_string();
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
+    let detach_at = mountpoint.clone();
     let watcher = std::thread::spawn(move || {
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
@@ -270,33 +381,35 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
                 fs.tree().drop_metadata();
                 continue;
             }
-            log::info!("signal {sig}: unmounting {shown}");
-            crate::daemon::notify_systemd("STOPPING=1");
-            if let Err(e) = unmounter.unmount() {
-                log::error!("unmount of {shown} failed: {e}");
-            }
+            stop_on_signal(sig, &detach_at, &fs, &ended_rx, || unmounter.unmount());
             break;
         }
     });
-    // Ready once the mount answers: the stat below is served by the loop started next.
-    let probe = mountpoint.clone();
+    // Ready once the kernel has initialised the mount (see `FuseFs::on_init`).
     let source = prepared.fsname.clone();
-    std::thread::scope(|scope| {
-        scope.spawn(|| match std::fs::metadata(&probe) {
-            Ok(meta) => {
-                raise_kernel_readahead(&meta);
-                log::info!("mounted {source} at {}", probe.display());
+    let shown = mountpoint.display().to_string();
+    let result = std::thread::scope(|scope| {
+        let (target, shown, source) = (&target, &shown, &source);
+        scope.spawn(move || match init_rx.recv() {
+            Ok(()) => {
+                set_kernel_readahead(target);
+                log::info!("mounted {source} at {shown}");
                 readiness.ready();
             }
-            Err(e) => {
-                log::error!("the mount at {} does not answer: {e}", probe.display());
+            Err(_) => {
+                log::error!(
+                    "the mount at {} was never initialised",
+                    mountpoint.display()
+                );
             }
         });
         let result = session.run();
         handle.close();
         result
-    })
-    .map_err(|e| format!("FUSE session ended with an error: {e}"))?;
+    });
+    // Tell a stop in progress that the kernel let go of the mount.
+    drop(ended_tx);
+    result.map_err(|e| format!("FUSE session ended with an error: {e}"))?;
     let _ = watcher.join();
     // Let blobs verified just before the unmount finish becoming whole files, so the next
     // mount reads them at local-disk speed instead of hashing them again.
@@ -304,16 +417,176 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     Ok(())
 }
 
-/// The kernel reads ahead only 128 KiB on a FUSE mount by default, which splits a stream
-/// into many small requests. Raise it to match `max_read` (1 MiB) through the mount's
-/// backing-device entry in sysfs; this needs root, and without it the default stays.
-fn raise_kernel_readahead(meta: &std::fs::Metadata) {
-    use std::os::unix::fs::MetadataExt;
-    let dev = meta.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    match std::fs::write(&knob, "1024") {
-        Ok(()) => log::debug!("kernel read-ahead raised to 1 MiB ({knob})"),
+/// SIGTERM or SIGINT: unmount, or detach lazily when busy; then serve what is still open
+/// for a bounded time. Returns when the session ended; otherwise exits the process (0, or
+/// 1 when the mount could be neither unmounted nor detached).
+fn stop_on_signal(
+    sig: i32,
+    mountpoint: &Path,
+    fs: &Fs,
+    ended: &std::sync::mpsc::Receiver<()>,
+    unmount_now: impl FnOnce() -> std::io::Result<()>,
+) {
+    use crate::stop::{self, Drained, Unmounted};
+    let shown = mountpoint.display();
+    log::info!("signal {sig}: unmounting {shown}");
+    crate::daemon::notify_systemd("STOPPING=1");
+    let still_mounted = match stop::unmount_or_detach(unmount_now, || unmount(mountpoint, true)) {
+        Ok(Unmounted::Cleanly) => false,
+        Ok(Unmounted::Detached { why }) => {
+            log::warn!(
+                "unmount of {shown} refused ({why}); detached it lazily, serving files still open for up to {} s",
+                stop::GRACE.as_secs()
+            );
+            false
+        }
+        Err(e) => {
+            log::error!("{shown}: {e}");
+            true
+        }
+    };
+    match stop::drain(ended, || fs.open_handles(), stop::GRACE, stop::TICK) {
+        Drained::SessionEnded => return,
+        Drained::NoHandlesOpen => {
+            log::info!("{shown}: no file open any more; leaving the detached mount")
+        }
+        Drained::GraceOver { open } => log::warn!(
+            "{shown}: {open} file(s) still open after {} s; leaving the detached mount (they now fail with ENOTCONN)",
+            stop::GRACE.as_secs()
+        ),
+    }
+    fs.wait_idle();
+    log::logger().flush();
+    // The session thread is still blocked reading /dev/fuse; exiting closes it, and the
+    // kernel ends the connection of the mount nobody can reach by path any more. A mount
+    // that could be neither unmounted nor detached is left dead: say so in the status.
+    std::process::exit(i32::from(still_mounted));
+}
+
+/// The FUSE device.
+const DEV_FUSE: &str = "/dev/fuse";
+
+/// Whether the daemon runs as root, and so mounts with mount(2) rather than fusermount3.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The `fsname=` value: the source exactly as given. As root, fuser passes it to mount(2)
+/// as is; otherwise it travels in fusermount3's comma-separated `-o` list, where `,` and
+/// `\` are escaped with a backslash (fusermount3 removes the escapes).
+fn fsname_option(source: &str, as_root: bool) -> String {
+    if as_root {
+        return source.to_string();
+    }
+    let mut out = String::with_capacity(source.len());
+    for c in source.chars() {
+        if c == ',' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A failed mount in one line, naming the FUSE device when that is what is missing.
+fn mount_error(mountpoint: &Path, e: &std::io::Error, dev_fuse: &Path) -> Failure {
+    if !dev_fuse.exists() {
+        return format!(
+            "cannot mount at {}: {} does not exist (load the module with `modprobe fuse`; in a container, pass the device in)",
+            mountpoint.display(),
+            dev_fuse.display()
+        );
+    }
+    format!("cannot mount at {}: {e}", mountpoint.display())
+}
+
+/// Create the cache directory (and missing parents) mode 0700 before the cache opens it,
+/// so that it is private even when nothing (such as systemd-tmpfiles) made it beforehand.
+/// An existing directory keeps its mode.
+fn create_private_dir(dir: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cache directory {}: {e}", dir.display()))
+}
+
+/// Keep the kernel's read-ahead on the mount at its usual 128 KiB
+/// ([`crate::fuse::KERNEL_READAHEAD`]), whatever the system default for new devices: a
+/// small read at the start of a file (a GIS client reading a header) then reaches orasfs
+/// as one 16 KiB request, not a larger one, while streams are read ahead by orasfs itself
+/// into the cache. This needs root; without it the default stays.
+fn set_kernel_readahead(target: &Path) {
+    let Some(entry) = crate::mountpoint::mounted_at_absolute(target) else {
+        log::debug!(
+            "kernel read-ahead left at its default ({} not in the mount table)",
+            target.display()
+        );
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", entry.dev);
+    let kib = crate::fuse::KERNEL_READAHEAD / 1024;
+    match std::fs::write(&knob, kib.to_string()) {
+        Ok(()) => log::debug!("kernel read-ahead set to {kib} KiB ({knob})"),
         Err(e) => log::debug!("kernel read-ahead left at its default ({knob}: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fsname_is_the_source_as_given() {
+        let s = "127.0.0.1:5000/eo/products:v1";
+        assert_eq!(fsname_option(s, true), s);
+        assert_eq!(fsname_option(s, false), s);
+        // fusermount3 reads a comma-separated list: escape what would split it.
+        assert_eq!(fsname_option(r"/data/a,b\c", false), r"/data/a\,b\\c");
+        assert_eq!(fsname_option(r"/data/a,b\c", true), r"/data/a,b\c");
+    }
+
+    #[test]
+    fn a_missing_fuse_device_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("fuse");
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let msg = mount_error(Path::new("/mnt/eo"), &e, &dev);
+        assert!(
+            msg.contains(&format!("{} does not exist", dev.display())),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("/mnt/eo") && msg.contains("modprobe fuse"),
+            "{msg}"
+        );
+        std::fs::write(&dev, "").unwrap();
+        let msg = mount_error(Path::new("/mnt/eo"), &e, &dev);
+        assert_eq!(msg, format!("cannot mount at /mnt/eo: {e}"));
+    }
+
+    #[test]
+    fn the_cache_directory_is_created_0700_and_an_existing_one_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let cache = dir.path().join("a/b");
+        create_private_dir(&cache).unwrap();
+        assert_eq!(mode(&cache), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_private_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o750);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = create_private_dir(&file).unwrap_err();
+        assert!(e.contains(&file.display().to_string()), "{e}");
     }
 }

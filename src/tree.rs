@@ -1,17 +1,25 @@
 //! The namespace: an inode table mapping registry → repositories → tags → manifests →
 //! files, built lazily as the kernel looks names up, with TTLs for what can change (tags,
 //! listings) and none for what cannot (anything addressed by digest).
+//!
+//! Only a definite answer makes a name absent: a 404, or a successful listing without the
+//! name (and then the registry is asked for the name directly, since listings age). When the
+//! registry cannot answer, a name seen before keeps its last known meaning (stale-if-error)
+//! and a name never seen fails with the error. A tag directory costs no request until it is
+//! entered; a tag found to have moved gets a new inode, and the kernel is told to forget
+//! the old entry (see [`Tree::set_invalidator`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::BlobRef;
 use crate::error::{FsError, SourceError};
 use crate::names::{self, CONFIG_FILE, MANIFEST_FILE};
 use crate::oci::{Descriptor, Digest, ImageManifest, Manifest, ANNOTATION_CREATED};
+use crate::read::index::{is_index_layer, IndexHint};
 use crate::source::multi::MultiSource;
-use crate::source::{valid_repo_name, valid_tag, FetchedManifest, Reference, Source};
+use crate::source::{valid_repo_name, valid_tag, FetchedManifest, Reference, Source, VecSink};
 
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
@@ -41,6 +49,8 @@ pub enum Node {
     Namespace { prefix: String },
     /// Only the tags of one repository.
     Repo { repo: String },
+    /// A tag: a directory showing its manifest's content, fetched when first entered.
+    Tag(Arc<TagNode>),
     /// An image manifest's files.
     Image(Arc<ManifestNode>),
     /// An index: one subdirectory per entry.
@@ -55,6 +65,8 @@ pub enum Node {
         blob: BlobRef,
         desc: Arc<Descriptor>,
         mtime: SystemTime,
+        /// Where a data layer's block index may be found (none for configs).
+        index: Option<IndexHint>,
     },
     /// A tar-family layer shown unpacked; its content is listed by [`crate::archive`].
     Archive {
@@ -73,6 +85,29 @@ pub enum Node {
         media_type: String,
         mtime: SystemTime,
     },
+}
+
+/// A tag directory. Its content is fixed once fetched: a tag that moves gets a new inode.
+#[derive(Debug)]
+pub struct TagNode {
+    pub repo: String,
+    pub tag: String,
+    content: OnceLock<Arc<ManifestNode>>,
+}
+
+impl TagNode {
+    fn new(repo: &str, tag: &str) -> Self {
+        Self {
+            repo: repo.to_string(),
+            tag: tag.to_string(),
+            content: OnceLock::new(),
+        }
+    }
+
+    /// The manifest shown, once the directory has been entered.
+    pub fn manifest(&self) -> Option<&Arc<ManifestNode>> {
+        self.content.get()
+    }
 }
 
 /// A manifest shown as a directory.
@@ -109,6 +144,9 @@ pub struct TreeConfig {
     pub metadata_ttl: Duration,
     /// Which archive layers are also shown as directories.
     pub unpack: crate::archive::UnpackMode,
+    /// The mtime of what has no time of its own: directories of names (registry,
+    /// namespaces, repositories, tags) and content without a creation time.
+    pub epoch: SystemTime,
 }
 
 impl Default for TreeConfig {
@@ -116,15 +154,88 @@ impl Default for TreeConfig {
         Self {
             metadata_ttl: Duration::from_secs(60),
             unpack: Default::default(),
+            epoch: fixed_epoch(),
         }
     }
 }
 
+/// The fixed mtime: `$SOURCE_DATE_EPOCH` (seconds since 1970) when set, else 1970-01-01.
+pub fn fixed_epoch() -> SystemTime {
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// How long a failed catalog fetch is remembered, so that lookups do not each wait for it.
+const CATALOG_FAILURE_MEMORY: Duration = Duration::from_secs(5);
+/// Without a catalog, names this many components deep (after the host in a multi-registry
+/// mount) that are not repositories are shown as namespaces: the kernel looks up `org`
+/// before `org/repo`, and only a catalog could say whether `org` leads anywhere.
+pub const PROVISIONAL_DEPTH: usize = 2;
+/// Definite "no" answers kept before those past the TTL are dropped.
+const MAX_REMEMBERED_NO: usize = 10_000;
+/// Tags revalidated at once when a directory of entered tags is listed after the TTL.
+const PARALLEL_CHECKS: usize = 8;
+/// Config blobs up to this size are read for their `created` time.
+const MAX_CONFIG_FOR_TIME: u64 = 1 << 20;
+
 /// A listing and when it was fetched.
 type Listing = (Instant, Arc<Vec<String>>);
-/// The catalog (`None` when the source has none) and when it was fetched.
-/// A failed fetch is kept too (as its message), so lookups do not ask again within the TTL.
-type CatalogListing = (Instant, Result<Option<Arc<Vec<String>>>, String>);
+
+/// The catalog of one scope: the last answer (`None` when the source has none) and the
+/// last failure, each with when it happened.
+#[derive(Default)]
+struct CatalogListing {
+    ok: Option<(Instant, Option<Arc<Vec<String>>>)>,
+    failed: Option<(Instant, String, bool)>,
+}
+
+/// What a path below a registry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathKind {
+    /// A repository (it may also hold namespaces).
+    Repo,
+    /// Only a namespace: repositories are below it.
+    Namespace,
+    Absent,
+}
+
+/// A definite "no" from the source.
+#[derive(Debug, Clone)]
+enum No {
+    /// 404: not there.
+    NotFound,
+    /// 401/403 (registry, hint): not for us.
+    Refused(String, String),
+}
+
+impl No {
+    /// The "no" in `e`, if it is one.
+    fn of(e: &SourceError) -> Option<No> {
+        match e {
+            SourceError::NotFound(_) => Some(No::NotFound),
+            SourceError::Unauthorized { registry, hint } => {
+                Some(No::Refused(registry.clone(), hint.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn error(&self, what: &str) -> FsError {
+        match self {
+            No::NotFound => FsError::Source(SourceError::NotFound(what.to_string())),
+            No::Refused(registry, hint) => FsError::Source(SourceError::Unauthorized {
+                registry: registry.clone(),
+                hint: hint.clone(),
+            }),
+        }
+    }
+}
+
+/// Tells the kernel to forget the entry `name` in directory `parent`.
+pub type Invalidator = Box<dyn Fn(Ino, &str) + Send + Sync>;
 /// A manifest's referrers, named, and when they were listed.
 type ReferrerListing = (Instant, Arc<Vec<(String, Descriptor)>>);
 
@@ -138,6 +249,14 @@ pub struct Tree {
     resolved: Mutex<HashMap<(String, String), (Instant, Digest)>>,
     /// Catalogs by scope: the registry host in a multi-registry mount, else "".
     catalog: Mutex<HashMap<String, CatalogListing>>,
+    /// Definite "no" answers to a direct question, and when: paths that are not
+    /// repositories (`path`), and tags missing from their repository (`repo:tag`).
+    absent: Mutex<HashMap<String, (Instant, No)>>,
+    /// `created` of config blobs by digest (`None`: it has none).
+    created: Mutex<HashMap<Digest, Option<SystemTime>>>,
+    /// Serialises filling a tag directory's children.
+    filling: Mutex<()>,
+    invalidator: OnceLock<Invalidator>,
     hosts: Option<Arc<MultiSource>>,
     warned: Mutex<HashSet<String>>,
     /// Referrer listings by (repository, subject digest).
@@ -172,6 +291,10 @@ impl Tree {
             tags: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
             catalog: Mutex::new(HashMap::new()),
+            absent: Mutex::new(HashMap::new()),
+            created: Mutex::new(HashMap::new()),
+            filling: Mutex::new(()),
+            invalidator: OnceLock::new(),
             hosts: match &root {
                 RootKind::Hosts(m) => Some(m.clone()),
                 _ => None,
@@ -187,7 +310,7 @@ impl Tree {
             RootKind::Repository(repo) => Node::Repo { repo },
             RootKind::Artifact(repo, reference) => {
                 let fetched = tree.fetch_manifest(&repo, &reference)?;
-                tree.manifest_node(&repo, reference, fetched)
+                tree.manifest_node(&repo, reference, fetched)?
             }
         };
         tree.write().push(Entry {
@@ -210,6 +333,24 @@ impl Tree {
 
     pub fn source(&self) -> &Arc<dyn Source> {
         &self.source
+    }
+
+    /// The mtime of what has no time of its own.
+    pub fn epoch(&self) -> SystemTime {
+        self.cfg.epoch
+    }
+
+    /// Set how the kernel is told to forget an entry (FUSE's `inval_entry`); called when
+    /// a tag moved and on [`Tree::drop_metadata`]. Must not block: it is called while a
+    /// FUSE request is being answered.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidator.set(f);
+    }
+
+    fn invalidate(&self, parent: Ino, name: &str) {
+        if let Some(f) = self.invalidator.get() {
+            f(parent, name);
+        }
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Entry>> {
@@ -274,12 +415,17 @@ impl Tree {
                     .map(|(_, d)| d.clone());
                 match fresh {
                     Some(d) => d,
-                    None => {
-                        let m = self.source.manifest(repo, reference)?;
-                        lock(&self.resolved).insert(key, (Instant::now(), m.digest.clone()));
-                        lock(&self.manifests).insert(m.digest.clone(), m.clone());
-                        return Ok(m);
-                    }
+                    None => match self.source.manifest(repo, reference) {
+                        Ok(m) => {
+                            lock(&self.resolved).insert(key, (Instant::now(), m.digest.clone()));
+                            lock(&self.manifests).insert(m.digest.clone(), m.clone());
+                            return Ok(m);
+                        }
+                        Err(e) if e.is_transient() => {
+                            self.stale_resolution(repo, t).ok_or(FsError::Source(e))?
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
                 }
             }
         };
@@ -291,13 +437,66 @@ impl Tree {
         Ok(m)
     }
 
-    fn manifest_node(&self, repo: &str, reference: Reference, fetched: FetchedManifest) -> Node {
-        let mtime = fetched
+    /// The digest a tag was last known to point at, however old.
+    fn stale_resolution(&self, repo: &str, tag: &str) -> Option<Digest> {
+        lock(&self.resolved)
+            .get(&(repo.to_string(), tag.to_string()))
+            .map(|(_, d)| d.clone())
+    }
+
+    /// The digest a tag points at: as resolved within the TTL, else asked again (a `HEAD`
+    /// where the source has one); the last known one while the source cannot answer.
+    fn tag_digest(&self, repo: &str, tag: &str) -> Result<Digest, FsError> {
+        let key = (repo.to_string(), tag.to_string());
+        if let Some((at, d)) = lock(&self.resolved).get(&key) {
+            if at.elapsed() < self.cfg.metadata_ttl {
+                return Ok(d.clone());
+            }
+        }
+        let asked = match self.source.tag_digest(repo, tag) {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => self
+                .source
+                .manifest(repo, &Reference::Tag(tag.to_string()))
+                .map(|m| {
+                    lock(&self.manifests).insert(m.digest.clone(), m.clone());
+                    m.digest
+                }),
+            Err(e) => Err(e),
+        };
+        match asked {
+            Ok(d) => {
+                lock(&self.resolved).insert(key, (Instant::now(), d.clone()));
+                Ok(d)
+            }
+            Err(e) if e.is_transient() => {
+                self.stale_resolution(repo, tag).ok_or(FsError::Source(e))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A manifest as a directory node. Its mtime is a function of its content: the
+    /// `org.opencontainers.image.created` annotation, else the config blob's `created`,
+    /// else the fixed epoch.
+    fn manifest_node(
+        &self,
+        repo: &str,
+        reference: Reference,
+        fetched: FetchedManifest,
+    ) -> Result<Node, FsError> {
+        let annotated = fetched
             .manifest
             .annotations()
             .get(ANNOTATION_CREATED)
-            .and_then(|s| parse_created(s))
-            .unwrap_or_else(SystemTime::now);
+            .and_then(|s| parse_created(s));
+        let mtime = match (annotated, &fetched.manifest) {
+            (Some(t), _) => t,
+            (None, Manifest::Image(image)) => self
+                .config_created(repo, &image.config)?
+                .unwrap_or(self.cfg.epoch),
+            (None, Manifest::Index(_)) => self.cfg.epoch,
+        };
         let m = Arc::new(ManifestNode {
             repo: repo.to_string(),
             digest: fetched.digest.clone(),
@@ -305,10 +504,43 @@ impl Tree {
             mtime,
             fetched,
         });
-        match &m.fetched.manifest {
+        Ok(match &m.fetched.manifest {
             Manifest::Image(_) => Node::Image(m),
             Manifest::Index(_) => Node::Index(m),
+        })
+    }
+
+    /// The `created` time in a JSON config blob (image configs have one), read once per
+    /// digest and verified; `None` for configs without one, empty or not JSON.
+    fn config_created(
+        &self,
+        repo: &str,
+        config: &Descriptor,
+    ) -> Result<Option<SystemTime>, FsError> {
+        if config.size <= 2
+            || config.size > MAX_CONFIG_FOR_TIME
+            || !config.media_type.contains("json")
+        {
+            return Ok(None);
         }
+        if let Some(t) = lock(&self.created).get(&config.digest) {
+            return Ok(*t);
+        }
+        let mut sink = VecSink::with_limit(config.size);
+        self.source
+            .fetch_blob(repo, &config.digest, config.size, None, &mut sink)?;
+        config
+            .digest
+            .verify(&sink.bytes)
+            .map_err(|source| SourceError::Oci {
+                what: format!("config of {repo}"),
+                source,
+            })?;
+        let created = serde_json::from_slice::<serde_json::Value>(&sink.bytes)
+            .ok()
+            .and_then(|v| parse_created(v.get("created")?.as_str()?));
+        lock(&self.created).insert(config.digest.clone(), created);
+        Ok(created)
     }
 
     /// Create the children of a directory whose content is fixed by an image manifest,
@@ -325,7 +557,7 @@ impl Tree {
     }
 
     fn fill_image(&self, ino: Ino, m: &Arc<ManifestNode>, image: &ImageManifest) {
-        let blob = |d: &Descriptor| Node::Blob {
+        let blob = |d: &Descriptor, index: Option<IndexHint>| Node::Blob {
             blob: BlobRef {
                 repo: m.repo.clone(),
                 digest: d.digest.clone(),
@@ -333,6 +565,7 @@ impl Tree {
             },
             desc: Arc::new(d.clone()),
             mtime: m.mtime,
+            index,
         };
         self.add(
             ino,
@@ -344,7 +577,7 @@ impl Tree {
                 mtime: m.mtime,
             },
         );
-        self.add(ino, CONFIG_FILE, blob(&image.config));
+        self.add(ino, CONFIG_FILE, blob(&image.config, None));
         let helm = self.helm_chart_name(m, image);
         let namings =
             crate::archive::kind::layer_namings(&image.layers, self.cfg.unpack, helm.as_deref());
@@ -352,6 +585,10 @@ impl Tree {
             .into_iter()
             .zip(&image.layers)
         {
+            // Block indexes serve the layers they index; they are not files of their own.
+            if is_index_layer(layer) {
+                continue;
+            }
             if let Some((title, why)) = &placement.refused {
                 self.warn_once(format!("{}:{title}", m.digest), || {
                     format!(
@@ -379,7 +616,8 @@ impl Tree {
                     ),
                 };
             }
-            self.add(dir, file, blob(layer));
+            let hint = IndexHint::for_layer(&m.repo, &m.digest, layer, &image.layers);
+            self.add(dir, file, blob(layer, Some(hint)));
             if let Some(path) = &placement.dir {
                 self.add_archive_dir(ino, m, path, layer);
             }
@@ -452,7 +690,8 @@ impl Tree {
         crate::archive::kind::helm_chart_name(&sink.bytes)
     }
 
-    /// Look up `name` in directory `parent`.
+    /// Look up `name` in directory `parent`. When the source cannot answer, a name seen
+    /// before keeps its last known meaning.
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Ino, FsError> {
         let node = self.node(parent)?;
         if !node.is_dir() {
@@ -461,11 +700,18 @@ impl Tree {
         if parent == ROOT && name == CONTROL_NAME {
             return Ok(CONTROL_DIR);
         }
-        match &node {
+        let found = match &node {
             Node::Image(_) | Node::SubDir { .. } | Node::ControlDir => {
                 self.child(parent, name).ok_or(FsError::NotFound)
             }
             Node::Index(m) => self.lookup_index(parent, m, name),
+            Node::Tag(t) => {
+                let m = self.tag_content(parent, t)?;
+                match &m.fetched.manifest {
+                    Manifest::Image(_) => self.child(parent, name).ok_or(FsError::NotFound),
+                    Manifest::Index(_) => self.lookup_index(parent, &m, name),
+                }
+            }
             Node::Repo { repo } => self.lookup_in_repo(parent, repo, name, false),
             Node::Namespace { prefix } => self.lookup_namespace(parent, prefix, name),
             Node::Hosts => self.lookup_host(parent, name),
@@ -473,7 +719,41 @@ impl Tree {
             // Archive contents are looked up by `fs` in the archive's own table.
             Node::Archive { .. } => Err(FsError::NotFound),
             Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => Err(FsError::NotDir),
+        };
+        match found {
+            Err(e) if e.is_outage() => self.child(parent, name).ok_or(e),
+            other => other,
         }
+    }
+
+    /// The manifest a tag directory shows, fetched (and its children made) when the
+    /// directory is first entered.
+    fn tag_content(&self, ino: Ino, t: &TagNode) -> Result<Arc<ManifestNode>, FsError> {
+        if let Some(m) = t.content.get() {
+            return Ok(m.clone());
+        }
+        let reference = Reference::Tag(t.tag.clone());
+        let fetched = self.fetch_manifest(&t.repo, &reference)?;
+        let node = self.manifest_node(&t.repo, reference, fetched)?;
+        let (Node::Image(m) | Node::Index(m)) = &node else {
+            return Err(FsError::NotFound);
+        };
+        let _filling = lock(&self.filling);
+        if let Some(m) = t.content.get() {
+            return Ok(m.clone());
+        }
+        self.fill_fixed(ino, &node);
+        let _ = t.content.set(m.clone());
+        Ok(m.clone())
+    }
+
+    /// Enter a tag directory now (for attributes that need its manifest); other nodes are
+    /// left as they are.
+    pub fn enter(&self, ino: Ino) -> Result<(), FsError> {
+        if let Node::Tag(t) = self.node(ino)? {
+            self.tag_content(ino, &t)?;
+        }
+        Ok(())
     }
 
     fn lookup_index(&self, parent: Ino, m: &Arc<ManifestNode>, name: &str) -> Result<Ino, FsError> {
@@ -493,7 +773,7 @@ impl Tree {
         // An index that names itself (directly or in a cycle) just shows the same content
         // one level down; each level costs a lookup, so no loop runs unbounded.
         let fetched = self.fetch_manifest(&m.repo, &reference)?;
-        let node = self.manifest_node(&m.repo, reference, fetched);
+        let node = self.manifest_node(&m.repo, reference, fetched)?;
         let ino = self.add(parent, name, node.clone());
         self.fill_fixed(ino, &node);
         Ok(ino)
@@ -549,77 +829,108 @@ impl Tree {
             });
             return Err(FsError::NotFound);
         }
-        let node = self.manifest_node(&m.repo, reference, fetched);
+        let node = self.manifest_node(&m.repo, reference, fetched)?;
         let ino = self.add(parent, name, node.clone());
         self.fill_fixed(ino, &node);
         Ok(ino)
     }
 
-    /// Tags of a repository, from a listing no older than the TTL.
+    /// Tags of a repository, from a listing no older than the TTL; the last listing while
+    /// the source cannot answer.
     pub fn tags(&self, repo: &str) -> Result<Arc<Vec<String>>, FsError> {
-        if let Some((at, t)) = lock(&self.tags).get(repo) {
-            if at.elapsed() < self.cfg.metadata_ttl {
-                return Ok(t.clone());
+        let stale = match lock(&self.tags).get(repo) {
+            Some((at, t)) if at.elapsed() < self.cfg.metadata_ttl => return Ok(t.clone()),
+            Some((_, t)) => Some(t.clone()),
+            None => None,
+        };
+        let mut t = match self.source.tags(repo) {
+            Ok(t) => t,
+            Err(e) if e.is_transient() => return stale.ok_or(FsError::Source(e)),
+            Err(e) => {
+                if let Some(no) = No::of(&e) {
+                    lock(&self.tags).remove(repo);
+                    self.remember_no(repo, &no);
+                }
+                return Err(e.into());
             }
-        }
-        let mut t = self.source.tags(repo)?;
+        };
         t.retain(|t| valid_tag(t));
         t.sort();
         t.dedup();
         let t = Arc::new(t);
         lock(&self.tags).insert(repo.to_string(), (Instant::now(), t.clone()));
+        lock(&self.absent).remove(repo);
         Ok(t)
     }
 
     /// The catalog that covers `prefix`: the registry's, or in a multi-registry mount the
-    /// catalog of the host `prefix` starts with (entries then read `host/repo`). A failure
-    /// is remembered for the TTL like an answer.
+    /// catalog of the host `prefix` starts with (entries then read `host/repo`). While the
+    /// source cannot answer, the last one; a failure is remembered for a few seconds.
     fn catalog(&self, prefix: &str) -> Result<Option<Arc<Vec<String>>>, FsError> {
         let scope = match &self.hosts {
             Some(_) => prefix.split('/').next().unwrap_or(""),
             None => "",
         };
-        let cached = lock(&self.catalog)
-            .get(scope)
-            .filter(|(at, _)| at.elapsed() < self.cfg.metadata_ttl)
-            .map(|(_, c)| c.clone());
-        let result = match cached {
-            Some(c) => c,
-            None => {
-                let fetched = match &self.hosts {
-                    Some(m) => m.host_catalog(scope),
-                    None => self.source.catalog(),
-                };
-                let c = fetched
-                    .map(|c| {
-                        c.map(|mut c| {
-                            c.retain(|r| r.is_empty() || self.valid_path(r));
-                            c.sort();
-                            Arc::new(c)
-                        })
-                    })
-                    .map_err(|e| e.to_string());
-                lock(&self.catalog).insert(scope.to_string(), (Instant::now(), c.clone()));
-                c
-            }
-        };
-        result.map_err(|detail| {
-            FsError::Source(SourceError::Protocol {
-                what: "catalog".into(),
-                detail,
+        let failure = |detail: &str, transient: bool| {
+            let what = format!("catalog of {}", self.source.name());
+            FsError::Source(if transient {
+                SourceError::Unreachable {
+                    target: what,
+                    detail: detail.to_string(),
+                }
+            } else {
+                SourceError::Protocol {
+                    what,
+                    detail: detail.to_string(),
+                }
             })
-        })
-    }
-
-    /// The catalog for a lookup by name: one that fails counts as none, so repositories
-    /// are still found by name.
-    fn catalog_for_lookup(&self, prefix: &str) -> Option<Arc<Vec<String>>> {
-        self.catalog(prefix).unwrap_or_else(|e| {
-            self.warn_once(format!("catalog:{prefix}"), || {
-                format!("{e}; repositories are found by name only")
-            });
-            None
-        })
+        };
+        let stale = {
+            let map = lock(&self.catalog);
+            let entry = map.get(scope);
+            let ok = entry.and_then(|e| e.ok.clone());
+            if let Some((at, c)) = &ok {
+                if at.elapsed() < self.cfg.metadata_ttl {
+                    return Ok(c.clone());
+                }
+            }
+            let remembered = self.cfg.metadata_ttl.min(CATALOG_FAILURE_MEMORY);
+            if let Some((at, detail, transient)) = entry.and_then(|e| e.failed.as_ref()) {
+                if at.elapsed() < remembered {
+                    return match ok {
+                        Some((_, c)) if *transient => Ok(c),
+                        _ => Err(failure(detail, *transient)),
+                    };
+                }
+            }
+            ok
+        };
+        let fetched = match &self.hosts {
+            Some(m) => m.host_catalog(scope),
+            None => self.source.catalog(),
+        };
+        let mut map = lock(&self.catalog);
+        let entry = map.entry(scope.to_string()).or_default();
+        match fetched {
+            Ok(c) => {
+                let c = c.map(|mut c| {
+                    c.retain(|r| r.is_empty() || self.valid_path(r));
+                    c.sort();
+                    Arc::new(c)
+                });
+                entry.ok = Some((Instant::now(), c.clone()));
+                entry.failed = None;
+                Ok(c)
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                entry.failed = Some((Instant::now(), e.to_string(), transient));
+                match stale {
+                    Some((_, c)) if transient => Ok(c),
+                    _ => Err(e.into()),
+                }
+            }
+        }
     }
 
     /// Whether `path` may name a repository or namespace (in a multi-registry mount, after
@@ -634,7 +945,17 @@ impl Tree {
         }
     }
 
-    /// A registry host in the multi-registry root; an unreachable one is "not found".
+    /// Components of `path` below the registry (after the host in a multi-registry mount).
+    fn depth(&self, path: &str) -> usize {
+        let n = path.split('/').count();
+        match &self.hosts {
+            Some(_) => n.saturating_sub(1),
+            None => n,
+        }
+    }
+
+    /// A registry host in the multi-registry root: `EIO` while it cannot be reached, "not
+    /// found" when what answers is not a registry.
     fn lookup_host(&self, parent: Ino, name: &str) -> Result<Ino, FsError> {
         let Some(m) = &self.hosts else {
             return Err(FsError::NotFound);
@@ -646,8 +967,12 @@ impl Tree {
             return Ok(c);
         }
         if let Err(e) = m.host(name) {
-            log::warn!("registry {name}: {e}");
-            return Err(FsError::NotFound);
+            self.warn_once(format!("host:{name}"), || format!("registry {name}: {e}"));
+            return Err(if e.is_transient() {
+                e.into()
+            } else {
+                FsError::NotFound
+            });
         }
         Ok(self.add(
             parent,
@@ -658,7 +983,8 @@ impl Tree {
         ))
     }
 
-    /// A tag or `sha256:` digest inside a repository directory.
+    /// A tag or `sha256:` digest inside a repository directory. A tag costs no request
+    /// while the tag list names it; one missing from the list is asked for directly.
     fn lookup_in_repo(
         &self,
         parent: Ino,
@@ -666,74 +992,162 @@ impl Tree {
         name: &str,
         may_be_namespace: bool,
     ) -> Result<Ino, FsError> {
-        let reference = if name.starts_with("sha256:") {
-            Reference::Digest(Digest::parse(name).map_err(|_| FsError::NotFound)?)
-        } else if valid_tag(name)
-            && self
-                .tags(repo)
-                .map(|t| t.binary_search(&name.to_string()).is_ok())
-                .unwrap_or(false)
-        {
-            if may_be_namespace {
-                self.warn_once(format!("ns:{repo}/{name}"), || {
-                    format!("{repo}: tag {name:?} hides the namespace {repo}/{name}; the tag wins")
-                });
-            }
-            Reference::Tag(name.to_string())
-        } else {
-            return Err(FsError::NotFound);
-        };
-        let fetched = self.fetch_manifest(repo, &reference)?;
-        // Reuse the inode while the name still resolves to the same manifest, so open files
-        // and the kernel's caches stay coherent; a moved tag gets a fresh inode.
-        if let Some(c) = self.child(parent, name) {
-            if let Ok(Node::Image(m) | Node::Index(m)) = self.node(c) {
-                if m.digest == fetched.digest {
-                    return Ok(c);
+        if name.starts_with("sha256:") {
+            let reference = Reference::Digest(Digest::parse(name).map_err(|_| FsError::NotFound)?);
+            let fetched = self.fetch_manifest(repo, &reference)?;
+            if let Some(c) = self.child(parent, name) {
+                if let Ok(Node::Image(m) | Node::Index(m)) = self.node(c) {
+                    if m.digest == fetched.digest {
+                        return Ok(c);
+                    }
                 }
             }
+            let node = self.manifest_node(repo, reference, fetched)?;
+            let ino = self.add(parent, name, node.clone());
+            self.fill_fixed(ino, &node);
+            return Ok(ino);
         }
-        let node = self.manifest_node(repo, reference, fetched);
-        let ino = self.add(parent, name, node.clone());
-        self.fill_fixed(ino, &node);
-        Ok(ino)
+        if !valid_tag(name) {
+            return Err(FsError::NotFound);
+        }
+        let listed = self.tags(repo)?.binary_search(&name.to_string()).is_ok();
+        if !listed {
+            self.confirm_tag(repo, name)?;
+        }
+        if may_be_namespace {
+            self.warn_once(format!("ns:{repo}/{name}"), || {
+                format!("{repo}: tag {name:?} hides the namespace {repo}/{name}; the tag wins")
+            });
+        }
+        if let Some(c) = self.child(parent, name) {
+            if let Ok(Node::Tag(t)) = self.node(c) {
+                let Some(shown) = t.manifest() else {
+                    return Ok(c);
+                };
+                let now = self.tag_digest(repo, name)?;
+                if now == shown.digest {
+                    return Ok(c);
+                }
+                // The tag moved: a fresh inode, and the kernel forgets the old entry (it
+                // may hold it, and the files below it, for their whole TTL).
+                log::info!("{repo}:{name} moved from {} to {now}", shown.digest);
+                self.invalidate(parent, name);
+            }
+        }
+        Ok(self.add(parent, name, Node::Tag(Arc::new(TagNode::new(repo, name)))))
+    }
+
+    /// Ask the source whether a tag missing from the listing exists (pushed since): a
+    /// definite "no" is remembered for the TTL like a listing.
+    fn confirm_tag(&self, repo: &str, name: &str) -> Result<(), FsError> {
+        let key = format!("{repo}:{name}");
+        let no = match self.remembered_no(&key) {
+            Some(no) => no,
+            None => match self.tag_digest(repo, name) {
+                Ok(_) => return Ok(()),
+                Err(FsError::Source(e)) => {
+                    let no = No::of(&e).ok_or(FsError::Source(e))?;
+                    self.remember_no(&key, &no);
+                    no
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        Err(match no {
+            No::NotFound => FsError::NotFound,
+            refused => refused.error(&key),
+        })
+    }
+
+    /// Remember a definite "no"; answers past the TTL are dropped once there are many, so
+    /// a program probing random names does not grow the table without bound.
+    fn remember_no(&self, key: &str, no: &No) {
+        let mut absent = lock(&self.absent);
+        if absent.len() >= MAX_REMEMBERED_NO {
+            let ttl = self.cfg.metadata_ttl;
+            absent.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        absent.insert(key.to_string(), (Instant::now(), no.clone()));
+    }
+
+    /// Whether the source said `key` is absent within the TTL: answers are trusted for the
+    /// TTL whether they say yes or no, so repeated lookups of a missing name (a program
+    /// probing for side files) do not each reach the registry.
+    fn remembered_no(&self, key: &str) -> Option<No> {
+        lock(&self.absent)
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < self.cfg.metadata_ttl)
+            .map(|(_, no)| no.clone())
+    }
+
+    /// Whether `prefix` (a namespace directory) is itself a repository, so its tags show.
+    fn is_repo(&self, prefix: &str) -> Result<bool, FsError> {
+        if prefix.is_empty() || (self.hosts.is_some() && !prefix.contains('/')) {
+            return Ok(false);
+        }
+        if lock(&self.tags).contains_key(prefix) {
+            return Ok(true);
+        }
+        if self.remembered_no(prefix).is_some() {
+            return Ok(false);
+        }
+        Ok(self.path_kind(prefix)? == PathKind::Repo)
+    }
+
+    /// What `path` is: the catalog says when it names it; otherwise the registry is asked
+    /// for the path's tags (a repository answers). Without a catalog that could say, a path
+    /// no deeper than [`PROVISIONAL_DEPTH`] that is not a repository is taken as a
+    /// namespace.
+    fn path_kind(&self, path: &str) -> Result<PathKind, FsError> {
+        let catalog = self.catalog(path);
+        let under = format!("{path}/");
+        if let Ok(Some(c)) = &catalog {
+            if c.binary_search(&path.to_string()).is_ok() {
+                return Ok(PathKind::Repo);
+            }
+            if c.iter().any(|r| r.starts_with(&under)) {
+                return Ok(PathKind::Namespace);
+            }
+        }
+        let no = match self.remembered_no(path) {
+            Some(no) => no,
+            None => match self.tags(path) {
+                Ok(_) => return Ok(PathKind::Repo),
+                Err(FsError::Source(e)) => No::of(&e).ok_or(FsError::Source(e))?,
+                Err(e) => return Err(e),
+            },
+        };
+        if lock(&self.tags).keys().any(|r| r.starts_with(&under)) {
+            return Ok(PathKind::Namespace);
+        }
+        match (catalog, no) {
+            (Ok(Some(_)), _) => Ok(PathKind::Absent),
+            _ if self.depth(path) <= PROVISIONAL_DEPTH => Ok(PathKind::Namespace),
+            (_, No::NotFound) => Ok(PathKind::Absent),
+            // Refused: the name may be there, just not for us.
+            (_, refused) => Err(refused.error(path)),
+        }
     }
 
     fn lookup_namespace(&self, parent: Ino, prefix: &str, name: &str) -> Result<Ino, FsError> {
-        let catalog = self.catalog_for_lookup(prefix);
-        let is_repo = |r: &str| {
-            catalog
-                .as_ref()
-                .is_some_and(|c| c.binary_search(&r.to_string()).is_ok())
+        let path = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
         };
-        if !prefix.is_empty() && (is_repo(prefix) || catalog.is_none()) {
-            let path = format!("{prefix}/{name}");
-            let shadows = catalog.as_ref().is_some_and(|c| {
-                c.iter()
-                    .any(|r| r == &path || r.starts_with(&format!("{path}/")))
-            });
+        // The prefix's own tags come first: a tag wins over a namespace of the same name.
+        if self.is_repo(prefix)? {
+            let shadows = self.valid_path(&path)
+                && matches!(self.catalog(prefix), Ok(Some(c)) if c
+                    .iter()
+                    .any(|r| r == &path || r.starts_with(&format!("{path}/"))));
             match self.lookup_in_repo(parent, prefix, name, shadows) {
                 Ok(ino) => return Ok(ino),
                 Err(FsError::NotFound) | Err(FsError::Source(SourceError::NotFound(_))) => {}
                 Err(e) => return Err(e),
             }
         }
-        let path = if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        if !self.valid_path(&path) {
-            return Err(FsError::NotFound);
-        }
-        let exists = match &catalog {
-            Some(c) => c
-                .iter()
-                .any(|r| r == &path || r.starts_with(&format!("{path}/"))),
-            // Without a catalog any well-formed name may be a repository or namespace.
-            None => true,
-        };
-        if !exists {
+        if !self.valid_path(&path) || self.path_kind(&path)? == PathKind::Absent {
             return Err(FsError::NotFound);
         }
         if let Some(c) = self.child(parent, name) {
@@ -747,6 +1161,13 @@ impl Tree {
     /// The entries of a directory: `(name, ino, is_dir)`.
     pub fn list(&self, ino: Ino) -> Result<Vec<(String, Ino, bool)>, FsError> {
         let node = self.node(ino)?;
+        let node = match node {
+            Node::Tag(t) => match self.tag_content(ino, &t)?.clone() {
+                m if matches!(m.fetched.manifest, Manifest::Image(_)) => Node::Image(m),
+                m => Node::Index(m),
+            },
+            other => other,
+        };
         let names: Vec<String> = match &node {
             Node::Image(_) | Node::SubDir { .. } | Node::ControlDir => {
                 return Ok(self.fixed_children(ino));
@@ -757,9 +1178,15 @@ impl Tree {
             },
             // Tags, namespaces and hosts are all directories: list them without fetching a
             // manifest per entry (a repository may hold thousands of tags).
-            Node::Repo { repo } => return Ok(self.unresolved(ino, listed_tags(&self.tags(repo)?))),
+            Node::Repo { repo } => {
+                let tags = listed_tags(&self.tags(repo)?);
+                self.revalidate_entered(ino);
+                return Ok(self.unresolved(ino, tags));
+            }
             Node::Namespace { prefix } => {
-                return Ok(self.unresolved(ino, self.namespace_names(prefix)?))
+                let names = self.namespace_names(prefix)?;
+                self.revalidate_entered(ino);
+                return Ok(self.unresolved(ino, names));
             }
             Node::Hosts => {
                 let hosts = self.hosts.as_ref().map(|m| m.visited()).unwrap_or_default();
@@ -775,7 +1202,7 @@ impl Tree {
                     .collect()
             }
             Node::Archive { .. } => Vec::new(),
-            Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => {
+            Node::Tag(_) | Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => {
                 return Err(FsError::NotDir)
             }
         };
@@ -787,6 +1214,46 @@ impl Tree {
             }
         }
         Ok(out)
+    }
+
+    /// Check, a few at a time, the tags in directory `ino` that were entered and whose
+    /// resolution is older than the TTL: `ls -l` looks each entry up in turn, and each
+    /// such lookup would otherwise ask the registry on its own, one round trip after
+    /// another. Failures are left for the lookups to report.
+    fn revalidate_entered(&self, ino: Ino) {
+        let stale: Vec<(String, String)> = {
+            let nodes = self.read();
+            let resolved = lock(&self.resolved);
+            let Some(e) = nodes.get(ino as usize - 1) else {
+                return;
+            };
+            e.children
+                .values()
+                .filter_map(|c| match &nodes.get(*c as usize - 1)?.node {
+                    Node::Tag(t) if t.manifest().is_some() => {
+                        let key = (t.repo.clone(), t.tag.clone());
+                        let fresh = resolved
+                            .get(&key)
+                            .is_some_and(|(at, _)| at.elapsed() < self.cfg.metadata_ttl);
+                        (!fresh).then_some(key)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        if stale.len() < 2 {
+            return;
+        }
+        let per = stale.len().div_ceil(PARALLEL_CHECKS);
+        std::thread::scope(|scope| {
+            for part in stale.chunks(per) {
+                scope.spawn(move || {
+                    for (repo, tag) in part {
+                        let _ = self.tag_digest(repo, tag);
+                    }
+                });
+            }
+        });
     }
 
     /// Directory entries for names not looked up yet. An entry carries the inode of a child
@@ -830,11 +1297,13 @@ impl Tree {
             .collect()
     }
 
-    /// Child names of a namespace: next path components of repositories under it, plus the
-    /// tags when the prefix is itself a repository (tags win over namespaces).
+    /// Child names of a namespace: next path components of repositories under it (from
+    /// the catalog, or without one from the repositories found so far), plus the tags when
+    /// the prefix is itself a repository (tags win over namespaces).
     fn namespace_names(&self, prefix: &str) -> Result<Vec<String>, FsError> {
-        let Some(catalog) = self.catalog(prefix)? else {
-            return Ok(Vec::new());
+        let repos: Vec<String> = match self.catalog(prefix)? {
+            Some(c) => c.to_vec(),
+            None => lock(&self.tags).keys().cloned().collect(),
         };
         let mut names = Vec::new();
         let lead = if prefix.is_empty() {
@@ -842,14 +1311,14 @@ impl Tree {
         } else {
             format!("{prefix}/")
         };
-        for r in catalog.iter() {
+        for r in repos.iter() {
             if let Some(rest) = r.strip_prefix(&lead) {
                 if let Some(first) = rest.split('/').next().filter(|f| !f.is_empty()) {
                     names.push(first.to_string());
                 }
             }
         }
-        if !prefix.is_empty() && catalog.binary_search(&prefix.to_string()).is_ok() {
+        if self.is_repo(prefix)? {
             names.extend(listed_tags(&self.tags(prefix)?));
         }
         names.sort();
@@ -857,12 +1326,33 @@ impl Tree {
         Ok(names)
     }
 
-    /// Forget cached tags, listings and tag resolutions (not digest-addressed data).
+    /// Forget cached tags, listings and tag resolutions (not digest-addressed data), and
+    /// tell the kernel to forget every entry they made, so the next lookup asks again.
     pub fn drop_metadata(&self) {
         lock(&self.tags).clear();
         lock(&self.resolved).clear();
         lock(&self.catalog).clear();
         lock(&self.referrers).clear();
+        lock(&self.absent).clear();
+        let entries: Vec<(Ino, String)> = self
+            .read()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                matches!(
+                    e.node,
+                    Node::Namespace { .. } | Node::Repo { .. } | Node::Hosts | Node::Referrers(_)
+                )
+            })
+            .flat_map(|(i, e)| {
+                e.children
+                    .keys()
+                    .map(move |name| (i as Ino + 1, name.clone()))
+            })
+            .collect();
+        for (parent, name) in entries {
+            self.invalidate(parent, &name);
+        }
     }
 }
 

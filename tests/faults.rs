@@ -73,7 +73,7 @@ fn a_flipped_byte_in_a_small_blob_fails_the_read() {
 }
 
 /// A byte flipped in transit in a large blob read lazily (1 MiB range requests, the blob's
-/// sha256 computed as its chunks arrive): a whole-file read (`cat`, `cp`, `sha256sum`)
+/// sha256 computed as its blocks arrive): a whole-file read (`cat`, `cp`, `sha256sum`)
 /// never ends successfully with a wrong byte. The read that completes the blob fails with
 /// EIO; the next whole read, with the fault gone, is right — no remount needed.
 #[test]
@@ -209,7 +209,7 @@ fn damaged_fetches_leave_nothing_in_the_cache(mode: &str) {
         .mount()
         .expect("remount straight to the registry");
     assert!(
-        fs::read_dir(cache.path().join("v1/tmp"))
+        fs::read_dir(cache.path().join("v2/tmp"))
             .unwrap()
             .next()
             .is_none(),
@@ -275,7 +275,7 @@ fn transient_faults_are_ridden_out() {
             retry_after: Some("1".into()),
         },
     ));
-    proxy.add(Rule::get(&d[2], Fault::Truncate { after: 4096 }).skip(3));
+    proxy.add(Rule::get(&d[2], Fault::Truncate { after: 4096 }).skip(2));
     proxy.add(
         Rule::get(
             &d[3],
@@ -651,7 +651,7 @@ fn read_checked(p: &Path, want: &[u8]) -> (u64, Option<std::io::Error>) {
 
 /// `kill -9` of the daemon while 16 readers read cold files in parallel, five times over
 /// the same cache directory: every remount finds the temp directory swept and serves only
-/// right bytes, and chunks that made it to disk intact are reused, so across the run the
+/// right bytes, and blocks that made it to disk intact are reused, so across the run the
 /// registry serves well under twice the bytes there are. (bench/soak.sh --kill runs more
 /// rounds.)
 #[test]
@@ -682,7 +682,7 @@ fn kill_9_during_parallel_cold_reads_serves_only_right_bytes_after_remount() {
             .cache(cache.path())
             .mount()
             .expect("mount");
-        let tmp: Vec<_> = fs::read_dir(cache.path().join("v1/tmp"))
+        let tmp: Vec<_> = fs::read_dir(cache.path().join("v2/tmp"))
             .unwrap()
             .flatten()
             .collect();
@@ -707,7 +707,7 @@ fn kill_9_during_parallel_cold_reads_serves_only_right_bytes_after_remount() {
         .cache(cache.path())
         .mount()
         .expect("final mount");
-    assert!(fs::read_dir(cache.path().join("v1/tmp"))
+    assert!(fs::read_dir(cache.path().join("v2/tmp"))
         .unwrap()
         .next()
         .is_none());
@@ -726,7 +726,7 @@ fn kill_9_during_parallel_cold_reads_serves_only_right_bytes_after_remount() {
     eprintln!("registry served {served} bytes for {total} bytes of blobs over {rounds} kills");
     assert!(
         served < 2 * total,
-        "served {served} for {total}: intact chunks were not reused"
+        "served {served} for {total}: intact blocks were not reused"
     );
 }
 
@@ -769,10 +769,16 @@ impl Drop for Tmpfs {
 /// stop short of it: logged as a warning) and the default floor (the cache declines to
 /// store: logged at info level, hence `-v`), and if `strict_too` with `--verify strict`.
 fn full_cache_disk_serves_reads_uncached(files: &[(&str, Vec<u8>)], strict_too: bool) {
-    let Some(small_fs) = Tmpfs::mount("2m") else {
-        eprintln!("SKIPPED: needs root to mount a 2 MiB tmpfs for a full cache disk");
+    let small_fs = Tmpfs::mount("2m");
+    let me = std::thread::current();
+    if !common::needs(
+        small_fs.is_some(),
+        &format!("faults::{}", me.name().unwrap_or("a_full_cache_disk_*")),
+        "mounting a 2 MiB tmpfs for a full cache disk needs root",
+    ) {
         return;
-    };
+    }
+    let Some(small_fs) = small_fs else { return };
     let reg = Registry::start();
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     reg.push_artifact("faults/full", "v1", &refs);
@@ -811,7 +817,7 @@ fn full_cache_disk_serves_reads_uncached(files: &[(&str, Vec<u8>)], strict_too: 
     }
 }
 
-/// Large blobs read lazily in ranges: chunks are served from memory when they cannot be
+/// Large blobs read lazily in ranges: blocks are served from memory when they cannot be
 /// stored. (With `--verify strict` they are fetched whole: see the next test.)
 #[test]
 fn a_full_cache_disk_still_serves_ranged_reads_uncached() {
@@ -853,7 +859,7 @@ fn flip(p: &Path, at: u64) {
 }
 
 /// The cache on disk is tampered with between mounts — a flipped byte in a verified blob,
-/// its sidecar and a chunk, a truncated blob and chunk, a deleted blob and sidecar, garbage
+/// its sidecar and a partial blob, a truncated blob and partial blob, a deleted blob and sidecar, garbage
 /// files — and every file still reads right: damage is detected and refetched, garbage
 /// ignored.
 #[test]
@@ -886,12 +892,13 @@ fn tampered_cache_is_detected_and_refetched(extra: &[&str]) {
         .iter()
         .map(|(d, _)| hex_of(d).to_string())
         .collect();
-    let partial = random_bytes(6 * MIB, 130);
+    // Large enough that a 2 MiB read and the read-ahead it starts leave most of it unread.
+    let partial = random_bytes(24 * MIB, 130);
     let pushed_partial = reg.push_artifact("faults/tamper", "p", &[("partial.bin", &partial)]);
     let partial_hex = hex_of(&pushed_partial.layers[0].0).to_string();
     let cache = tempfile::tempdir().unwrap();
-    let v1 = cache.path().join("v1");
-    let blobs = v1.join("blobs/sha256");
+    let v2 = cache.path().join("v2");
+    let blobs = v2.join("blobs/sha256");
     {
         let m = Launch::new(&format!("{}/faults/tamper:v1", reg.addr()))
             .cache(cache.path())
@@ -900,7 +907,6 @@ fn tampered_cache_is_detected_and_refetched(extra: &[&str]) {
         for (name, want) in &files {
             assert_eq!(read_all(&m.join(name)).unwrap(), *want, "{name}");
         }
-        // Verified blobs are promoted to whole files in the background.
         wait_for(Duration::from_secs(20), || {
             hex.iter()
                 .all(|h| blobs.join(h).exists() && blobs.join(format!("{h}.crc")).exists())
@@ -918,10 +924,11 @@ fn tampered_cache_is_detected_and_refetched(extra: &[&str]) {
             &partial[..2 * MIB]
         );
     }
-    let chunks = v1.join("chunks/sha256").join(&partial_hex);
+    let partials = v2.join("partial/sha256");
+    let part = partials.join(&partial_hex);
     assert!(
-        chunks.join("0").exists() && chunks.join("1").exists(),
-        "partial blob chunks on disk"
+        part.exists() && partials.join(format!("{partial_hex}.map")).exists(),
+        "partial blob and its block map on disk"
     );
 
     flip(&blobs.join(&hex[0]), 3 * MIB as u64 + 5);
@@ -935,20 +942,18 @@ fn tampered_cache_is_detected_and_refetched(extra: &[&str]) {
     flip(&blobs.join(format!("{}.crc", hex[3])), 20);
     fs::remove_file(blobs.join(&hex[4])).unwrap();
     flip(&blobs.join(&hex[5]), 0);
-    flip(&chunks.join("0"), 100);
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(chunks.join("1"))
-        .unwrap();
+    // The partial blob: a flipped byte in its first block, and cut after 1000 bytes.
+    flip(&part, 100);
+    let f = fs::OpenOptions::new().write(true).open(&part).unwrap();
     f.set_len(1000).unwrap();
     drop(f);
-    // Garbage: stray files, a chunk for a nonexistent index, a blob without a sidecar,
-    // a directory where a blob should be, and a symlink out of the cache.
+    // Garbage: stray files, a map without data, a blob without a sidecar, a directory
+    // with a name that is no digest.
     fs::write(blobs.join("garbage"), b"garbage").unwrap();
     fs::write(blobs.join("a".repeat(64)), random_bytes(4096, 1)).unwrap();
-    fs::write(chunks.join("999"), b"garbage").unwrap();
-    fs::create_dir_all(v1.join("chunks/sha256/not-a-digest")).unwrap();
-    fs::write(v1.join("tmp/leftover.chunk"), b"x").unwrap();
+    fs::write(partials.join(format!("{}.map", "b".repeat(64))), b"garbage").unwrap();
+    fs::create_dir_all(partials.join("not-a-digest")).unwrap();
+    fs::write(v2.join("tmp/leftover.crc"), b"x").unwrap();
     fs::write(cache.path().join("stray"), b"stray").unwrap();
     reg.settle();
     let before: Vec<u64> = hex.iter().map(|h| reg.bytes_served_for(h)).collect();
@@ -995,8 +1000,8 @@ fn tampered_cache_is_detected_and_refetched(extra: &[&str]) {
 }
 
 /// Foreign objects where the cache expects its own files — a directory where a verified
-/// blob belongs, a symlink out of the cache in a blob's place, a file where a blob's chunk
-/// directory belongs — are neither trusted nor followed: the files read right and the
+/// or partial blob belongs, a symlink out of the cache in a blob's or block map's place —
+/// are neither trusted nor followed: the files read right and the
 /// symlink's target is untouched.
 #[test]
 fn foreign_objects_in_the_cache_are_neither_trusted_nor_followed() {
@@ -1014,11 +1019,12 @@ fn foreign_objects_in_the_cache_are_neither_trusted_nor_followed() {
         ],
     );
     let cache = tempfile::tempdir().unwrap();
-    let v1 = cache.path().join("v1");
-    let blobs = v1.join("blobs/sha256");
+    let v2 = cache.path().join("v2");
+    let blobs = v2.join("blobs/sha256");
+    let partials = v2.join("partial/sha256");
     fs::create_dir_all(&blobs).unwrap();
-    fs::create_dir_all(v1.join("chunks/sha256")).unwrap();
-    fs::create_dir_all(v1.join("tmp")).unwrap();
+    fs::create_dir_all(&partials).unwrap();
+    fs::create_dir_all(v2.join("tmp")).unwrap();
     let outside = tempfile::tempdir().unwrap();
     let victim = outside.path().join("victim");
     fs::write(&victim, b"do not touch").unwrap();
@@ -1030,12 +1036,11 @@ fn foreign_objects_in_the_cache_are_neither_trusted_nor_followed() {
         blobs.join(format!("{}.crc", hex_of(&pushed.layers[1].0))),
     )
     .unwrap();
-    fs::write(
-        v1.join("chunks/sha256").join(hex_of(&pushed.layers[2].0)),
-        b"not a dir",
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(outside.path(), v1.join("tmp/escape")).unwrap();
+    // A directory where a partial blob belongs, and its block map a link out of the cache.
+    let chunky_hex = hex_of(&pushed.layers[2].0);
+    fs::create_dir(partials.join(chunky_hex)).unwrap();
+    std::os::unix::fs::symlink(&victim, partials.join(format!("{chunky_hex}.map"))).unwrap();
+    std::os::unix::fs::symlink(outside.path(), v2.join("tmp/escape")).unwrap();
 
     let m = Launch::new(&format!("{}/faults/foreign:v1", reg.addr()))
         .cache(cache.path())
@@ -1079,7 +1084,7 @@ fn cache_damaged_while_mounted_is_never_served(extra: &[&str]) {
         .args(extra)
         .mount()
         .expect("mount");
-    let blobs = m.cache_dir().join("v1/blobs/sha256");
+    let blobs = m.cache_dir().join("v2/blobs/sha256");
     for (name, want) in [("small.bin", &small), ("big.bin", &big)] {
         assert_reads_right(&m.join(name), want);
     }
@@ -1178,7 +1183,7 @@ fn cache_damaged_under_an_open_handle_is_never_served(extra: &[&str]) {
         .expect("mount");
     let blob = m
         .cache_dir()
-        .join("v1/blobs/sha256")
+        .join("v2/blobs/sha256")
         .join(hex_of(&pushed.layers[0].0));
     let p = m.join("small.bin");
     assert_reads_right(&p, &small);

@@ -79,7 +79,7 @@ impl Sandbox {
         // In the cache: only its own layout, and only hex names for content.
         for f in walk_files(m.cache_dir()) {
             let s = f.to_string_lossy();
-            assert!(s.starts_with("v1/"), "unexpected file in the cache: {s}");
+            assert!(s.starts_with("v2/"), "unexpected file in the cache: {s}");
             let name = f.file_name().unwrap().to_string_lossy().to_string();
             assert!(
                 !PLANTED.contains(&name.as_str()),

@@ -120,7 +120,7 @@ fn files_are_byte_identical_through_the_registry_root() {
         assert_same(&p, bytes);
     }
 
-    // Odd-sized reads at odd offsets, across chunk boundaries and at the very end.
+    // Odd-sized reads at odd offsets, across block boundaries and at the very end.
     let mut f = File::open(dir.join("nine-mib.bin")).unwrap();
     for &(off, len) in &[
         (0usize, 1usize),
@@ -721,10 +721,11 @@ fn gdalinfo_checksum(p: &Path) -> String {
 
 #[test]
 fn gdal_reads_a_cloud_optimized_geotiff() {
-    if !have("gdalinfo", &["--version"]) || !have("gdal_translate", &["--version"]) {
-        eprintln!(
-            "SKIPPED gdal_reads_a_cloud_optimized_geotiff: gdalinfo/gdal_translate not installed"
-        );
+    if !common::needs(
+        have("gdalinfo", &["--version"]) && have("gdal_translate", &["--version"]),
+        "mount::gdal_reads_a_cloud_optimized_geotiff",
+        "gdalinfo and gdal_translate are not installed (apt: gdal-bin)",
+    ) {
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -784,10 +785,15 @@ fn gdal_reads_a_cloud_optimized_geotiff() {
 
 #[test]
 fn files_pushed_by_the_oras_client_are_readable() {
-    if !have("python3", &["-c", "import oras.client"]) {
-        eprintln!(
-            "SKIPPED files_pushed_by_the_oras_client_are_readable: python3 cannot import oras"
-        );
+    let python = common::oras_python();
+    if !common::needs(
+        have(python.to_str().unwrap(), &["-c", "import oras.client"]),
+        "mount::files_pushed_by_the_oras_client_are_readable",
+        &format!(
+            "{} cannot import oras (pip: oras, in target/oras-venv; scripts/test.sh installs it)",
+            python.display()
+        ),
+    ) {
         return;
     }
     let reg = Registry::start();
@@ -804,7 +810,7 @@ r = c.push(target=f"{addr}/ml/model:v1", files=["weights.bin", "config.yaml"], q
 if r.status_code not in (200, 201):
     sys.exit(f"push failed: {r.status_code} {r.text}")
 "#;
-    let out = Command::new("python3")
+    let out = Command::new(&python)
         .arg("-c")
         .arg(script)
         .arg(reg.addr())

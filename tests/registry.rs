@@ -202,6 +202,19 @@ fn basic_auth_credentials_from_every_source() {
     let f = mount_fails(&source, &Run::new());
     assert_auth_required(&f, &addr);
 
+    // The registry root as well: refused before mounting without credentials or with
+    // wrong ones, mounted with good ones.
+    let f = mount_fails(&addr, &Run::new());
+    assert_auth_required(&f, &addr);
+    let f = mount_fails(&addr, &password_stdin("wrong-password"));
+    assert!(f.stderr.contains("refused"), "{}", f.stderr);
+    let m = expect_mount(&addr, &password_stdin(PASSWORD), "root with a password");
+    assert_eq!(
+        fs::read(m.join("private/data/v1/hello.txt")).unwrap(),
+        content
+    );
+    m.finish();
+
     // A wrong password on standard input.
     let f = mount_fails(&source, &password_stdin("wrong-password"));
     assert!(f.stderr.contains("authentication required"), "{}", f.stderr);

@@ -66,7 +66,9 @@ fn the_mount_is_read_only_at_every_layer() {
         assert!(opts.contains(&want), "{want} missing from {opts:?}");
     }
     assert!(!opts.contains(&"rw"), "{opts:?}");
-    assert!(line.starts_with("orasfs:"), "{line}");
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields[0], format!("{}/sec/ro", reg.addr()), "{line}");
+    assert_eq!(fields[2], "fuse.orasfs", "{line}");
 
     let dir = mnt.join("v1");
     let a = dir.join("a.txt");

@@ -18,13 +18,10 @@ pub mod store;
 pub mod tar;
 pub mod view;
 
-use std::sync::Arc;
-
 pub use kind::UnpackMode;
 pub use open::{Archive, MemberReader};
 
-use crate::cache::{BlobCache, BlobRef};
-use crate::source::Source;
+use crate::read::{BlobReader, OpenBlob};
 
 /// Errors reading an archive. All of them reach the user as EIO.
 #[derive(Debug, thiserror::Error)]
@@ -46,28 +43,27 @@ pub enum ArchiveError {
 }
 
 /// Random access to one blob's bytes.
-pub trait BlobBytes: Send + Sync {
+pub trait BlobBytes {
     /// The blob's size.
     fn size(&self) -> u64;
     /// Up to `len` bytes at `offset` (fewer only at the end of the blob).
     fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, ArchiveError>;
 }
 
-/// [`BlobBytes`] over the blob cache (and through it the source).
-pub struct CachedBlob {
-    pub cache: Arc<BlobCache>,
-    pub source: Arc<dyn Source>,
-    pub blob: BlobRef,
+/// [`BlobBytes`] over the read path, through an open blob.
+pub struct ReadBlob<'a> {
+    pub reader: &'a BlobReader,
+    pub open: &'a OpenBlob,
 }
 
-impl BlobBytes for CachedBlob {
+impl BlobBytes for ReadBlob<'_> {
     fn size(&self) -> u64 {
-        self.blob.size
+        self.open.blob().size
     }
 
     fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, ArchiveError> {
-        self.cache
-            .read(self.source.as_ref(), &self.blob, offset, len)
+        self.reader
+            .read(self.open, offset, len)
             .map_err(|e| ArchiveError::Read(e.to_string()))
     }
 }

@@ -1,38 +1,35 @@
 //! The size cap and the free-space floor while mounted.
 //!
-//! The unit of eviction is a blob: its verified file and sidecar, or its chunk directory.
+//! The unit of eviction is a blob: its verified file and sidecar, or its partial file and
+//! block map.
 //! A [`Ledger`] keeps every cached blob in an LRU list with its bytes on disk, and a
 //! running total. One scan fills it when the cache opens; after that the cache keeps it
-//! current itself: every chunk file and whole-blob file is *admitted* before it is
-//! written. Admission evicts least recently used blobs until the new bytes fit under the
-//! cap (`--cache-size`) and leave the floor's share of the filesystem free
+//! current itself: every block is *admitted* before it is written. Admission evicts least
+//! recently used blobs until the new bytes fit under the cap (`--cache-size`) and leave the floor's share of the filesystem free
 //! (`--cache-min-free`, measured with statvfs). If evicting every evictable blob would
 //! still not make room, nothing is evicted and the bytes are refused: they are served
 //! from memory without being written. A pinned blob is never evicted (pins are counted:
 //! open file handles, reads in progress, read-ahead jobs and promotion each hold one),
 //! nor is the blob being admitted.
 //!
-//! Promotion (copying a fully fetched blob's chunks into a verified file) briefly needs
-//! room for a second copy. It evicts for that only when the blob is at most a quarter of
-//! the cap ([`Mode::Evict`]); a bigger blob is promoted only into room that is already
-//! free ([`Mode::Spare`]), or stays as chunks, which serve just as well.
+//! Promotion (a complete, digest-checked partial blob becoming a verified file) is a
+//! rename; it needs no room beyond the blob's small CRC sidecar.
 //!
 //! Access tracking: every read moves its blob to the front of the in-memory LRU list. So
 //! that the order survives a restart and the offline `orasfs cache prune` can use it, a
-//! read also sets the modification time of the blob's verified file (or chunk directory)
-//! to now, at most once per [`TOUCH_INTERVAL`] per blob; writing a chunk file updates its
-//! directory's time by itself. The scan at start orders blobs by these times. Access times
+//! read also sets the modification time of the blob's sidecar (or block map) to now, at
+//! most once per [`TOUCH_INTERVAL`] per blob; writing a block updates its map's time by
+//! itself. The scan at start orders blobs by these times. Access times
 //! (atime) are not used: `noatime` and `relatime` mounts make them unreliable.
 //!
 //! Locking: the ledger's mutex is held only for bookkeeping, never across file deletion
 //! or a network call. Victims leave the ledger under the lock; the admitting thread then
 //! drops their in-memory state and deletes their files before it writes its own bytes.
 //!
-//! Precision: sizes are apparent file sizes (directory blocks and filesystem rounding are
-//! not counted). When several threads admit at once, one thread's write can land while
+//! Precision: sizes are file lengths, and for sparse partial files the bytes they hold
+//! (directory blocks and filesystem rounding are not counted). When several threads admit at once, one thread's write can land while
 //! another is still deleting its victims, so the disk may exceed the cap for the moment a
-//! deletion takes. A blob that must be fetched whole to be verified (strict mode, small
-//! blobs, servers that ignore ranges) is admitted by force: if pinned blobs leave no room,
+//! deletion takes. A verified blob's sidecar is admitted by force: if pinned blobs leave no room,
 //! the cap is exceeded by that blob until it is unpinned and something else needs room.
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! `orasfs cache stats|prune|clear`: inspect and trim a cache directory offline.
 //!
-//! A directory is treated as an orasfs cache only if it holds a real `v1/` directory (not
+//! A directory is treated as an orasfs cache only if it holds a real `v2/` directory (not
 //! a link); anything else there is never touched. Nothing here follows a symbolic link
 //! inside the cache. Prune evicts whole blobs, least recently used first, by the times
 //! described in [`super::evict`]. Pruning or clearing while a mount uses the cache is
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::usage::{self, human};
 
-/// The cache's `v1/` directory; `Ok(None)` if the directory does not exist at all.
+/// The cache's `v2/` directory; `Ok(None)` if the directory does not exist at all.
 fn cache_root(dir: &Path) -> Result<Option<PathBuf>, String> {
     match fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -20,15 +20,15 @@ fn cache_root(dir: &Path) -> Result<Option<PathBuf>, String> {
         Ok(m) if !m.is_dir() => return Err(format!("{} is not a directory", dir.display())),
         Ok(_) => {}
     }
-    let root = dir.join("v1");
+    let root = dir.join(crate::cache::FORMAT);
     match fs::symlink_metadata(&root) {
         Ok(m) if m.is_dir() => Ok(Some(root)),
         Ok(_) => Err(format!(
-            "{} is not an orasfs cache: its v1 is not a directory; refusing to touch it",
+            "{} is not an orasfs cache: its v2 is not a directory; refusing to touch it",
             dir.display()
         )),
         Err(_) => Err(format!(
-            "{} does not look like an orasfs cache (no v1/ inside); refusing to touch it",
+            "{} does not look like an orasfs cache (no v2/ inside); refusing to touch it",
             dir.display()
         )),
     }
@@ -117,7 +117,7 @@ pub fn clear(dir: &Path) -> Result<String, String> {
         freed += usage::remove_path(&e.path());
     }
     // Leave the skeleton, so a mount using the cache keeps working.
-    for sub in ["blobs/sha256", "chunks/sha256", "tmp"] {
+    for sub in ["blobs/sha256", "partial/sha256", "tmp"] {
         let _ = fs::create_dir_all(root.join(sub));
     }
     let left = usage::dir_bytes(&root);
@@ -145,7 +145,7 @@ mod tests {
 
     /// A cache with blobs `a` (verified, oldest), `b` (partial), `c` (partial, newest).
     fn sample(dir: &Path) -> [Digest; 3] {
-        let root = dir.join("v1");
+        let root = dir.join(crate::cache::FORMAT);
         let [a, b, c] = [Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c")];
         fs::create_dir_all(root.join("blobs/sha256")).unwrap();
         fs::create_dir_all(root.join("tmp")).unwrap();
@@ -156,9 +156,9 @@ mod tests {
         )
         .unwrap();
         for (d, n) in [(&b, 2000), (&c, 1000)] {
-            let cd = root.join("chunks/sha256").join(d.hex());
-            fs::create_dir_all(&cd).unwrap();
-            fs::write(cd.join("0"), vec![2; n]).unwrap();
+            let pd = root.join("partial/sha256");
+            fs::create_dir_all(&pd).unwrap();
+            fs::write(pd.join(d.hex()), vec![2; n]).unwrap();
         }
         let now = SystemTime::now();
         let age = |p: PathBuf, secs: u64| {
@@ -172,8 +172,8 @@ mod tests {
             root.join("blobs/sha256").join(format!("{}.crc", a.hex())),
             3000,
         );
-        age(root.join("chunks/sha256").join(b.hex()), 2000);
-        age(root.join("chunks/sha256").join(c.hex()), 1000);
+        age(root.join("partial/sha256").join(b.hex()), 2000);
+        age(root.join("partial/sha256").join(c.hex()), 1000);
         [a, b, c]
     }
 
@@ -186,7 +186,7 @@ mod tests {
         assert!(s.contains("blobs:    3 (1 verified, 2 partial)"), "{s}");
         let missing = dir.path().join("nope");
         assert!(stats(&missing).unwrap().contains("empty"));
-        fs::create_dir_all(dir.path().join("empty/v1")).unwrap();
+        fs::create_dir_all(dir.path().join("empty/v2")).unwrap();
         let s = stats(&dir.path().join("empty")).unwrap();
         assert!(
             s.contains("size:     0 B (0 bytes)")
@@ -194,8 +194,8 @@ mod tests {
             "{s}"
         );
         assert!(
-            stats(&dir.path().join("v1")).is_err(),
-            "a dir without v1/ is not a cache"
+            stats(&dir.path().join("v2")).is_err(),
+            "a dir without v2/ is not a cache"
         );
     }
 
@@ -203,7 +203,7 @@ mod tests {
     fn prune_evicts_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
         let [a, b, c] = sample(dir.path());
-        let root = dir.path().join("v1");
+        let root = dir.path().join("v2");
         // 6024 bytes; a limit of 3500 means a (3024, oldest) goes and that is enough.
         let out = prune(dir.path(), 3500).unwrap();
         assert!(out.starts_with("evicted 1 blobs"), "{out}");
@@ -212,15 +212,15 @@ mod tests {
             .join("blobs/sha256")
             .join(format!("{}.crc", a.hex()))
             .exists());
-        assert!(root.join("chunks/sha256").join(b.hex()).exists());
+        assert!(root.join("partial/sha256").join(b.hex()).exists());
         // Touching b makes c the least recently used.
-        fs::File::open(root.join("chunks/sha256").join(b.hex()))
+        fs::File::open(root.join("partial/sha256").join(b.hex()))
             .unwrap()
             .set_modified(SystemTime::now())
             .unwrap();
         prune(dir.path(), 2500).unwrap();
-        assert!(root.join("chunks/sha256").join(b.hex()).exists());
-        assert!(!root.join("chunks/sha256").join(c.hex()).exists());
+        assert!(root.join("partial/sha256").join(b.hex()).exists());
+        assert!(!root.join("partial/sha256").join(c.hex()).exists());
         assert!(usage::dir_bytes(&root) <= 2500);
         let out = prune(dir.path(), 0).unwrap();
         assert!(out.contains("cache is now 0 B"), "{out}");
@@ -236,8 +236,8 @@ mod tests {
         let outside = dir.path().join("precious");
         fs::create_dir_all(&outside).unwrap();
         fs::write(outside.join("keep.txt"), b"keep").unwrap();
-        std::os::unix::fs::symlink(&outside, cache.join("v1/chunks/sha256/link")).unwrap();
-        std::os::unix::fs::symlink(outside.join("keep.txt"), cache.join("v1/tmp/file-link"))
+        std::os::unix::fs::symlink(&outside, cache.join("v2/partial/sha256/link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("keep.txt"), cache.join("v2/tmp/file-link"))
             .unwrap();
         fs::write(cache.join("notes.txt"), b"mine").unwrap();
         let out = clear(&cache).unwrap();
@@ -246,13 +246,13 @@ mod tests {
         assert_eq!(
             fs::read(cache.join("notes.txt")).unwrap(),
             b"mine",
-            "files beside v1/ stay"
+            "files beside v2/ stay"
         );
         assert!(
-            cache.join("v1/blobs/sha256").is_dir(),
+            cache.join("v2/blobs/sha256").is_dir(),
             "the skeleton is left for a running mount"
         );
-        assert_eq!(usage::dir_bytes(&cache.join("v1")), 0);
+        assert_eq!(usage::dir_bytes(&cache.join("v2")), 0);
         assert!(stats(&cache).unwrap().contains("blobs:    0"));
 
         // Not a cache: refused, and nothing is deleted.
@@ -263,10 +263,10 @@ mod tests {
         assert!(err.contains("does not look like an orasfs cache"), "{err}");
         assert!(home.join("thesis.tex").exists());
         assert!(prune(&home, 0).is_err());
-        // A v1 that is a link out of the cache is refused too.
+        // A v2 that is a link out of the cache is refused too.
         let trap = dir.path().join("trap");
         fs::create_dir_all(&trap).unwrap();
-        std::os::unix::fs::symlink(&outside, trap.join("v1")).unwrap();
+        std::os::unix::fs::symlink(&outside, trap.join("v2")).unwrap();
         assert!(clear(&trap).is_err());
         assert!(outside.join("keep.txt").exists());
         assert!(clear(&dir.path().join("missing"))

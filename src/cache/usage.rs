@@ -3,8 +3,9 @@
 //! `orasfs cache` commands scan every time. Nothing here follows a symbolic link: entries
 //! are examined with `lstat`, and a link is at most removed, never entered.
 //!
-//! Sizes are apparent sizes (file lengths), the same measure the size cap uses. "Last
-//! used" is the newest modification time of the blob's verified file and chunk directory;
+//! Sizes are file lengths, except for sparse partial blobs, which count the bytes they
+//! hold; the size cap uses the same measure. "Last
+//! used" is the newest modification time of the blob's files;
 //! see [`super::evict`] for how reads keep it current.
 
 use std::collections::BTreeMap;
@@ -19,25 +20,25 @@ use crate::oci::Digest;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobUsage {
     pub digest: Digest,
-    /// Bytes of its verified file, sidecar and chunk files.
+    /// Bytes of its verified file and sidecar, or of its partial file (as allocated) and map.
     pub bytes: u64,
     pub last_used: SystemTime,
     /// A whole-blob file with its CRC sidecar.
     pub verified: bool,
-    /// A directory of chunks (a blob fetched in part).
+    /// A partial file (a blob fetched in part).
     pub partial: bool,
 }
 
-/// A scan of a cache's `v1/` directory.
+/// A scan of a cache's `v2/` directory.
 #[derive(Debug, Clone, Default)]
 pub struct Usage {
     /// Blobs, oldest use first.
     pub blobs: Vec<BlobUsage>,
-    /// Bytes of every file under `v1/`, including temp files and strays.
+    /// Bytes of every file under `v2/`, including temp files and strays.
     pub total: u64,
 }
 
-/// Scan `root` (a cache's `v1/` directory). A missing directory is an empty cache.
+/// Scan `root` (a cache's `v2/` directory). A missing directory is an empty cache.
 pub fn scan(root: &Path) -> Usage {
     let mut blobs: BTreeMap<Digest, BlobUsage> = BTreeMap::new();
     fn entry(blobs: &mut BTreeMap<Digest, BlobUsage>, digest: Digest) -> &mut BlobUsage {
@@ -49,40 +50,38 @@ pub fn scan(root: &Path) -> Usage {
             partial: false,
         })
     }
-    let mut sidecars = Vec::new();
+    fn add(b: &mut BlobUsage, bytes: u64, meta: &fs::Metadata) {
+        b.bytes += bytes;
+        b.last_used = b
+            .last_used
+            .max(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+    }
     for (name, meta) in entries(&root.join("blobs/sha256")) {
         if !meta.is_file() {
             continue;
         }
         if let Some(d) = digest_named(&name) {
             let b = entry(&mut blobs, d);
-            b.bytes += meta.len();
-            b.last_used = b
-                .last_used
-                .max(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            add(b, meta.len(), &meta);
             b.verified = true;
-        } else if let Some(d) = name.strip_suffix(".crc").and_then(digest_named) {
-            sidecars.push((
-                d,
-                meta.len(),
-                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            ));
+        } else if let Some(d) = [".crc", ".stamp"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).and_then(digest_named))
+        {
+            add(entry(&mut blobs, d), meta.len(), &meta);
         }
     }
-    for (d, len, used) in sidecars {
-        let b = entry(&mut blobs, d);
-        b.bytes += len;
-        b.last_used = b.last_used.max(used);
-    }
-    for (name, meta) in entries(&root.join("chunks/sha256")) {
-        if let (true, Some(d)) = (meta.is_dir(), digest_named(&name)) {
-            let bytes = dir_bytes(&root.join("chunks/sha256").join(&name));
+    for (name, meta) in entries(&root.join("partial/sha256")) {
+        if !meta.is_file() {
+            continue;
+        }
+        if let Some(d) = digest_named(&name) {
+            // A partial blob is sparse: count the bytes it really holds.
             let b = entry(&mut blobs, d);
-            b.bytes += bytes;
-            b.last_used = b
-                .last_used
-                .max(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            add(b, allocated(&meta), &meta);
             b.partial = true;
+        } else if let Some(d) = name.strip_suffix(".map").and_then(digest_named) {
+            add(entry(&mut blobs, d), meta.len(), &meta);
         }
     }
     // A blob file is trusted only beside its sidecar.
@@ -106,6 +105,12 @@ pub fn scan(root: &Path) -> Usage {
     }
 }
 
+/// Bytes a file really occupies (a sparse file less than its length).
+fn allocated(meta: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    (meta.blocks() * 512).min(meta.len())
+}
+
 /// The directory's entries with their `lstat` metadata; unreadable ones are skipped.
 fn entries(dir: &Path) -> Vec<(String, fs::Metadata)> {
     let Ok(rd) = fs::read_dir(dir) else {
@@ -127,7 +132,7 @@ fn digest_named(name: &str) -> Option<Digest> {
 /// Bytes of the regular files under `path`, not following symbolic links.
 pub fn dir_bytes(path: &Path) -> u64 {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_file() => m.len(),
+        Ok(m) if m.is_file() => allocated(&m),
         Ok(m) if m.is_dir() => fs::read_dir(path)
             .map(|rd| rd.flatten().map(|e| dir_bytes(&e.path())).sum())
             .unwrap_or(0),
@@ -156,18 +161,22 @@ pub fn remove_path(path: &Path) -> u64 {
     }
 }
 
-/// Remove every cached byte of one blob from a cache's `v1/` directory; returns bytes freed.
+/// Remove every cached byte of one blob from a cache's `v2/` directory; returns bytes freed.
 pub fn remove_blob(root: &Path, digest: &Digest) -> u64 {
     let blobs = root.join("blobs/sha256");
+    let partial = root.join("partial/sha256");
+    let hex = digest.hex();
     // The blob file goes before its sidecar, so a half-removed blob is never trusted.
-    remove_path(&blobs.join(digest.hex()))
-        + remove_path(&blobs.join(format!("{}.crc", digest.hex())))
-        + remove_path(&root.join("chunks/sha256").join(digest.hex()))
+    remove_path(&blobs.join(hex))
+        + remove_path(&blobs.join(format!("{hex}.stamp")))
+        + remove_path(&blobs.join(format!("{hex}.crc")))
+        + remove_path(&partial.join(format!("{hex}.map")))
+        + remove_path(&partial.join(hex))
 }
 
 /// Record a use of a blob: set the modification time of its verified file's sidecar (or,
-/// for a partial blob, its chunk directory) to now. The blob file itself is left alone, so
-/// its own times change only if its content does (passthrough relies on that).
+/// for a partial blob, its block map) to now. The blob file itself is left alone, so its
+/// own times change only if its content does (passthrough relies on that).
 pub fn touch(root: &Path, digest: &Digest) -> io::Result<()> {
     let sidecar = root
         .join("blobs/sha256")
@@ -175,12 +184,16 @@ pub fn touch(root: &Path, digest: &Digest) -> io::Result<()> {
     let target = if fs::symlink_metadata(&sidecar).is_ok_and(|m| m.is_file()) {
         sidecar
     } else {
-        root.join("chunks/sha256").join(digest.hex())
+        root.join("partial/sha256")
+            .join(format!("{}.map", digest.hex()))
     };
-    if !fs::symlink_metadata(&target).is_ok_and(|m| m.is_file() || m.is_dir()) {
+    if !fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
         return Ok(());
     }
-    File::open(&target)?.set_modified(SystemTime::now())
+    File::options()
+        .write(true)
+        .open(&target)?
+        .set_modified(SystemTime::now())
 }
 
 /// A byte count in binary units: `0 B`, `1023 B`, `1.5 KiB`, `20.0 GiB`.
@@ -216,31 +229,26 @@ mod tests {
     #[test]
     fn scan_counts_verified_partial_and_strays() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("v1");
+        let root = dir.path().join("v2");
         let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
-        fs::create_dir_all(root.join("blobs/sha256")).unwrap();
-        fs::create_dir_all(root.join("chunks/sha256").join(b.hex())).unwrap();
-        fs::create_dir_all(root.join("tmp")).unwrap();
-        fs::write(root.join("blobs/sha256").join(a.hex()), vec![0; 100]).unwrap();
-        fs::write(
-            root.join("blobs/sha256").join(format!("{}.crc", a.hex())),
-            vec![0; 20],
-        )
-        .unwrap();
-        fs::write(
-            root.join("chunks/sha256").join(b.hex()).join("0"),
-            vec![0; 50],
-        )
-        .unwrap();
-        fs::write(
-            root.join("chunks/sha256").join(b.hex()).join("1"),
-            vec![0; 7],
-        )
-        .unwrap();
+        let blobs = root.join("blobs/sha256");
+        let partial = root.join("partial/sha256");
+        for d in [&blobs, &partial, &root.join("tmp")] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(blobs.join(a.hex()), vec![0; 100]).unwrap();
+        fs::write(blobs.join(format!("{}.crc", a.hex())), vec![0; 20]).unwrap();
+        // A sparse partial file counts the bytes it holds, not its length.
+        let f = File::create(partial.join(b.hex())).unwrap();
+        f.set_len(1 << 30).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1; 50], 0).unwrap();
+        let held = allocated(&f.metadata().unwrap());
+        assert!(held < 1 << 20, "sparse: {held}");
+        fs::write(partial.join(format!("{}.map", b.hex())), vec![0; 7]).unwrap();
         // A blob file without a sidecar is a blob, but not a verified one.
-        fs::write(root.join("blobs/sha256").join(c.hex()), vec![0; 3]).unwrap();
-        fs::write(root.join("blobs/sha256/README"), vec![0; 5]).unwrap();
-        fs::write(root.join("tmp/x.chunk"), vec![0; 9]).unwrap();
+        fs::write(blobs.join(c.hex()), vec![0; 3]).unwrap();
+        fs::write(blobs.join("README"), vec![0; 5]).unwrap();
+        fs::write(root.join("tmp/x.crc"), vec![0; 9]).unwrap();
         let u = scan(&root);
         let by: BTreeMap<_, _> = u.blobs.iter().map(|b| (b.digest.clone(), b)).collect();
         assert_eq!(by.len(), 3);
@@ -250,15 +258,15 @@ mod tests {
         );
         assert_eq!(
             (by[&b].bytes, by[&b].verified, by[&b].partial),
-            (57, false, true)
+            (held + 7, false, true)
         );
         assert_eq!(
             (by[&c].bytes, by[&c].verified, by[&c].partial),
             (3, false, false)
         );
-        assert_eq!(u.total, 120 + 57 + 3 + 5 + 9);
-        assert_eq!(remove_blob(&root, &b), 57);
-        assert!(!root.join("chunks/sha256").join(b.hex()).exists());
-        assert_eq!(scan(Path::new("/nonexistent/orasfs/v1")).blobs.len(), 0);
+        assert_eq!(u.total, 120 + held + 7 + 3 + 5 + 9);
+        assert_eq!(remove_blob(&root, &b), held + 7);
+        assert!(!partial.join(b.hex()).exists());
+        assert_eq!(scan(Path::new("/nonexistent/orasfs/v2")).blobs.len(), 0);
     }
 }

@@ -12,6 +12,10 @@ mod auth;
 mod blob;
 pub mod credentials;
 pub mod headers;
+mod outage;
+mod push;
+
+pub use push::PushedManifest;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -21,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LOCATION};
-use reqwest::{Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
@@ -162,6 +166,17 @@ impl WholeAnswer {
     }
 }
 
+/// How hard a request tries.
+#[derive(Debug, Clone, Copy)]
+struct Tries {
+    /// Attempts after the first, for transient failures.
+    retries: u32,
+    /// Give up at the first connect timeout. For metadata: a registry that lets a
+    /// connection time out counts as down at once, rather than after as many more connect
+    /// timeouts as there are retries, each of which a lookup would wait out.
+    stop_at_connect_timeout: bool,
+}
+
 /// A blob by repository and digest, for per-blob memories.
 type BlobKey = (String, Digest);
 
@@ -182,6 +197,8 @@ pub struct Client {
     redirects: Mutex<HashMap<BlobKey, Url>>,
     /// Blobs whose server ignored `Range` and sent the whole blob.
     no_range: Mutex<HashSet<BlobKey>>,
+    /// Whether the registry is down, for metadata requests.
+    health: outage::Health,
 }
 
 impl fmt::Debug for Client {
@@ -271,6 +288,7 @@ impl Client {
             use_basic: AtomicBool::new(false),
             redirects: Mutex::new(HashMap::new()),
             no_range: Mutex::new(HashSet::new()),
+            health: outage::Health::default(),
         })
     }
 
@@ -316,13 +334,33 @@ impl Client {
     /// transient failures (after the retries). `Authorization` is only sent to the
     /// registry's own origin, and a 401 from elsewhere is returned as it is.
     async fn get(&self, url: Url, scope: &str, extra: HeaderMap) -> Result<Response, SourceError> {
+        let tries = Tries {
+            retries: self.cfg.retries,
+            stop_at_connect_timeout: false,
+        };
+        self.send(Method::GET, url, scope, extra, tries).await
+    }
+
+    /// [`Client::get`] with any method and number of tries.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        extra: HeaderMap,
+        tries: Tries,
+    ) -> Result<Response, SourceError> {
+        let retries = tries.retries;
         let mut url = url;
         let mut attempt = 0u32;
         let mut renewed = false;
         let mut hops = 0usize;
         loop {
             let own = self.same_origin(&url);
-            let mut req = self.http.get(url.clone()).headers(extra.clone());
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(extra.clone());
             if own {
                 if let Some(auth) = self.auth_header(scope) {
                     req = req.header(AUTHORIZATION, auth);
@@ -331,11 +369,14 @@ impl Client {
             let delay = match req.send().await {
                 Err(e) => {
                     let err = self.unreachable(&e);
-                    if attempt >= self.cfg.retries || is_certificate_error(&error_chain(&e)) {
+                    if attempt >= retries
+                        || is_certificate_error(&error_chain(&e))
+                        || (tries.stop_at_connect_timeout && e.is_connect() && e.is_timeout())
+                    {
                         return Err(err);
                     }
                     log::warn!(
-                        "GET {}: {err}; retrying (attempt {})",
+                        "{method} {}: {err}; retrying (attempt {})",
                         url.path(),
                         attempt + 1
                     );
@@ -374,11 +415,11 @@ impl Client {
                     let transient = status.is_server_error()
                         || status == StatusCode::TOO_MANY_REQUESTS
                         || status == StatusCode::REQUEST_TIMEOUT;
-                    if !transient || attempt >= self.cfg.retries {
+                    if !transient || attempt >= retries {
                         return Ok(resp);
                     }
                     log::warn!(
-                        "GET {}: HTTP {status}; retrying (attempt {})",
+                        "{method} {}: HTTP {status}; retrying (attempt {})",
                         url.path(),
                         attempt + 1
                     );
@@ -433,15 +474,52 @@ impl Client {
         })
     }
 
-    /// Fetch manifest bytes by tag or digest; returns the bytes, content type and the
-    /// `Docker-Content-Digest` the registry reported.
-    pub fn manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
+    /// `GET /v2/` as a client that means to use the registry: a 401 is answered with the
+    /// credentials (Basic, or a token from the challenge's realm). Fails when the registry
+    /// wants credentials and has none, or refuses the ones given. A token service that
+    /// hands out anonymous tokens passes: its public repositories may be read.
+    pub fn check_access(&self) -> Result<(), SourceError> {
         self.rt.block_on(async {
-            let mut h = HeaderMap::new();
-            h.insert(
-                ACCEPT,
-                HeaderValue::from_static(crate::oci::MANIFEST_ACCEPT),
-            );
+            let resp = self.get(self.url("v2/"), "", HeaderMap::new()).await?;
+            match resp.status() {
+                s if s.is_success() => Ok(()),
+                StatusCode::UNAUTHORIZED => Err(self.refused()),
+                s => Err(self.status_error(s, format!("{}v2/", self.base))),
+            }
+        })
+    }
+
+    /// Fetch manifest bytes by tag or digest; returns the bytes, content type and the
+    /// `Docker-Content-Digest` the registry reported. When there is none, the error says
+    /// what is missing: the repository, or the tag (or digest) in it. The registry's error
+    /// code cannot tell: distribution 2.x answers `MANIFEST_UNKNOWN` for a tag of a
+    /// repository it does not have either; its tag list can (`NAME_UNKNOWN`), and is asked
+    /// only then.
+    pub fn manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
+        let result = self.fetch_manifest(repo, reference);
+        let Err(SourceError::NotFound(_)) = result else {
+            return result;
+        };
+        let registry = &self.cfg.registry;
+        let (sep, what) = match reference.starts_with("sha256:") {
+            true => ('@', "manifest"),
+            false => (':', "tag"),
+        };
+        match self.tags(repo) {
+            Err(SourceError::NotFound(_)) => Err(SourceError::NotFound(format!(
+                "repository {registry}/{repo} (asked for {registry}/{repo}{sep}{reference})"
+            ))),
+            Ok(_) => Err(SourceError::NotFound(format!(
+                "{what} {reference} in repository {registry}/{repo}"
+            ))),
+            Err(_) => result,
+        }
+    }
+
+    /// [`Client::manifest`] without the explanation of a 404.
+    fn fetch_manifest(&self, repo: &str, reference: &str) -> Result<ManifestAnswer, SourceError> {
+        self.rt.block_on(async {
+            let h = manifest_accept();
             let sep = if reference.starts_with("sha256:") {
                 '@'
             } else {
@@ -463,8 +541,65 @@ impl Client {
         })
     }
 
-    /// A successful GET read whole (up to `limit` bytes). A body cut short is asked for
-    /// again, like any transient failure, up to the configured retries.
+    /// The digest a tag points at now, from a `HEAD` of its manifest (which Docker Hub does
+    /// not count as a pull): the `Docker-Content-Digest` reported, or `None` when the
+    /// registry reports none.
+    pub fn manifest_digest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<String>, SourceError> {
+        self.rt.block_on(async {
+            let h = manifest_accept();
+            let what = format!("{}/{repo}:{reference}", self.cfg.registry);
+            let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+            let tries = self.gate()?;
+            let resp = self.settle(
+                self.send(Method::HEAD, url, &pull_scope(repo), h, tries)
+                    .await,
+            )?;
+            if !resp.status().is_success() {
+                return Err(self.status_error(resp.status(), what));
+            }
+            Ok(resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string))
+        })
+    }
+
+    /// How a metadata request may try now, or [`SourceError::Down`] while the registry is
+    /// known to be down (see [`outage`]).
+    fn gate(&self) -> Result<Tries, SourceError> {
+        let retries = match self.health.gate(&self.cfg.registry)? {
+            outage::Gate::Ask => self.cfg.retries,
+            outage::Gate::Probe => 0,
+        };
+        Ok(Tries {
+            retries,
+            stop_at_connect_timeout: true,
+        })
+    }
+
+    /// Note what a metadata request's outcome says about the registry's health; a failure
+    /// to reach it becomes [`SourceError::Down`].
+    fn settle<T>(&self, r: Result<T, SourceError>) -> Result<T, SourceError> {
+        match r {
+            Err(e @ SourceError::Unreachable { .. }) => {
+                Err(self.health.unreachable(&self.cfg.registry, &e))
+            }
+            Err(e @ SourceError::Down { .. }) => Err(e),
+            other => {
+                self.health.answered(&self.cfg.registry);
+                other
+            }
+        }
+    }
+
+    /// A successful GET read whole (up to `limit` bytes), if the registry is not known to
+    /// be down. A body cut short is asked for again, like any transient failure, up to the
+    /// configured retries.
     async fn get_whole(
         &self,
         url: Url,
@@ -473,30 +608,38 @@ impl Client {
         limit: u64,
         what: &str,
     ) -> Result<WholeAnswer, SourceError> {
+        let tries = self.gate()?;
         let mut cuts = 0u32;
-        loop {
-            let resp = self.get(url.clone(), scope, h.clone()).await?;
+        let r = loop {
+            let resp = match self
+                .send(Method::GET, url.clone(), scope, h.clone(), tries)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
             if !resp.status().is_success() {
-                return Err(self.status_error(resp.status(), what));
+                break Err(self.status_error(resp.status(), what));
             }
             let headers = resp.headers().clone();
             let final_url = resp.url().clone();
             match read_capped(resp, limit, what).await {
                 Ok(body) => {
-                    return Ok(WholeAnswer {
+                    break Ok(WholeAnswer {
                         headers,
                         url: final_url,
                         body,
                     })
                 }
-                Err(e @ SourceError::Unreachable { .. }) if cuts < self.cfg.retries => {
+                Err(e @ SourceError::Unreachable { .. }) if cuts < tries.retries => {
                     log::warn!("{what}: {e}; asking again (attempt {})", cuts + 1);
                     tokio::time::sleep(backoff(cuts)).await;
                     cuts += 1;
                 }
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
-        }
+        };
+        self.settle(r)
     }
 
     /// All tags of a repository, following pagination.
@@ -645,6 +788,16 @@ fn redirect_target(from: &Url, resp: &Response) -> Option<Result<Url, SourceErro
 /// `scheme://host:port` of a URL, never its path or query.
 fn describe_origin(u: &Url) -> String {
     u.origin().ascii_serialization()
+}
+
+/// Headers asking for any manifest type orasfs understands.
+fn manifest_accept() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        ACCEPT,
+        HeaderValue::from_static(crate::oci::MANIFEST_ACCEPT),
+    );
+    h
 }
 
 fn pull_scope(repo: &str) -> String {

@@ -34,6 +34,20 @@ pub struct MemorySource {
     pub corrupt: AtomicBool,
     /// Fail every blob fetch with a 503.
     pub down: AtomicBool,
+    /// Flip the byte at this offset of this blob in every body that holds it.
+    pub corrupt_at: Mutex<Option<(Digest, u64)>>,
+    /// Referrers by subject digest.
+    referrers: Mutex<HashMap<Digest, Vec<Descriptor>>>,
+    /// Fail every catalog, tag list and manifest request as if the registry could not be
+    /// reached.
+    pub metadata_down: AtomicBool,
+    /// Answer the catalog with "none", as registries without `/v2/_catalog` do.
+    pub no_catalog: AtomicBool,
+    /// Answer for a repository or tag that is not there as Docker Hub does: "authentication
+    /// required" rather than "not found".
+    pub refuse_unknown: AtomicBool,
+    /// Tag digests asked for without the manifest (HEAD requests).
+    pub head_requests: AtomicU64,
 }
 
 impl MemorySource {
@@ -43,6 +57,16 @@ impl MemorySource {
 
     fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record `referrer` (a manifest's descriptor) as a referrer of `subject`.
+    pub fn put_referrer(&self, subject: &Digest, referrer: Descriptor) {
+        self.referrers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(subject.clone())
+            .or_default()
+            .push(referrer);
     }
 
     /// Store a blob and return its descriptor.
@@ -72,6 +96,35 @@ impl MemorySource {
         digest
     }
 
+    /// Remove a tag.
+    pub fn untag(&self, repo: &str, tag: &str) {
+        if let Some(tags) = self.store().repos.get_mut(repo) {
+            tags.remove(tag);
+        }
+    }
+
+    fn metadata_check(&self) -> Result<(), SourceError> {
+        if self.metadata_down.load(Ordering::Relaxed) {
+            return Err(SourceError::Unreachable {
+                target: "memory".into(),
+                detail: "down".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The error for something not there.
+    fn missing(&self, what: String) -> SourceError {
+        if self.refuse_unknown.load(Ordering::Relaxed) {
+            SourceError::Unauthorized {
+                registry: "memory".into(),
+                hint: format!("access to {what} was denied"),
+            }
+        } else {
+            SourceError::NotFound(what)
+        }
+    }
+
     fn blob(&self, digest: &Digest) -> Option<Arc<Vec<u8>>> {
         self.store().blobs.get(digest).cloned()
     }
@@ -83,21 +136,27 @@ impl Source for MemorySource {
     }
 
     fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
+        self.metadata_check()?;
+        if self.no_catalog.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         Ok(Some(self.store().repos.keys().cloned().collect()))
     }
 
     fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
         self.tag_requests.fetch_add(1, Ordering::Relaxed);
+        self.metadata_check()?;
         self.store()
             .repos
             .get(repo)
             .map(|t| t.keys().cloned().collect())
-            .ok_or_else(|| SourceError::NotFound(format!("repository {repo}")))
+            .ok_or_else(|| self.missing(format!("repository {repo}")))
     }
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
-        let not_found = || SourceError::NotFound(reference.qualify(repo));
+        self.metadata_check()?;
+        let not_found = || self.missing(reference.qualify(repo));
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(t) => self
@@ -114,6 +173,27 @@ impl Source for MemorySource {
             Some(&digest),
             None,
         )
+    }
+
+    fn referrers(&self, _repo: &str, digest: &Digest) -> Result<Vec<Descriptor>, SourceError> {
+        Ok(self
+            .referrers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn tag_digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, SourceError> {
+        self.head_requests.fetch_add(1, Ordering::Relaxed);
+        self.metadata_check()?;
+        self.store()
+            .repos
+            .get(repo)
+            .and_then(|tags| tags.get(tag).cloned())
+            .map(Some)
+            .ok_or_else(|| self.missing(format!("{repo}:{tag}")))
     }
 
     fn fetch_blob(
@@ -134,8 +214,9 @@ impl Source for MemorySource {
         let blob = self
             .blob(digest)
             .ok_or_else(|| SourceError::NotFound(format!("blob {digest}")))?;
-        let (kind, mut body) = match range {
+        let (kind, mut body) = match &range {
             Some(r) if !self.ignore_ranges.load(Ordering::Relaxed) => {
+                let r = r.clone();
                 let end = r.end.min(blob.len() as u64) as usize;
                 let start = (r.start as usize).min(end);
                 (BodyKind::Range, blob[start..end].to_vec())
@@ -145,6 +226,20 @@ impl Source for MemorySource {
         if self.corrupt.load(Ordering::Relaxed) {
             if let Some(b) = body.first_mut() {
                 *b ^= 0xff;
+            }
+        }
+        let at = self
+            .corrupt_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((_, at)) = at.filter(|(d, _)| d == digest) {
+            let base = match (kind, &range) {
+                (BodyKind::Range, Some(r)) => r.start,
+                _ => 0,
+            };
+            if let Some(b) = at.checked_sub(base).and_then(|i| body.get_mut(i as usize)) {
+                *b ^= 0x01;
             }
         }
         self.blob_bytes

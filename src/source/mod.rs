@@ -124,6 +124,13 @@ pub trait Source: Send + Sync {
         range: Option<Range<u64>>,
         sink: &mut dyn BlobSink,
     ) -> Result<(), SourceError>;
+    /// The digest `tag` points at now, asked without fetching the manifest (an HTTP
+    /// `HEAD`), to revalidate a tag seen before; `None` when the source cannot say more
+    /// cheaply than by [`Source::manifest`].
+    fn tag_digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, SourceError> {
+        let _ = (repo, tag);
+        Ok(None)
+    }
     /// Descriptors of the manifests whose `subject` is `digest` (OCI referrers). A source
     /// that keeps none answers an empty list.
     fn referrers(&self, repo: &str, digest: &Digest) -> Result<Vec<Descriptor>, SourceError> {

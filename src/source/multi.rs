@@ -83,6 +83,11 @@ impl Source for MultiSource {
         src.manifest(&rest, reference)
     }
 
+    fn tag_digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, SourceError> {
+        let (src, rest) = self.route(repo)?;
+        src.tag_digest(&rest, tag)
+    }
+
     fn fetch_blob(
         &self,
         repo: &str,

@@ -19,9 +19,19 @@ impl RegistrySource {
         Self { client }
     }
 
+    /// The client underneath, for pushing.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Check that the registry answers at all.
     pub fn ping(&self) -> Result<(), SourceError> {
         self.client.ping()
+    }
+
+    /// Check that the registry lets this client in (see [`Client::check_access`]).
+    pub fn check_access(&self) -> Result<(), SourceError> {
+        self.client.check_access()
     }
 }
 
@@ -70,6 +80,19 @@ impl Source for RegistrySource {
             }
         }
         Ok(fetched)
+    }
+
+    fn tag_digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, SourceError> {
+        match self.client.manifest_digest(repo, tag)? {
+            Some(d) => Digest::parse(&d).map(Some).map_err(|e| SourceError::Oci {
+                what: format!(
+                    "{}/{repo}:{tag}: Docker-Content-Digest header",
+                    self.client.registry()
+                ),
+                source: e,
+            }),
+            None => Ok(None),
+        }
     }
 
     fn fetch_blob(

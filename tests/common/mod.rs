@@ -821,3 +821,40 @@ pub fn have(prog: &str, args: &[&str]) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// Whether a test that needs a tool may run. When `available` is false: under `CI=true`
+/// the test fails with `why` (which names the package to install); elsewhere it is
+/// skipped, saying so on standard error and in `$ORASFS_SKIP_LOG`, from which
+/// scripts/test.sh prints a summary of what was skipped.
+pub fn needs(available: bool, test: &str, why: &str) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {why} (CI=true: a missing tool fails the test)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(log) = std::env::var_os("ORASFS_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = fs::OpenOptions::new().append(true).open(log) {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+    false
+}
+
+/// The Python with the ORAS client: `$ORASFS_PYTHON`, else the virtual environment that
+/// scripts/test.sh makes under the build directory (`target/oras-venv`), else `python3`.
+pub fn oras_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORASFS_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_BIN_EXE_orasfs"))
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("oras-venv/bin/python3"));
+    match venv {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("python3"),
+    }
+}

@@ -134,6 +134,12 @@ struct Shared {
     next_conn: AtomicU64,
     /// Require this `Authorization` value on every request (answer 401 otherwise).
     require_auth: Mutex<Option<(String, String)>>,
+    /// Wait this long before answering each request (a round trip to a distant registry).
+    latency: Mutex<Duration>,
+    /// Until when new connections time out (see [`FaultProxy::go_dark`]).
+    dark_until: Mutex<Option<Instant>>,
+    /// Connections that fill the accept queue while dark.
+    fillers: Mutex<Vec<TcpStream>>,
 }
 
 /// A fault-injecting proxy on `127.0.0.1:PORT` in front of `upstream` (`127.0.0.1:PORT`).
@@ -164,6 +170,9 @@ impl FaultProxy {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             require_auth: Mutex::new(None),
+            latency: Mutex::new(Duration::ZERO),
+            dark_until: Mutex::new(None),
+            fillers: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let acceptor = std::thread::Builder::new()
@@ -229,9 +238,31 @@ impl FaultProxy {
         kill_conns(&self.shared);
     }
 
+    /// Let new connections time out (as a host whose packets are dropped) and reset live
+    /// ones, for `d`. The proxy stops accepting and fills its accept queue, after which the
+    /// kernel drops incoming SYNs.
+    pub fn go_dark(&self, d: Duration) {
+        *lock(&self.shared.dark_until) = Some(Instant::now() + d);
+        kill_conns(&self.shared);
+        std::thread::sleep(Duration::from_millis(50)); // the acceptor sees it
+        let addr: std::net::SocketAddr = self.shared.addr.parse().expect("proxy address");
+        let mut fillers = lock(&self.shared.fillers);
+        for _ in 0..1024 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => fillers.push(s),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Whether the proxy is currently down.
     pub fn is_down(&self) -> bool {
         is_down(&self.shared)
+    }
+
+    /// Wait `d` before answering each request, as a registry `d` away would.
+    pub fn set_latency(&self, d: Duration) {
+        *lock(&self.shared.latency) = d;
     }
 
     /// Answer `401` with `challenge` to every request whose `Authorization` is not `value`.
@@ -283,6 +314,15 @@ fn accept_loop(s: Arc<Shared>, first: TcpListener) {
     let mut listener = Some(first);
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     while !s.stop.load(Ordering::SeqCst) {
+        let dark = *lock(&s.dark_until);
+        if let Some(until) = dark {
+            if Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            *lock(&s.dark_until) = None;
+            lock(&s.fillers).clear();
+        }
         if is_down(&s) {
             // Closing the listening socket makes connects fail with ECONNREFUSED.
             listener = None;
@@ -522,6 +562,7 @@ fn reason(code: u16) -> &'static str {
         206 => "Partial Content",
         307 => "Temporary Redirect",
         401 => "Unauthorized",
+        404 => "Not Found",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
@@ -543,6 +584,10 @@ fn serve_client(s: &Shared, stream: TcpStream) -> io::Result<()> {
             return Ok(());
         }
         lock(&s.arrivals).push(format!("{} {}", req.method, req.target));
+        let latency = *lock(&s.latency);
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
         let mut record = Record {
             method: req.method.clone(),
             path: req.target.clone(),
@@ -759,6 +804,8 @@ pub struct Launch {
     pub cwd: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub stdin: Option<Vec<u8>>,
+    /// A program (and its arguments) that runs orasfs, such as `prlimit --nofile=…`.
+    pub wrapper: Vec<String>,
 }
 
 impl Launch {
@@ -784,20 +831,34 @@ impl Launch {
         self.env.push((k.into(), v.into()));
         self
     }
+    /// Run orasfs under `prog` (which must exec it, keeping the process id).
+    pub fn under(mut self, prog: &[&str]) -> Launch {
+        self.wrapper = prog.iter().map(|s| s.to_string()).collect();
+        self
+    }
     pub fn stdin(mut self, bytes: &[u8]) -> Launch {
         self.stdin = Some(bytes.to_vec());
         self
     }
 
     fn command(&self, cache: &Path, mountpoint: &Path, stderr: &Path) -> io::Result<Child> {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_orasfs"));
+        let bin = env!("CARGO_BIN_EXE_orasfs");
+        let mut c = match self.wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         c.env_remove("RUST_LOG")
             .arg("mount")
             .arg("--foreground")
             .arg("--cache-dir")
             .arg(cache)
             .args(&self.args)
-            .arg(&self.source)
+            // An empty source mounts the multi-registry root.
+            .args((!self.source.is_empty()).then_some(&self.source))
             .arg(mountpoint)
             .stdout(Stdio::null())
             .stderr(File::create(stderr)?)

@@ -1,5 +1,6 @@
-//! Tests of eviction, the size cap, the free-space floor and read-ahead, through the
-//! filesystem core against the in-memory source (which counts requests and bytes).
+//! Tests of the read path with the store: eviction, the size cap, the free-space floor and
+//! read-ahead, through the filesystem core against the in-memory source (which counts
+//! requests and bytes).
 
 use std::ops::Range;
 use std::path::Path;
@@ -7,10 +8,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::chunk::CHUNK_SIZE;
-use super::evict::Space;
-use super::usage::dir_bytes;
-use super::{BlobCache, BlobRef, CacheConfig};
+use super::{BlobReader, ReadConfig};
+use crate::cache::block::BLOCK_SIZE;
+use crate::cache::evict::Space;
+use crate::cache::usage::dir_bytes;
+use crate::cache::{BlobCache, BlobRef, CacheConfig};
 use crate::error::SourceError;
 use crate::fs::{Fs, FsConfig};
 use crate::oci::{Descriptor, Digest, ANNOTATION_TITLE, OCI_MANIFEST};
@@ -72,7 +74,7 @@ fn mount(
     src: Arc<dyn Source>,
     dir: &Path,
     sizes: &[usize],
-    tune: impl FnOnce(&mut CacheConfig),
+    tune: impl FnOnce(&mut CacheConfig, &mut ReadConfig),
 ) -> Setup {
     let (data, layers) = publish(&mem, sizes);
     let tree = Tree::new(
@@ -83,8 +85,10 @@ fn mount(
     .unwrap();
     let mut cfg = CacheConfig::new(dir.to_path_buf());
     cfg.min_free_percent = 0.0;
-    tune(&mut cfg);
-    let fs = Fs::new(tree, BlobCache::open(cfg).unwrap(), FsConfig::default());
+    let mut rcfg = ReadConfig::default();
+    tune(&mut cfg, &mut rcfg);
+    let reader = BlobReader::new(BlobCache::open(cfg).unwrap(), tree.source().clone(), rcfg);
+    let fs = Fs::new(tree, reader, FsConfig::default());
     let inos = (0..sizes.len())
         .map(|k| fs.lookup(ROOT, &format!("f{k}")).unwrap().ino)
         .collect();
@@ -105,7 +109,11 @@ fn mount(
     }
 }
 
-fn setup(dir: &Path, sizes: &[usize], tune: impl FnOnce(&mut CacheConfig)) -> Setup {
+fn setup(
+    dir: &Path,
+    sizes: &[usize],
+    tune: impl FnOnce(&mut CacheConfig, &mut ReadConfig),
+) -> Setup {
     let mem = Arc::new(MemorySource::new());
     mount(mem.clone(), mem, dir, sizes, tune)
 }
@@ -138,48 +146,54 @@ fn served(s: &Setup) -> u64 {
 }
 
 fn cached(dir: &Path, d: &Digest) -> bool {
-    dir.join("v1/blobs/sha256").join(d.hex()).exists()
-        || dir.join("v1/chunks/sha256").join(d.hex()).exists()
+    dir.join("v2/blobs/sha256").join(d.hex()).exists()
+        || dir.join("v2/partial/sha256").join(d.hex()).exists()
 }
 
-/// The cache's size on disk (apparent bytes of every file under `v1/`) must equal what it
-/// accounts, and stay under `cap`.
+/// The cache's size on disk (every file under `v2/`, sparse partial files by the bytes
+/// they hold) must match what it accounts, and stay under `cap`. Sparse files are measured
+/// in filesystem blocks, so a partial blob may hold up to one 4 KiB block more than its
+/// bytes (a short last block).
 fn assert_within(s: &Setup, dir: &Path, cap: u64) {
     s.fs.wait_idle();
-    let on_disk = dir_bytes(&dir.join("v1"));
-    assert!(on_disk <= cap, "{on_disk} bytes on disk, cap {cap}");
-    assert_eq!(
-        s.fs.cache().disk_usage(),
-        on_disk,
-        "the running total matches the disk"
+    let on_disk = dir_bytes(&dir.join("v2"));
+    let accounted = s.fs.cache().disk_usage();
+    assert!(
+        on_disk <= cap + 4096 * s.blobs.len() as u64,
+        "{on_disk} bytes on disk, cap {cap}"
+    );
+    assert!(accounted <= cap, "{accounted} bytes accounted, cap {cap}");
+    assert!(
+        on_disk.abs_diff(accounted) <= 4096 * s.blobs.len() as u64,
+        "the running total ({accounted}) matches the disk ({on_disk})"
     );
 }
 
 #[test]
 fn sequential_reads_fetch_ahead_in_few_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let s = setup(dir.path(), &[40 * MIB as usize], |_| {});
+    let s = setup(dir.path(), &[40 * MIB as usize], |_, _| {});
     let (r0, b0) = (requests(&s), served(&s));
     assert_eq!(read_file(&s.fs, s.inos[0], 128 * 1024), s.data[0]);
     s.fs.wait_idle();
     let reqs = requests(&s) - r0;
     eprintln!(
-        "sequential 40 MiB in 128 KiB reads: {reqs} requests, {} chunks read ahead",
-        s.fs.cache().stats.prefetch_chunks.load(Ordering::Relaxed)
+        "sequential 40 MiB in 128 KiB reads: {reqs} requests, {} blocks read ahead",
+        s.fs.cache().stats.prefetch_blocks.load(Ordering::Relaxed)
     );
     assert!(reqs <= 24, "{reqs} requests for 320 reads");
     assert_eq!(served(&s) - b0, 40 * MIB, "no byte is fetched twice");
-    assert!(s.fs.cache().stats.prefetch_chunks.load(Ordering::Relaxed) >= 30);
+    assert!(s.fs.cache().stats.prefetch_blocks.load(Ordering::Relaxed) >= 30);
 }
 
 #[test]
 fn random_reads_do_not_read_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let size = 64 * MIB;
-    let s = setup(dir.path(), &[size as usize], |_| {});
+    let s = setup(dir.path(), &[size as usize], |_, _| {});
     let fh = s.fs.open(s.inos[0], false).unwrap();
     let (r0, b0) = (requests(&s), served(&s));
-    // Scattered offsets, each at least 2 MiB from the last read and inside one chunk.
+    // Scattered offsets, each at least 2 MiB from the last read and inside one block.
     let mut offsets: Vec<u64> = Vec::new();
     let mut x: u64 = 12345;
     while offsets.len() < 40 {
@@ -188,7 +202,7 @@ fn random_reads_do_not_read_ahead() {
             .wrapping_add(1442695040888963407);
         let off = (x >> 20) % (size - 4096);
         let far = offsets.last().is_none_or(|p| off.abs_diff(*p) > 2 * MIB);
-        if far && off % CHUNK_SIZE <= CHUNK_SIZE - 4096 {
+        if far && off % BLOCK_SIZE <= BLOCK_SIZE - 4096 {
             offsets.push(off);
         }
     }
@@ -201,12 +215,12 @@ fn random_reads_do_not_read_ahead() {
     let (reqs, bytes) = (requests(&s) - r0, served(&s) - b0);
     eprintln!("{reads} random 4 KiB reads: {reqs} requests, {bytes} bytes");
     assert!(
-        bytes <= reads * CHUNK_SIZE,
+        bytes <= reads * BLOCK_SIZE,
         "{bytes} bytes for {reads} reads"
     );
     assert!(reqs <= reads);
     assert_eq!(
-        s.fs.cache().stats.prefetch_chunks.load(Ordering::Relaxed),
+        s.fs.cache().stats.prefetch_blocks.load(Ordering::Relaxed),
         0
     );
     s.fs.release(fh);
@@ -238,7 +252,7 @@ impl Source for FailingReadAhead {
     ) -> Result<(), SourceError> {
         if std::thread::current()
             .name()
-            .is_some_and(|n| n.starts_with("orasfs-readahead"))
+            .is_some_and(|n| n.starts_with("orasfs-read-"))
         {
             return Err(SourceError::Status {
                 url: "memory://read-ahead".into(),
@@ -258,12 +272,12 @@ fn a_failing_read_ahead_never_fails_a_read() {
         Arc::new(FailingReadAhead(mem)),
         dir.path(),
         &[20 * MIB as usize],
-        |_| {},
+        |_, _| {},
     );
     assert_eq!(read_file(&s.fs, s.inos[0], 128 * 1024), s.data[0]);
     s.fs.wait_idle();
     assert!(s.fs.cache().stats.prefetch_failures.load(Ordering::Relaxed) > 0);
-    assert!(s.fs.cache().stats.prefetch_chunks.load(Ordering::Relaxed) > 0);
+    assert!(s.fs.cache().stats.prefetch_blocks.load(Ordering::Relaxed) > 0);
 }
 
 #[test]
@@ -271,9 +285,9 @@ fn the_size_cap_holds_and_evicted_blobs_lose_their_memory_state() {
     let dir = tempfile::tempdir().unwrap();
     let cap = 12 * MIB;
     let size = 5 * MIB as usize + 3;
-    let s = setup(dir.path(), &[size; 4], |c| {
-        c.small_blob = 0;
+    let s = setup(dir.path(), &[size; 4], |c, r| {
         c.max_size = Some(cap);
+        r.small_blob = 0;
     });
     for k in 0..4 {
         assert_eq!(
@@ -284,7 +298,7 @@ fn the_size_cap_holds_and_evicted_blobs_lose_their_memory_state() {
         assert_within(&s, dir.path(), cap);
         if k == 0 {
             assert!(
-                s.fs.cache().is_verified(&s.blobs[0]),
+                s.fs.reader().is_verified(&s.blobs[0]),
                 "read whole, verified, promoted"
             );
         }
@@ -296,14 +310,14 @@ fn the_size_cap_holds_and_evicted_blobs_lose_their_memory_state() {
         "the least recently used went first"
     );
     assert!(
-        !c.is_verified(&s.blobs[0]),
+        !s.fs.reader().is_verified(&s.blobs[0]),
         "eviction drops the verified state with the file"
     );
     assert_eq!(
         s.fs.getxattr(s.inos[0], "user.orasfs.verified").unwrap(),
-        b"false"
+        b"none"
     );
-    // Its chunks are gone from memory too: reading it again fetches it again.
+    // Its blocks are gone too: reading it again fetches it again.
     let r0 = requests(&s);
     let fh = s.fs.open(s.inos[0], false).unwrap();
     assert_eq!(s.fs.read(fh, 10, 100).unwrap(), &s.data[0][10..110]);
@@ -317,9 +331,9 @@ fn the_size_cap_holds_and_evicted_blobs_lose_their_memory_state() {
 fn a_blob_open_for_reading_is_never_evicted() {
     let dir = tempfile::tempdir().unwrap();
     let cap = 10 * MIB;
-    let s = setup(dir.path(), &[4 * MIB as usize; 3], |c| {
-        c.small_blob = 0;
+    let s = setup(dir.path(), &[4 * MIB as usize; 3], |c, r| {
         c.max_size = Some(cap);
+        r.small_blob = 0;
     });
     let pinned = s.fs.open(s.inos[0], false).unwrap();
     assert_eq!(read_through(&s.fs, pinned, 128 * 1024), s.data[0]);
@@ -368,8 +382,8 @@ fn small_disk(root: &Path) -> Option<Space> {
 fn the_free_space_floor_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     // Keeping 10% (10 MiB) free leaves the cache 8 MiB.
-    let s = setup(dir.path(), &[3 * MIB as usize; 4], |c| {
-        c.small_blob = 0;
+    let s = setup(dir.path(), &[3 * MIB as usize; 4], |c, r| {
+        r.small_blob = 0;
         c.min_free_percent = 10.0;
         c.space_probe = small_disk;
     });
@@ -388,9 +402,9 @@ fn the_free_space_floor_is_kept() {
 fn concurrent_readers_under_a_tight_cap_read_correct_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let cap = 8 * MIB;
-    let s = Arc::new(setup(dir.path(), &[3 * MIB as usize + 7; 6], |c| {
-        c.small_blob = 0;
+    let s = Arc::new(setup(dir.path(), &[3 * MIB as usize + 7; 6], |c, r| {
         c.max_size = Some(cap);
+        r.small_blob = 0;
     }));
     let threads: Vec<_> = (0..6)
         .map(|k| {
@@ -415,9 +429,13 @@ fn concurrent_readers_under_a_tight_cap_read_correct_bytes() {
 fn backdate(dir: &Path, d: &Digest, hours: u64) {
     let t = SystemTime::now() - Duration::from_secs(hours * 3600);
     for p in [
-        dir.join("v1/blobs/sha256").join(d.hex()),
-        dir.join("v1/blobs/sha256").join(format!("{}.crc", d.hex())),
-        dir.join("v1/chunks/sha256").join(d.hex()),
+        dir.join("v2/blobs/sha256").join(d.hex()),
+        dir.join("v2/blobs/sha256").join(format!("{}.crc", d.hex())),
+        dir.join("v2/blobs/sha256")
+            .join(format!("{}.stamp", d.hex())),
+        dir.join("v2/partial/sha256").join(d.hex()),
+        dir.join("v2/partial/sha256")
+            .join(format!("{}.map", d.hex())),
     ] {
         if p.exists() {
             std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
@@ -430,7 +448,7 @@ fn use_is_recorded_on_disk_and_a_smaller_cap_applies_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let size = 2 * MIB as usize;
     let blobs = {
-        let s = setup(dir.path(), &[size; 3], |c| c.small_blob = 0);
+        let s = setup(dir.path(), &[size; 3], |_, r| r.small_blob = 0);
         for k in 0..3 {
             assert_eq!(read_file(&s.fs, s.inos[k], MIB as u32), s.data[k]);
         }
@@ -443,15 +461,15 @@ fn use_is_recorded_on_disk_and_a_smaller_cap_applies_at_open() {
     }
     {
         // Reading blob 0 in a new session records the use on disk.
-        let s = setup(dir.path(), &[size; 3], |c| c.small_blob = 0);
+        let s = setup(dir.path(), &[size; 3], |_, r| r.small_blob = 0);
         let r0 = requests(&s);
         assert_eq!(read_file(&s.fs, s.inos[0], MIB as u32), s.data[0]);
         assert_eq!(requests(&s), r0, "served from the cache");
         s.fs.wait_idle();
     }
     // Reopened with room for two blobs: the least recently used (1) is evicted at once.
-    let s = setup(dir.path(), &[size; 3], |c| {
-        c.small_blob = 0;
+    let s = setup(dir.path(), &[size; 3], |c, r| {
+        r.small_blob = 0;
         c.max_size = Some(2 * size as u64 + MIB);
     });
     assert!(cached(dir.path(), &blobs[0].digest));
@@ -465,21 +483,21 @@ fn whole_blob_fetches_are_accounted_under_the_cap() {
     let cap = 8 * MIB;
     // Strict mode fetches and verifies whole blobs before the first byte.
     let dir = tempfile::tempdir().unwrap();
-    let s = setup(dir.path(), &[3 * MIB as usize; 4], |c| {
-        c.verify = super::VerifyMode::Strict;
+    let s = setup(dir.path(), &[3 * MIB as usize; 4], |c, r| {
+        r.verify = super::VerifyMode::Strict;
         c.max_size = Some(cap);
     });
     for k in 0..4 {
         assert_eq!(read_file(&s.fs, s.inos[k], 128 * 1024), s.data[k]);
-        assert!(s.fs.cache().is_verified(&s.blobs[k]));
+        assert!(s.fs.reader().is_verified(&s.blobs[k]));
         assert_within(&s, dir.path(), cap);
     }
     assert!(s.fs.cache().stats.evicted_blobs.load(Ordering::Relaxed) >= 2);
-    // A server that ignores ranges sends whole blobs to the chunked path.
+    // A server that ignores ranges sends whole blobs to the block path.
     let dir = tempfile::tempdir().unwrap();
-    let s = setup(dir.path(), &[3 * MIB as usize; 4], |c| {
-        c.small_blob = 0;
+    let s = setup(dir.path(), &[3 * MIB as usize; 4], |c, r| {
         c.max_size = Some(cap);
+        r.small_blob = 0;
     });
     s.mem.ignore_ranges.store(true, Ordering::Relaxed);
     for k in 0..4 {
@@ -487,4 +505,62 @@ fn whole_blob_fetches_are_accounted_under_the_cap() {
         assert_within(&s, dir.path(), cap);
     }
     assert!(s.fs.cache().stats.evicted_blobs.load(Ordering::Relaxed) >= 2);
+}
+
+/// A disk with no room at all: the store refuses every block.
+fn no_room(_: &Path) -> Option<Space> {
+    Some(Space {
+        total: 100 * MIB,
+        avail: 0,
+    })
+}
+
+#[test]
+fn a_blob_held_in_memory_and_named_with_a_larger_size_is_eio_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemorySource::new());
+    let data = bytes(300_000, 7);
+    let mut honest = mem.put_blob("application/octet-stream", data.clone());
+    let mut liar = honest.clone();
+    liar.size += 1000;
+    honest
+        .annotations
+        .insert(ANNOTATION_TITLE.into(), "honest".into());
+    liar.annotations
+        .insert(ANNOTATION_TITLE.into(), "liar".into());
+    let config = mem.put_blob("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc_json(&config),
+        "layers": [desc_json(&honest), desc_json(&liar)],
+    }))
+    .unwrap();
+    mem.put_manifest("r", Some("t"), manifest);
+    let tree = Tree::new(
+        mem.clone(),
+        RootKind::Artifact("r".into(), Reference::Tag("t".into())),
+        TreeConfig::default(),
+    )
+    .unwrap();
+    let mut cfg = CacheConfig::new(dir.path().to_path_buf());
+    cfg.min_free_percent = 10.0;
+    cfg.space_probe = no_room;
+    let reader = BlobReader::new(
+        BlobCache::open(cfg).unwrap(),
+        mem.clone(),
+        ReadConfig::default(),
+    );
+    let fs = Fs::new(tree, reader, FsConfig::default());
+    let ino = fs.lookup(ROOT, "honest").unwrap().ino;
+    assert!(read_file(&fs, ino, 64 * 1024) == data, "served from memory");
+    assert_eq!(
+        fs.cache().stats.verified_blobs.load(Ordering::Relaxed),
+        1,
+        "a blob verified in memory is counted"
+    );
+    let liar = fs.lookup(ROOT, "liar").unwrap().ino;
+    let fh = fs.open(liar, false).unwrap();
+    let err = fs.read(fh, 299_990, 1000).unwrap_err();
+    assert_eq!(crate::error::to_errno(&err), libc::EIO, "{err}");
 }

@@ -1,0 +1,168 @@
+//! What the read path knows of one blob while it is in use: its partial file, which of its
+//! blocks are being fetched right now (single-flight per block), and how far its sha256
+//! has got.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::{lock, BlobCache, BlobRef, Partial};
+use crate::error::CacheError;
+
+/// The blob's running sha256, fed blocks in order.
+pub(super) struct HashProgress {
+    /// The next block to hash.
+    pub next: u64,
+    pub hasher: Sha256,
+    /// Every block was hashed and the verdict taken (by whoever got there first).
+    pub done: bool,
+}
+
+impl HashProgress {
+    pub fn new() -> Self {
+        Self {
+            next: 0,
+            hasher: Sha256::new(),
+            done: false,
+        }
+    }
+}
+
+/// The read path's state of one blob, shared by its open files, reads and read-ahead.
+pub(super) struct BlobState {
+    pub blob: BlobRef,
+    partial: Mutex<Option<Arc<Partial>>>,
+    /// Blocks some fetch has claimed and not yet finished.
+    flight: Mutex<HashSet<u64>>,
+    landed: Condvar,
+    pub hash: Mutex<HashProgress>,
+    /// Every byte was hashed and matched the digest (whether or not it could be stored).
+    pub verified: AtomicBool,
+    /// Bumped when the blob's bytes are dropped (a digest mismatch): fetches started
+    /// before then neither store nor hash what they bring.
+    generation: AtomicU64,
+    /// Where the blob's block index may be found.
+    pub hint: Mutex<Option<super::index::IndexHint>>,
+}
+
+impl BlobState {
+    pub fn new(blob: BlobRef) -> Self {
+        Self {
+            blob,
+            partial: Mutex::new(None),
+            flight: Mutex::new(HashSet::new()),
+            landed: Condvar::new(),
+            hash: Mutex::new(HashProgress::new()),
+            verified: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            hint: Mutex::new(None),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The blob's partial file, opened on first use; `None` when the store cannot open it
+    /// (the disk is full or read-only), and then every fetch is served from memory.
+    pub fn partial(&self, cache: &BlobCache) -> Option<Arc<Partial>> {
+        let mut p = lock(&self.partial);
+        if p.is_none() {
+            match cache.partial(&self.blob) {
+                Ok(opened) => *p = Some(opened),
+                Err(e) => log::debug!("{}: no partial file ({e})", self.blob.digest),
+            }
+        }
+        p.clone()
+    }
+
+    /// Forget the partial file (after a digest mismatch deleted it): the next use opens a
+    /// fresh one, and hashing starts again.
+    pub fn reset(&self) {
+        let mut h = lock(&self.hash);
+        self.reset_holding(&mut h);
+    }
+
+    /// [`BlobState::reset`], for a caller that holds the hash lock.
+    pub fn reset_holding(&self, h: &mut HashProgress) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.partial) = None;
+        *h = HashProgress::new();
+        self.verified.store(false, Ordering::Release);
+    }
+
+    /// Claim the blocks of `range` that are neither present nor in flight. Returns the
+    /// claimed blocks and those another fetch is bringing.
+    pub fn claim(&self, p: Option<&Partial>, range: Range<u64>) -> (Vec<u64>, Vec<u64>) {
+        let mut flight = lock(&self.flight);
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        for i in range {
+            if p.is_some_and(|p| p.has(i)) {
+                continue;
+            }
+            if flight.insert(i) {
+                mine.push(i);
+            } else {
+                theirs.push(i);
+            }
+        }
+        (mine, theirs)
+    }
+
+    /// A claimed block is done (stored, or given up): wake whoever waits for it.
+    pub fn release(&self, blocks: impl IntoIterator<Item = u64>) {
+        let mut flight = lock(&self.flight);
+        for i in blocks {
+            flight.remove(&i);
+        }
+        drop(flight);
+        self.landed.notify_all();
+    }
+
+    /// Wait until none of `blocks` is in flight.
+    pub fn wait(&self, blocks: &[u64]) {
+        let mut flight = lock(&self.flight);
+        while blocks.iter().any(|i| flight.contains(i)) {
+            flight = self.landed.wait(flight).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
+    }
+
+    pub fn integrity(&self, detail: String) -> CacheError {
+        CacheError::Integrity {
+            digest: self.blob.digest.clone(),
+            detail,
+        }
+    }
+}
+
+/// Split sorted block numbers into runs of consecutive blocks, each at most `max` long.
+pub(super) fn runs(blocks: &[u64], max: u64) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for &i in blocks {
+        match out.last_mut() {
+            Some(r) if r.end == i && r.end - r.start < max.max(1) => r.end += 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_adjacent_blocks_up_to_a_cap() {
+        assert_eq!(runs(&[], 4), Vec::<Range<u64>>::new());
+        assert_eq!(runs(&[1, 2, 3, 7, 8, 10], 4), vec![1..4, 7..9, 10..11]);
+        assert_eq!(runs(&[0, 1, 2, 3, 4, 5], 4), vec![0..4, 4..6]);
+        assert_eq!(runs(&[5, 6], 0), vec![5..6, 6..7]);
+    }
+}
