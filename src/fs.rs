@@ -12,6 +12,7 @@ use crate::archive::index::{Node as ArchiveNode, NodeKind};
 use crate::archive::open::Limits;
 use crate::archive::view::{Member, Views};
 use crate::archive::{Archive, MemberReader, ReadBlob};
+use crate::cache::BlobRef;
 use crate::error::FsError;
 use crate::read::{BlobReader, OpenBlob};
 use crate::tree::{Ino, Node, Tree, ROOT};
@@ -225,20 +226,19 @@ impl Fs {
         } else {
             return Ok(None);
         };
-        let open = self.reader.open(&blob, None);
         let archive = self
             .archives
-            .archive(member.view, &self.blob_bytes(&open))?;
+            .archive(member.view, &self.blob_bytes(&blob))?;
         if !Views::owns(ino) {
             member.node = self.archives.root(member.view);
         }
         Ok(Some((member, archive)))
     }
 
-    fn blob_bytes<'a>(&'a self, open: &'a OpenBlob) -> ReadBlob<'a> {
+    fn blob_bytes<'a>(&'a self, blob: &'a BlobRef) -> ReadBlob<'a> {
         ReadBlob {
             reader: &self.reader,
-            open,
+            blob,
         }
     }
 
@@ -315,6 +315,13 @@ impl Fs {
 
     /// Open a directory: a tag directory is entered (its manifest fetched) now.
     pub fn opendir(&self, ino: Ino) -> Result<(), FsError> {
+        if Views::owns(ino) {
+            let (m, a) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
+            return match Views::node(&a, m)?.kind {
+                NodeKind::Dir => Ok(()),
+                _ => Err(FsError::NotDir),
+            };
+        }
         self.tree.enter(ino)
     }
 
@@ -380,7 +387,7 @@ impl Fs {
                 archive,
                 member,
                 open,
-            } => Ok(archive.read(&self.blob_bytes(open), member, offset, size)?),
+            } => Ok(archive.read(&self.blob_bytes(open.blob()), member, offset, size)?),
             Handle::Blob(open) => Ok(self.reader.read(open, offset, size)?),
         }
     }
@@ -495,7 +502,7 @@ impl Fs {
     /// attributes of every entry, and must not fetch a manifest each); asking for one by
     /// name enters it.
     pub fn getxattr(&self, ino: Ino, name: &str) -> Result<Vec<u8>, FsError> {
-        if name.starts_with("user.oci.") {
+        if name.starts_with("user.oci.") && !Views::owns(ino) {
             self.tree.enter(ino)?;
         }
         self.xattrs(ino)?

@@ -108,9 +108,10 @@ if r.status_code not in (200, 201):
         .unwrap();
     assert!(
         out.status.success(),
-        "diff -r: {}{}",
+        "diff -r: {}{}\norasfs: {}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        m.stderr()
     );
     // Symlinks are symlinks with their text; modes are read-only; the raw blob stays.
     assert_eq!(
@@ -283,7 +284,10 @@ fn a_fresh_mount_reads_a_tar_gz_member_from_its_nearest_checkpoint() {
     assert_eq!(names(&m.join("gz")).len(), 24);
     drop(m);
     // Keep the archive index, drop the blob's cached bytes: the next mount must fetch.
-    for entry in fs::read_dir(cache.path().join("v1")).unwrap() {
+    let root = find_dir(cache.path(), "archives")
+        .and_then(|a| a.parent().map(Path::to_path_buf))
+        .expect("an archives directory in the cache");
+    for entry in fs::read_dir(&root).unwrap() {
         let p = entry.unwrap().path();
         if p.file_name().is_some_and(|n| n != "archives") && p.is_dir() {
             fs::remove_dir_all(&p).unwrap();
@@ -314,6 +318,22 @@ fn a_fresh_mount_reads_a_tar_gz_member_from_its_nearest_checkpoint() {
         "read {read} bytes of a {}-byte blob for one member",
         blob.len()
     );
+}
+
+/// The first directory named `name` under `dir`.
+fn find_dir(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == name) {
+                return Some(p);
+            }
+            if let Some(found) = find_dir(&p, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
 }
 
 /// A tar with every hostile case, made by Python's tarfile (which writes what it is told).

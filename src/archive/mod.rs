@@ -21,7 +21,8 @@ pub mod view;
 pub use kind::UnpackMode;
 pub use open::{Archive, MemberReader};
 
-use crate::read::{BlobReader, OpenBlob};
+use crate::cache::BlobRef;
+use crate::read::BlobReader;
 
 /// Errors reading an archive. All of them reach the user as EIO.
 #[derive(Debug, thiserror::Error)]
@@ -50,20 +51,22 @@ pub trait BlobBytes {
     fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, ArchiveError>;
 }
 
-/// [`BlobBytes`] over the read path, through an open blob.
+/// [`BlobBytes`] over the read path. Each read opens the blob afresh, so the read path's
+/// per-handle read-ahead never fetches past what a member read asks for.
 pub struct ReadBlob<'a> {
     pub reader: &'a BlobReader,
-    pub open: &'a OpenBlob,
+    pub blob: &'a BlobRef,
 }
 
 impl BlobBytes for ReadBlob<'_> {
     fn size(&self) -> u64 {
-        self.open.blob().size
+        self.blob.size
     }
 
     fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, ArchiveError> {
+        let open = self.reader.open(self.blob, None);
         self.reader
-            .read(self.open, offset, len)
+            .read(&open, offset, len)
             .map_err(|e| ArchiveError::Read(e.to_string()))
     }
 }
