@@ -35,6 +35,7 @@ pub fn snapshot(fs: &Fs) -> String {
             "verified_blobs": get(&c.verified_blobs),
             "failures": get(&c.integrity_failures),
         },
+        "hosts": fs.tree().source().traffic(),
         "errors": errors,
     });
     let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
