@@ -279,6 +279,21 @@ pub struct MountArgs {
     /// Retries of a failed registry request before the read fails with EIO.
     #[arg(long, default_value_t = 4)]
     pub retries: u32,
+    /// Mirrors from this containers-registries.conf(5) file only [default:
+    /// ~/.config/containers/registries.conf or /etc/containers/registries.conf, plus the
+    /// registries.conf.d/ drop-ins].
+    #[arg(long, value_name = "FILE")]
+    pub registries_conf: Option<PathBuf>,
+    /// containerd hosts directory holding HOST/hosts.toml [default: /etc/containerd/certs.d].
+    #[arg(long, value_name = "DIR")]
+    pub hosts_dir: Option<PathBuf>,
+    /// Ask this mirror (a pull-through cache) for blobs and manifests by digest before the
+    /// registry; repeatable, tried in order. PREFIX is put before the repository name.
+    #[arg(long, value_name = "HOST[/PREFIX]")]
+    pub mirror: Vec<String>,
+    /// How long a mirror that failed is skipped before it is asked again.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub mirror_cooldown: Duration,
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod fleet;
 pub mod fs;
 pub mod fuse;
 pub mod helper;

@@ -9,6 +9,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::cache::{BlobCache, CacheConfig};
 use crate::cli::{default_cache_dir, MountArgs};
 use crate::daemon::Readiness;
+use crate::fleet::source::FleetSource;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
 use crate::read::{BlobReader, ReadConfig};
@@ -177,12 +178,12 @@ pub fn unmount(p: &Path, lazy: bool) -> Result<(), Failure> {
 /// A client for one registry, configured from the flags, and checked to answer.
 /// `plain` is the scheme a SOURCE URL named (`Some(true)` for `http://`, `Some(false)` for
 /// `https://`); without one, loopback hosts and `--plain-http` mean plain HTTP.
-fn connect(
+fn client(
     args: &MountArgs,
     registry: &str,
     explicit: Option<crate::registry::Credentials>,
     plain: Option<bool>,
-) -> Result<RegistrySource, crate::error::SourceError> {
+) -> Result<Client, crate::error::SourceError> {
     let mut cfg = ClientConfig::new(registry);
     cfg.plain_http = plain.unwrap_or(cfg.plain_http || args.plain_http);
     cfg.insecure = args.insecure;
@@ -199,9 +200,49 @@ fn connect(
     if args.insecure {
         log::warn!("--insecure: TLS certificates of {registry} are not verified");
     }
-    let src = RegistrySource::new(Client::new(cfg)?);
-    src.ping()?;
-    Ok(src)
+    Client::new(cfg)
+}
+
+/// The registry behind the mirrors configured for it (see [`crate::fleet`]), checked to
+/// answer; refused when the configuration blocks it (or `repo`).
+fn connect(
+    args: &MountArgs,
+    registry: &str,
+    repo: Option<&str>,
+    explicit: Option<crate::registry::Credentials>,
+    plain: Option<bool>,
+) -> Result<FleetSource, crate::error::SourceError> {
+    let settings = crate::fleet::Settings {
+        registries_conf: args.registries_conf.clone(),
+        hosts_dir: args.hosts_dir.clone(),
+        mirrors: args.mirror.clone(),
+        home: std::env::var_os("HOME").map(std::path::PathBuf::from),
+    };
+    let refused =
+        |e: crate::fleet::FleetError| crate::error::SourceError::Unsupported(e.to_string());
+    let plan = crate::fleet::Plan::load(&settings, registry).map_err(refused)?;
+    plan.check(repo).map_err(refused)?;
+    let origin = RegistrySource::new(client(args, registry, explicit, plain)?);
+    origin.ping()?;
+    // A mirror gets its own client: its own credentials (never the origin's), the
+    // mount's timeouts, and one retry, since the next source is there to serve.
+    let make = |m: &crate::fleet::MirrorSpec| {
+        let mut cfg = ClientConfig::new(&m.host);
+        cfg.plain_http = m.plain_http.unwrap_or(cfg.plain_http);
+        cfg.insecure = m.insecure;
+        cfg.ca_file = m.ca.clone();
+        cfg.connect_timeout = args.connect_timeout;
+        cfg.read_timeout = args.read_timeout;
+        cfg.retries = args.retries.min(1);
+        cfg.credentials =
+            crate::registry::credentials::resolve(&m.host, None, args.auth_file.as_deref())
+                .map_err(|detail| crate::error::SourceError::Protocol {
+                    what: format!("credentials for mirror {}", m.host),
+                    detail,
+                })?;
+        Ok(RegistrySource::new(Client::new(cfg)?))
+    };
+    FleetSource::new(origin, plan, args.mirror_cooldown, &make)
 }
 
 /// Split an `https://` or `http://` prefix off a registry SOURCE: `https://` forces TLS
@@ -242,7 +283,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
         }
         let flags = args.clone();
         let multi = Arc::new(MultiSource::new(Box::new(move |host: &str| {
-            Ok(Arc::new(connect(&flags, host, None, None)?) as Arc<dyn Source>)
+            Ok(Arc::new(connect(&flags, host, None, None, None)?) as Arc<dyn Source>)
         })));
         return finish(args, multi.clone(), RootKind::Hosts(multi), "orasfs");
     };
@@ -261,12 +302,13 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
             repo,
             reference,
         } => {
-            let src = connect(args, &registry, explicit, plain).map_err(|e| e.to_string())?;
+            let src = connect(args, &registry, repo.as_deref(), explicit, plain)
+                .map_err(|e| e.to_string())?;
             let root = match (repo, reference) {
                 (None, _) => {
                     // Like a repository or an artifact, a registry that wants credentials
                     // the mount does not have fails now, not at the first `ls`.
-                    src.check_access().map_err(|e| e.to_string())?;
+                    src.origin().check_access().map_err(|e| e.to_string())?;
                     RootKind::Registry
                 }
                 (Some(repo), None) => {

@@ -36,6 +36,7 @@ pub fn snapshot(fs: &Fs) -> String {
             "failures": get(&c.integrity_failures),
             "block_failures": get(&c.block_failures),
         },
+        "hosts": fs.tree().source().traffic(),
         "errors": errors,
     });
     let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();

@@ -147,10 +147,10 @@ impl<'a> FillSink<'a> {
         };
         // After the blob's bytes were dropped, what this fetch brings is not trusted.
         let current = sound && self.state.generation() == self.generation;
+        let mut stored = false;
         if let Some(p) = self.partial.as_ref().filter(|_| current) {
-            if ours || !p.has(i) {
-                self.inner.cache.store_block(p, &self.state.blob, i, &data);
-            }
+            stored =
+                p.has(i) && !ours || self.inner.cache.store_block(p, &self.state.blob, i, &data);
         }
         if ours {
             self.state.release(i..i + 1);
@@ -162,6 +162,9 @@ impl<'a> FillSink<'a> {
                     .advance_hash(self.state, Some((i, &data)), super::HashWait::No)
             {
                 self.mismatch.get_or_insert(e);
+            }
+            if !stored {
+                self.inner.hold_unstored(self.state, i, &data);
             }
         }
         if sound && self.keep.contains(&i) {

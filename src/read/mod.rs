@@ -454,6 +454,14 @@ impl Inner {
                 }
                 let n = blocks.end - blocks.start;
                 let p = state.partial(&self.cache);
+                // Another fetch may have brought them meanwhile: a server that ignores
+                // `Range` answers every request with the whole blob, which lands every
+                // block; fetching the rest of a queued window again would cost a whole
+                // blob per job.
+                if p.as_ref().is_some_and(|p| blocks.clone().all(|i| p.has(i))) {
+                    state.release(blocks);
+                    return;
+                }
                 if let Err(e) = self.fetch_run(&state, p, blocks, false, generation) {
                     CacheStats::add(&self.stats().prefetch_failures, 1);
                     log::debug!(
@@ -472,6 +480,9 @@ impl Inner {
 
     /// Claim the missing blocks of a read-ahead window and queue their fetch.
     fn read_ahead(&self, state: &Arc<BlobState>, bytes: Range<u64>, generation: u64) {
+        if state.refusing.load(Ordering::Acquire) {
+            return; // the store takes nothing: what read-ahead brings would be dropped
+        }
         let Some(p) = state.partial(&self.cache) else {
             return; // read-ahead into memory is not worth it
         };
@@ -536,6 +547,13 @@ impl Inner {
         // hashes, so a whole-file read never ends successfully with a wrong byte.
         if end == blob.size && !state.is_verified() {
             self.advance_hash(state, None, HashWait::Yes)?;
+            if !state.is_verified() && state.unverifiable.load(Ordering::Acquire) {
+                return Err(state.integrity(
+                    "the cache had no room to keep its bytes for the digest check, so a read \
+                     to its end cannot be vouched for"
+                        .into(),
+                ));
+            }
         }
         Ok(out)
     }
@@ -738,6 +756,11 @@ impl Inner {
                         continue;
                     }
                 }
+                if let Some(b) = lock(&state.pending).remove(&i) {
+                    h.hasher.update(&b);
+                    h.next += 1;
+                    continue;
+                }
                 if budget == 0 {
                     break;
                 }
@@ -758,7 +781,8 @@ impl Inner {
             }
             let next = h.next;
             drop(h);
-            let more = p.as_ref().is_some_and(|p| p.has(next));
+            let more =
+                p.as_ref().is_some_and(|p| p.has(next)) || lock(&state.pending).contains_key(&next);
             if !more {
                 return Ok(());
             }
@@ -803,6 +827,24 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// A block was served but the store did not take it: keep it for the hash until the
+    /// frontier reaches it (bounded by `max_memory`; past that, the blob's served bytes
+    /// can no longer be judged, and a read at its end says so).
+    fn hold_unstored(&self, state: &BlobState, i: u64, data: &[u8]) {
+        state.refusing.store(true, Ordering::Release);
+        let h = lock(&state.hash);
+        if h.done || h.next > i {
+            return; // hashed already
+        }
+        let mut pending = lock(&state.pending);
+        let held: u64 = pending.values().map(|b| b.len() as u64).sum();
+        if held + data.len() as u64 > self.cfg.max_memory {
+            state.unverifiable.store(true, Ordering::Release);
+            return;
+        }
+        pending.insert(i, data.to_vec());
     }
 
     /// Count a digest mismatch of `d`. `served` says whether bytes of it may already have

@@ -46,6 +46,14 @@ pub(super) struct BlobState {
     generation: AtomicU64,
     /// Where the blob's block index may be found.
     pub hint: Mutex<Option<super::index::IndexHint>>,
+    /// Blocks served but not stored (the cache had no room), ahead of the hashing
+    /// frontier: kept until hashed, so the digest still judges what was served.
+    pub pending: Mutex<std::collections::BTreeMap<u64, Vec<u8>>>,
+    /// A served block could not be kept for hashing (over the memory bound): the digest
+    /// can no longer judge this blob's served bytes.
+    pub unverifiable: AtomicBool,
+    /// The store refused a block of this blob: read-ahead would be thrown away.
+    pub refusing: AtomicBool,
 }
 
 impl BlobState {
@@ -59,6 +67,9 @@ impl BlobState {
             verified: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             hint: Mutex::new(None),
+            pending: Mutex::default(),
+            unverifiable: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
         }
     }
 
@@ -91,6 +102,9 @@ impl BlobState {
         self.generation.fetch_add(1, Ordering::AcqRel);
         *lock(&self.partial) = None;
         *h = HashProgress::new();
+        lock(&self.pending).clear();
+        self.unverifiable.store(false, Ordering::Release);
+        self.refusing.store(false, Ordering::Release);
         self.verified.store(false, Ordering::Release);
     }
 

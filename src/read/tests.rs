@@ -564,3 +564,61 @@ fn a_blob_held_in_memory_and_named_with_a_larger_size_is_eio_not_a_panic() {
     let err = fs.read(fh, 299_990, 1000).unwrap_err();
     assert_eq!(crate::error::to_errno(&err), libc::EIO, "{err}");
 }
+
+#[test]
+fn a_server_that_ignores_ranges_is_not_asked_for_the_whole_blob_per_read_ahead_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 40 * MIB as usize;
+    let s = setup(dir.path(), &[size], |_, _| {});
+    s.mem.ignore_ranges.store(true, Ordering::Relaxed);
+    assert!(read_file(&s.fs, s.inos[0], 128 * 1024) == s.data[0]);
+    s.fs.wait_idle();
+    let served = served(&s);
+    eprintln!(
+        "{} whole blobs served for one sequential read",
+        served as f64 / size as f64
+    );
+    assert!(
+        served <= 3 * size as u64,
+        "{served} bytes served for a {size} byte blob"
+    );
+}
+
+#[test]
+fn with_no_room_in_the_cache_a_whole_read_still_gets_the_digest_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 12 * MIB as usize + 5;
+    let s = setup(dir.path(), &[size], |c, _| {
+        c.min_free_percent = 10.0;
+        c.space_probe = no_room;
+    });
+    // A damaged byte in every body that holds offset 7 MiB + 3: never stored, served from
+    // memory, and the read that reaches the end must learn the digest's verdict.
+    *s.mem.corrupt_at.lock().unwrap() = Some((s.blobs[0].digest.clone(), 7 * MIB + 3));
+    // Read every 128 KiB piece, out of order (from the end backwards, as concurrent kernel
+    // requests may land), and the piece at the end last: only that read can get the
+    // verdict, and only if the unstored pieces were kept for the hash.
+    let fh = s.fs.open(s.inos[0], false).unwrap();
+    let step = 128 * 1024u64;
+    let last = (size as u64 - 1) / step * step;
+    let mut order: Vec<u64> = (0..last / step).rev().map(|k| k * step).collect();
+    order.push(last);
+    let mut failed = None;
+    for off in order {
+        if let Err(e) = s.fs.read(fh, off, step as u32) {
+            failed = Some(e);
+            break;
+        }
+    }
+    s.fs.release(fh);
+    let e = failed.expect("a whole read of damaged bytes must not succeed");
+    assert_eq!(crate::error::to_errno(&e), libc::EIO, "{e}");
+    assert!(s.fs.cache().stats.store_refused.load(Ordering::Relaxed) > 0);
+    // The fault gone, a whole read is right and verified (while open: nothing is stored
+    // to remember it by), still with no room.
+    *s.mem.corrupt_at.lock().unwrap() = None;
+    let fh = s.fs.open(s.inos[0], false).unwrap();
+    assert!(read_through(&s.fs, fh, 128 * 1024) == s.data[0]);
+    assert!(s.fs.reader().is_verified(&s.blobs[0]));
+    s.fs.release(fh);
+}

@@ -137,6 +137,10 @@ pub trait Source: Send + Sync {
         let _ = (repo, digest);
         Ok(Vec::new())
     }
+    /// Requests and bytes per host, for `orasfs stats` (empty for a source without hosts).
+    fn traffic(&self) -> Vec<crate::fleet::source::HostTraffic> {
+        Vec::new()
+    }
 }
 
 /// A sink that collects a bounded body in memory.

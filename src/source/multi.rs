@@ -104,6 +104,11 @@ impl Source for MultiSource {
         let (src, rest) = self.route(repo)?;
         src.referrers(&rest, digest)
     }
+
+    fn traffic(&self) -> Vec<crate::fleet::source::HostTraffic> {
+        let hosts: Vec<Arc<dyn Source>> = self.lock().values().cloned().collect();
+        hosts.iter().flat_map(|s| s.traffic()).collect()
+    }
 }
 
 impl MultiSource {

@@ -42,6 +42,9 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// distribution's `catalog.maxentries`.
     pub catalog_max: Option<usize>,
+    /// Pull-through cache mode: `proxy.remoteurl`, and the user and password it logs in
+    /// to the remote with.
+    pub proxy: Option<(String, Option<(String, String)>)>,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             auth: Auth::None,
             tls: None,
             catalog_max: None,
+            proxy: None,
         }
     }
 }
@@ -60,6 +64,7 @@ pub struct Distribution {
     addr: String,
     scheme: &'static str,
     log: PathBuf,
+    config: PathBuf,
     _dir: TempDir,
 }
 
@@ -129,26 +134,44 @@ impl Distribution {
         if let Some(n) = cfg.catalog_max {
             yaml.push_str(&format!("catalog:\n  maxentries: {n}\n"));
         }
+        if let Some((remote, login)) = &cfg.proxy {
+            yaml.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
+            if let Some((user, password)) = login {
+                yaml.push_str(&format!("  username: {user}\n  password: {password}\n"));
+            }
+        }
         let config = dir.path().join("config.yml");
         fs::write(&config, yaml).map_err(|e| e.to_string())?;
         let log = dir.path().join("registry.log");
-        let out = File::create(&log).map_err(|e| e.to_string())?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("cannot run docker-registry: {e}"))?;
+        let child = spawn(&config, &log)?;
         let mut d = Distribution {
             child,
             addr,
             scheme: if cfg.tls.is_some() { "https" } else { "http" },
             log,
+            config,
             _dir: dir,
         };
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    /// Kill the registry (its storage stays); [`Distribution::restart`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the registry again on the same address, storage and log.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.config, &self.log).expect("restart docker-registry");
+        self.wait_ready()
+            .expect("restarted docker-registry answers");
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let d = self;
         let probe = reqwest::blocking::Client::builder()
             .danger_accept_invalid_certs(true)
             .no_proxy()
@@ -162,7 +185,7 @@ impl Distribution {
             }
             if let Ok(r) = probe.get(d.url("/v2/")).send() {
                 if r.status().is_success() || r.status().as_u16() == 401 {
-                    return Ok(d);
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
@@ -185,6 +208,24 @@ impl Distribution {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Run `docker-registry serve CONFIG`, appending its output to `log`.
+fn spawn(config: &Path, log: &Path) -> Result<Child, String> {
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot run docker-registry: {e}"))
 }
 
 impl Drop for Distribution {

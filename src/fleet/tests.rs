@@ -1,0 +1,288 @@
+//! Parsing of registries.conf and hosts.toml with the examples of their manuals, and the
+//! routing a parsed configuration gives.
+
+use std::path::Path;
+
+use super::*;
+
+/// The example of containers-registries.conf(5), "EXAMPLE" section (v2 format).
+const REGISTRIES_CONF_EXAMPLE: &str = r#"
+unqualified-search-registries = ["example.com"]
+
+[[registry]]
+prefix = "example.com/foo"
+insecure = false
+blocked = false
+location = "internal-registry-for-example.com/bar"
+
+[[registry.mirror]]
+location = "example-mirror-0.local/mirror-for-foo"
+
+[[registry.mirror]]
+location = "example-mirror-1.local/mirrors/foo"
+insecure = true
+"#;
+
+/// containerd docs/hosts.md, "Setup a Local Mirror for Docker" and the capabilities
+/// example.
+const HOSTS_TOML_EXAMPLE: &str = r#"
+server = "https://registry-1.docker.io"    # Exclude this to not use upstream
+
+[host."https://public-mirror.example.com"]
+  capabilities = ["pull"]                   # Requires less trust, won't resolve tag to digest from this host
+[host."https://docker-mirror.internal"]
+  capabilities = ["pull", "resolve"]
+  ca = "docker-mirror.crt"                  # Or absolute path /etc/containerd/certs.d/docker.io/docker-mirror.crt
+"#;
+
+fn entries(text: &str) -> Vec<config::Entry> {
+    config::parse(Path::new("/etc/containers/registries.conf"), text).unwrap()
+}
+
+#[test]
+fn registries_conf_man_page_example_routes_to_its_mirrors_in_order() {
+    let e = entries(REGISTRIES_CONF_EXAMPLE);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].prefix, "example.com/foo");
+    assert_eq!(e[0].location, "internal-registry-for-example.com/bar");
+    let plan = Plan::from_parts("example.com", vec![], e, vec![]);
+    let route = plan.route("foo/myimage").unwrap();
+    let got: Vec<(&str, &str, bool)> = route
+        .iter()
+        .map(|(m, r)| (m.host.as_str(), r.as_str(), m.insecure))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("example-mirror-0.local", "mirror-for-foo/myimage", false),
+            ("example-mirror-1.local", "mirrors/foo/myimage", true),
+        ]
+    );
+    // pull-from-mirror defaults to "all": tags and digests.
+    assert!(route.iter().all(|(m, _)| m.usage.tags && m.usage.digests));
+    // Outside the prefix: no mirror. `foobar` is not under `foo`.
+    assert!(plan.route("other/x").unwrap().is_empty());
+    assert!(plan.route("foobar/x").unwrap().is_empty());
+}
+
+#[test]
+fn pull_from_mirror_decides_what_a_mirror_resolves() {
+    let e = entries(
+        r#"
+[[registry]]
+location = "r.example"
+[[registry.mirror]]
+location = "tags.example"
+pull-from-mirror = "tag-only"
+[[registry.mirror]]
+location = "digests.example"
+pull-from-mirror = "digest-only"
+[[registry]]
+location = "old.example"
+mirror-by-digest-only = true
+[[registry.mirror]]
+location = "m.example"
+"#,
+    );
+    let use_of = |i: usize, j: usize| e[i].mirrors[j].usage;
+    assert_eq!(
+        use_of(0, 0),
+        Use {
+            tags: true,
+            digests: false
+        }
+    );
+    assert_eq!(
+        use_of(0, 1),
+        Use {
+            tags: false,
+            digests: true
+        }
+    );
+    assert_eq!(
+        use_of(1, 0),
+        Use {
+            tags: false,
+            digests: true
+        }
+    );
+}
+
+#[test]
+fn the_longest_prefix_wins_and_wildcards_match_subdomains() {
+    let e = entries(
+        r#"
+[[registry]]
+prefix = "r.example"
+[[registry.mirror]]
+location = "wide.example"
+[[registry]]
+prefix = "r.example/team"
+[[registry.mirror]]
+location = "narrow.example/cache"
+[[registry]]
+prefix = "*.corp.example"
+[[registry.mirror]]
+location = "corp-mirror.example"
+"#,
+    );
+    let plan = Plan::from_parts("r.example", vec![], e.clone(), vec![]);
+    let r = plan.route("team/app").unwrap();
+    assert_eq!(r[0].0.host, "narrow.example");
+    assert_eq!(r[0].1, "cache/app");
+    assert_eq!(plan.route("other").unwrap()[0].0.host, "wide.example");
+    let corp = Plan::from_parts("reg.corp.example", vec![], e, vec![]);
+    assert_eq!(corp.route("a/b").unwrap()[0].1, "a/b");
+}
+
+#[test]
+fn a_blocked_registry_is_refused_with_a_clear_message() {
+    let e = entries("[[registry]]\nprefix = \"evil.example\"\nblocked = true\n");
+    let plan = Plan::from_parts("evil.example", vec![], e, vec![]);
+    let msg = plan.check(None).unwrap_err().to_string();
+    assert!(
+        msg.contains("evil.example") && msg.contains("blocked = true"),
+        "{msg}"
+    );
+    assert!(msg.contains("/etc/containers/registries.conf"), "{msg}");
+    assert!(plan.route("any/repo").is_err());
+    // Blocking a namespace blocks only that namespace.
+    let e = entries("[[registry]]\nprefix = \"r.example/bad\"\nblocked = true\n");
+    let plan = Plan::from_parts("r.example", vec![], e, vec![]);
+    assert!(plan.check(None).is_ok());
+    assert!(plan.check(Some("bad/x")).is_err());
+    assert!(plan.route("good/x").is_ok());
+}
+
+#[test]
+fn a_malformed_file_names_the_file_and_the_line() {
+    let p = Path::new("/tmp/registries.conf");
+    let text = "[[registry]]\nprefix = \"a.example\"\n\n[[registry.mirror]]\nlocation = \n";
+    let msg = config::parse(p, text).unwrap_err().to_string();
+    assert!(msg.starts_with("/tmp/registries.conf:5: "), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+    // A wrong type is reported where it is.
+    let text = "[[registry]]\nprefix = \"a.example\"\nblocked = \"yes\"\n";
+    let msg = config::parse(p, text).unwrap_err().to_string();
+    assert!(msg.starts_with("/tmp/registries.conf:3: "), "{msg}");
+    let text = "[[registry]]\nlocation = \"a\"\n[[registry.mirror]]\nlocation = \"m\"\npull-from-mirror = \"sometimes\"\n";
+    let msg = config::parse(p, text).unwrap_err().to_string();
+    assert!(msg.starts_with("/tmp/registries.conf:5: "), "{msg}");
+    let h = Path::new("/etc/containerd/certs.d/r/hosts.toml");
+    let msg = hosts::parse(h, "[host.\"https://m\"\ncapabilities = [\"pull\"]\n", "r")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("/etc/containerd/certs.d/r/hosts.toml:1: "),
+        "{msg}"
+    );
+}
+
+#[test]
+fn hosts_toml_example_keeps_file_order_and_capabilities() {
+    let p = Path::new("/etc/containerd/certs.d/docker.io/hosts.toml");
+    let m = hosts::parse(p, HOSTS_TOML_EXAMPLE, "docker.io").unwrap();
+    let got: Vec<(&str, Use)> = m.iter().map(|m| (m.host.as_str(), m.usage)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "public-mirror.example.com",
+                Use {
+                    tags: false,
+                    digests: true
+                }
+            ),
+            (
+                "docker-mirror.internal",
+                Use {
+                    tags: true,
+                    digests: true
+                }
+            ),
+        ]
+    );
+    assert_eq!(m[1].ca.as_deref(), Some(Path::new("docker-mirror.crt")));
+    assert_eq!(m[0].plain_http, Some(false));
+    let plan = Plan::from_parts("docker.io", vec![], vec![], m);
+    assert_eq!(plan.route("library/alpine").unwrap()[1].1, "library/alpine");
+}
+
+#[test]
+fn hosts_toml_skip_verify_http_and_push_only_hosts() {
+    let p = Path::new("hosts.toml");
+    let text = r#"
+[host."http://10.0.0.1:5000"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+[host."https://push-only.example"]
+  capabilities = ["push"]
+[host."https://defaults.example"]
+"#;
+    let m = hosts::parse(p, text, "r.example").unwrap();
+    assert_eq!(m.len(), 2, "a push-only host serves no reads");
+    assert_eq!(m[0].host, "10.0.0.1:5000");
+    assert_eq!(m[0].plain_http, Some(true));
+    assert!(m[0].insecure);
+    assert_eq!(
+        m[1].usage,
+        Use {
+            tags: true,
+            digests: true
+        }
+    );
+}
+
+#[test]
+fn mirror_flags_come_first_and_resolve_no_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        "[[registry]]\nlocation = \"r.example\"\n[[registry.mirror]]\nlocation = \"conf.example\"\n",
+    )
+    .unwrap();
+    let certs = dir.path().join("certs.d");
+    std::fs::create_dir_all(certs.join("r.example")).unwrap();
+    std::fs::write(
+        certs.join("r.example/hosts.toml"),
+        "[host.\"https://hosts.example\"]\ncapabilities = [\"pull\"]\n",
+    )
+    .unwrap();
+    let settings = Settings {
+        registries_conf: Some(conf),
+        hosts_dir: Some(certs),
+        mirrors: vec!["cli.example:5000/proxy".into()],
+        home: None,
+    };
+    let plan = Plan::load(&settings, "r.example").unwrap();
+    let r = plan.route("team/app").unwrap();
+    let got: Vec<(&str, &str)> = r
+        .iter()
+        .map(|(m, r)| (m.host.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("cli.example:5000", "proxy/team/app"),
+            ("conf.example", "team/app"),
+            ("hosts.example", "team/app"),
+        ]
+    );
+    assert!(!r[0].0.usage.tags && r[0].0.usage.digests);
+    // Another registry gets only the command-line mirror.
+    let other = Plan::load(&settings, "elsewhere.example").unwrap();
+    assert_eq!(other.route("x").unwrap().len(), 1);
+    // A named file that does not exist is an error, not silence.
+    let missing = Settings {
+        registries_conf: Some(dir.path().join("nope.conf")),
+        ..Settings::default()
+    };
+    let msg = Plan::load(&missing, "r.example").unwrap_err().to_string();
+    assert!(msg.contains("nope.conf"), "{msg}");
+    let bad = Settings {
+        mirrors: vec!["https://m.example".into()],
+        ..Settings::default()
+    };
+    assert!(Plan::load(&bad, "r.example").is_err());
+}
