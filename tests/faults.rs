@@ -334,10 +334,14 @@ fn protocol_faults_fail_cleanly_and_never_give_wrong_bytes() {
         Fault::LyingLength { delta: 1 },
         Fault::LyingLength { delta: -1 },
     ];
-    let files: Vec<(String, Vec<u8>)> = (0..faults.len())
-        .map(|i| {
-            // Alternate ranged (lazy, > 4 MiB) and whole (small) fetches.
-            let len = if i % 2 == 0 {
+    // A shifted Content-Range needs a range request: those blobs are large (read lazily,
+    // in ranges); the others alternate ranged and whole (small) fetches.
+    let shifts = |f: &Fault| matches!(f, Fault::ShiftContentRange { .. });
+    let files: Vec<(String, Vec<u8>)> = faults
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let len = if shifts(f) || i % 2 == 0 {
                 4 * MIB + 1 + i
             } else {
                 70_000 + i
@@ -358,17 +362,45 @@ fn protocol_faults_fail_cleanly_and_never_give_wrong_bytes() {
         .args(&["--retries", "1"])
         .mount()
         .expect("mount");
-    for ((name, want), f) in files.iter().zip(&faults) {
+    for (((name, want), f), (d, _)) in files.iter().zip(&faults).zip(&pushed.layers) {
         let p = m.join(name);
         let r = read_all(&p);
-        let ok = assert_eio_or_exact(&format!("{name} under {f:?}"), r, want);
-        // A partial read must not give wrong bytes either.
-        if let Ok(got) = pread(&p, 1000, 5000) {
-            assert!(
-                got == want[1000..1000 + got.len()],
+        let ok = if shifts(f) {
+            // The body is the right one, only the header names other bytes: a client that
+            // skips the Content-Range check would read right bytes. It must refuse them.
+            match r {
+                Ok(got) => panic!(
+                    "{name} under {f:?}: a Content-Range for other bytes was accepted ({} bytes read)",
+                    got.len()
+                ),
+                Err(e) => assert_eq!(errno(&e), libc::EIO, "{name} under {f:?}: {e}"),
+            }
+            false
+        } else {
+            assert_eio_or_exact(&format!("{name} under {f:?}"), r, want)
+        };
+        // A partial read must not give wrong bytes either. (A shifted range that starts
+        // at 0 is clamped to 0 by the proxy, so the shifted blobs are read further on.)
+        let at = if shifts(f) { 3 * MIB as u64 } else { 1000 };
+        match pread(&p, at, 5000) {
+            Ok(_) if shifts(f) => {
+                panic!(
+                    "{name} under {f:?}: a partial read accepted a Content-Range for other bytes"
+                )
+            }
+            Ok(got) => assert!(
+                got == want[at as usize..at as usize + got.len()],
                 "{name} under {f:?}: wrong bytes in a partial read"
-            );
+            ),
+            Err(e) => assert_eq!(errno(&e), libc::EIO, "{name} under {f:?}: {e}"),
         }
+        // The fault reached the client: the blob was fetched through it, in ranges where
+        // the fault is about ranges.
+        let hit = proxy
+            .requests_to(&blob_path(d))
+            .into_iter()
+            .any(|r| r.fault.is_some() && (!shifts(f) || (r.status == 206 && r.range.is_some())));
+        assert!(hit, "{name}: the fault {f:?} was never applied");
         eprintln!(
             "{name} under {f:?}: whole read {}",
             if ok { "ok" } else { "EIO" }
