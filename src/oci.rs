@@ -384,4 +384,91 @@ mod tests {
         assert!(Manifest::parse(b"{not json", None).is_err());
         assert!(Manifest::parse(br#"{"schemaVersion":1}"#, None).is_err());
     }
+
+    /// The declared type decides over the document's shape, for each of the four types.
+    #[test]
+    fn the_media_type_decides_over_the_shape() {
+        for ty in [OCI_INDEX, DOCKER_LIST] {
+            // An index that also carries a `config` is still an index.
+            let doc = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{ty}","manifests":[{}],"config":{}}}"#,
+                desc(2),
+                desc(3)
+            );
+            assert!(
+                matches!(
+                    Manifest::parse(doc.as_bytes(), None),
+                    Ok(Manifest::Index(_))
+                ),
+                "{ty}"
+            );
+            // Declared by the transport's content type instead.
+            let doc = format!(r#"{{"manifests":[{}],"config":{}}}"#, desc(2), desc(3));
+            assert!(
+                matches!(
+                    Manifest::parse(doc.as_bytes(), Some(ty)),
+                    Ok(Manifest::Index(_))
+                ),
+                "{ty} as content type"
+            );
+        }
+        for ty in [OCI_MANIFEST, DOCKER_MANIFEST] {
+            // A document that says it is a manifest is never read as an index.
+            let doc = format!(r#"{{"mediaType":"{ty}","manifests":[{}]}}"#, desc(2));
+            assert!(
+                matches!(
+                    Manifest::parse(doc.as_bytes(), None),
+                    Err(OciError::Malformed { .. })
+                ),
+                "{ty}"
+            );
+        }
+        let other = format!(r#"{{"mediaType":"text/plain"}}"#);
+        assert!(matches!(
+            Manifest::parse(other.as_bytes(), None),
+            Err(OciError::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn manifest_types_are_the_four_and_only_those() {
+        for ty in [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST] {
+            assert!(is_manifest_type(ty), "{ty}");
+        }
+        for ty in [
+            "application/octet-stream",
+            "",
+            "application/vnd.oci.image.layer.v1.tar",
+        ] {
+            assert!(!is_manifest_type(ty), "{ty}");
+        }
+    }
+
+    /// The limits sit exactly at their documented values, written here as numbers (not
+    /// computed from the constants under test): a 2^50-byte descriptor, 65 536 entries and
+    /// a 4 MiB document pass; one more does not.
+    #[test]
+    fn limits_sit_exactly_at_their_documented_values() {
+        let doc = |size: i64| format!(r#"{{"config":{},"layers":[]}}"#, desc(size));
+        assert!(Manifest::parse(doc(1_125_899_906_842_624).as_bytes(), None).is_ok());
+        assert!(matches!(
+            Manifest::parse(doc(1_125_899_906_842_625).as_bytes(), None),
+            Err(OciError::TooLarge { .. })
+        ));
+        // 65 537 descriptors take more than 4 MiB, so the entry cap is not reachable
+        // through `Manifest::parse`; it is checked on its own.
+        assert!(check_count(65_536, "layers").is_ok());
+        assert!(matches!(
+            check_count(65_537, "layers"),
+            Err(OciError::TooLarge { .. })
+        ));
+        let mut padded = doc(1).into_bytes();
+        padded.resize(4_194_304, b' ');
+        assert!(Manifest::parse(&padded, None).is_ok(), "exactly 4 MiB");
+        padded.push(b' ');
+        assert!(matches!(
+            Manifest::parse(&padded, None),
+            Err(OciError::TooLarge { .. })
+        ));
+    }
 }
