@@ -423,9 +423,8 @@ mod tests {
                 "{ty}"
             );
         }
-        let other = format!(r#"{{"mediaType":"text/plain"}}"#);
         assert!(matches!(
-            Manifest::parse(other.as_bytes(), None),
+            Manifest::parse(br#"{"mediaType":"text/plain"}"#, None),
             Err(OciError::UnsupportedMediaType(_))
         ));
     }
