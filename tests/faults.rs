@@ -896,7 +896,7 @@ fn flip(p: &Path, at: u64) {
 /// ignored.
 #[test]
 fn a_tampered_cache_is_detected_and_refetched() {
-    tampered_cache_is_detected_and_refetched(&[]);
+    tampered_cache_is_detected_and_refetched(WITH_PASSTHROUGH);
 }
 
 /// The same with `--no-passthrough`: every read of a verified file goes through orasfs and
@@ -1005,6 +1005,7 @@ fn tampered_cache_is_detected_and_refetched(extra: &[&str]) {
             "{}",
             m.stderr()
         );
+        assert_passthrough_granted(&m, extra);
     }
     {
         let m = Launch::new(&format!("{}/faults/tamper:p", reg.addr()))
@@ -1018,6 +1019,7 @@ fn tampered_cache_is_detected_and_refetched(extra: &[&str]) {
             got == partial,
             "partial.bin: wrong bytes from a tampered cache"
         );
+        assert_passthrough_granted(&m, extra);
     }
     reg.settle();
     let after: Vec<u64> = hex.iter().map(|h| reg.bytes_served_for(h)).collect();
@@ -1155,11 +1157,12 @@ fn cache_damaged_while_mounted_is_never_served(extra: &[&str]) {
         let r = read_all(&p);
         assert_eio_or_exact(&format!("{name} ({extra:?})"), r, want);
     }
+    assert_passthrough_granted(&m, extra);
 }
 
 #[test]
 fn a_cache_file_damaged_while_mounted_is_never_served_with_passthrough() {
-    cache_damaged_while_mounted_is_never_served(&[]);
+    cache_damaged_while_mounted_is_never_served(WITH_PASSTHROUGH);
 }
 
 #[test]
@@ -1240,12 +1243,13 @@ fn cache_damaged_under_an_open_handle_is_never_served(extra: &[&str]) {
         ),
         Err(e) => assert_eq!(errno(&e), libc::EIO, "{e}"),
     }
+    assert_passthrough_granted(&m, extra);
 }
 
 #[test]
 #[ignore = "bug: with FUSE passthrough, a verified cache file damaged while a handle is open is served through that handle (the kernel reads the file directly; nothing re-checks it)"]
 fn a_cache_file_damaged_under_an_open_handle_is_never_served_with_passthrough() {
-    cache_damaged_under_an_open_handle_is_never_served(&[]);
+    cache_damaged_under_an_open_handle_is_never_served(WITH_PASSTHROUGH);
 }
 
 #[test]
