@@ -682,10 +682,12 @@ fn read_checked(p: &Path, want: &[u8]) -> (u64, Option<std::io::Error>) {
 }
 
 /// `kill -9` of the daemon while 16 readers read cold files in parallel, five times over
-/// the same cache directory: every remount finds the temp directory swept and serves only
-/// right bytes, and blocks that made it to disk intact are reused, so across the run the
-/// registry serves well under twice the bytes there are. (bench/soak.sh --kill runs more
-/// rounds.)
+/// the same cache directory. Each kill lands while a blob body is stalled mid-way by the
+/// proxy (more answers go through each round), and every round must cut at least one
+/// read. Every remount finds the temp directory swept and serves only right bytes, and
+/// blocks that made it to disk intact are reused: across the run the daemons receive
+/// under twice the bytes there are, and the final mount fetches well under all of them.
+/// (bench/soak.sh --kill runs more rounds.)
 #[test]
 fn kill_9_during_parallel_cold_reads_serves_only_right_bytes_after_remount() {
     let reg = Registry::start();
@@ -703,13 +705,30 @@ fn kill_9_during_parallel_cold_reads_serves_only_right_bytes_after_remount() {
         .iter()
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
-    let pushed = reg.push_artifact("faults/kill", "v1", &refs);
+    reg.push_artifact("faults/kill", "v1", &refs);
     let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
     let files = Arc::new(files);
     let cache = tempfile::tempdir().unwrap();
-    let source = format!("{}/faults/kill:v1", reg.addr());
+    // Through a proxy that stalls blob bodies mid-way, so each kill lands mid-read, not
+    // when a sleep says (the readers may be done by then).
+    let proxy = FaultProxy::start(reg.addr());
+    let source = format!("{}/faults/kill:v1", proxy.addr());
     let rounds = 5;
     for round in 0..rounds {
+        proxy.clear();
+        // The first few blob answers of the round go through; every later one sends
+        // 100 000 bytes and stalls.
+        proxy.add(
+            Rule::get(
+                "/blobs/sha256:",
+                Fault::Stall {
+                    after: 100_000,
+                    stall: Duration::from_secs(20),
+                },
+            )
+            .skip(3 * (round + 1))
+            .always(),
+        );
         let mut m = Launch::new(&source)
             .cache(cache.path())
             .mount()
@@ -726,15 +745,24 @@ fn kill_9_during_parallel_cold_reads_serves_only_right_bytes_after_remount() {
                 std::thread::spawn(move || read_checked(&p, &files[i].1))
             })
             .collect();
-        // Let the readers get going, then kill the daemon under them.
-        std::thread::sleep(Duration::from_millis(300 + 250 * round as u64));
+        // Kill the daemon once a body is stalled under a reader.
+        wait_for(Duration::from_secs(30), || {
+            (proxy.applied()[0] > 0).then_some(())
+        })
+        .unwrap_or_else(|| panic!("round {round}: no blob body was stalled"));
+        std::thread::sleep(Duration::from_millis(50)); // the stalled bytes reach the daemon
         m.kill9();
-        let mut read = 0;
+        let (mut read, mut cut) = (0, 0);
         for r in readers {
-            read += r.join().expect("a reader saw wrong bytes").0;
+            let (n, e) = r.join().expect("a reader saw wrong bytes");
+            read += n;
+            cut += usize::from(e.is_some());
         }
-        eprintln!("round {round}: readers got {read} right bytes before kill -9");
+        eprintln!("round {round}: readers got {read} right bytes; {cut} of 16 cut by kill -9");
+        assert!(cut > 0, "round {round}: the kill interrupted no read");
     }
+    proxy.clear();
+    let sent_before = proxy.bytes_sent();
     let m = Launch::new(&source)
         .cache(cache.path())
         .mount()
@@ -749,16 +777,19 @@ fn kill_9_during_parallel_cold_reads_serves_only_right_bytes_after_remount() {
         assert_eq!(n, want.len() as u64);
     }
     drop(m);
-    reg.settle();
-    let served: u64 = pushed
-        .layers
-        .iter()
-        .map(|(d, _)| reg.bytes_served_for(hex_of(d)))
-        .sum();
-    eprintln!("registry served {served} bytes for {total} bytes of blobs over {rounds} kills");
+    let last = proxy.bytes_sent() - sent_before;
+    let served = proxy.bytes_sent();
+    eprintln!(
+        "the daemons received {served} body bytes for {total} bytes of blobs over {rounds} \
+         kills ({last} in the final mount)"
+    );
     assert!(
         served < 2 * total,
         "served {served} for {total}: intact blocks were not reused"
+    );
+    assert!(
+        total > last + 4 * MIB as u64,
+        "the final mount fetched {last} of {total}: blocks cached before the kills were not reused"
     );
 }
 
