@@ -11,6 +11,9 @@ Groups of cases (--cases, comma-separated; all by default):
             preads, concurrent readers, memory; with the verified-download baseline
   wan       the shaped-link checks, then gdalinfo / overview / window through the mount
             against GDAL /vsicurl/ through the same `wan` link (bench/shape.py)
+  indexed   the same three GDAL cases on the COG with a block index (orasfs index --embed),
+            every block checked (--verify strict), index bytes counted; and orasfs index
+            throughput against sha256 alone over the --size-mib blob
   cdn       a cold full read of the --mid-mib blob through the mount against curl, over `cdn`
   mmap      python mmap of the --size-mib blob through the mount, every page in order
   floors    sha256 alone (openssl), and a plain FUSE read of a verified local cache file
@@ -311,13 +314,13 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024, help="the big blob (sequential, mmap, floors)")
     ap.add_argument("--mid-mib", type=int, default=256, help="the mid blob (concurrent readers, cdn)")
     ap.add_argument("--cog-px", type=int, default=4800, help="COG width and height (4800: ~88 MB)")
-    ap.add_argument("--cases", default="loopback,wan,cdn,mmap,floors")
+    ap.add_argument("--cases", default="loopback,wan,indexed,cdn,mmap,floors")
     ap.add_argument("--bin", default=None, help="orasfs binary (default: $CARGO_TARGET_DIR/release/orasfs)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args()
     cases = set(args.cases.split(","))
-    unknown = cases - {"loopback", "wan", "cdn", "mmap", "floors"}
+    unknown = cases - {"loopback", "wan", "indexed", "cdn", "mmap", "floors"}
     if unknown:
         raise SystemExit(f"--cases: unknown {', '.join(sorted(unknown))}")
     if args.bin:
@@ -353,6 +356,8 @@ def main():
             curl_big = loopback_cases(rows, args, reg, work, big, mid, source, url, layers, size, big_hex)
         if "wan" in cases:
             wan_cases(rows, args, reg, work, blob_path, layers)
+        if "indexed" in cases:
+            indexed_cases(rows, args, reg, work, big, layers)
         if "cdn" in cases:
             cdn_case(rows, args, reg, work, blob_path, layers, mid)
         if "mmap" in cases:
@@ -547,6 +552,76 @@ def wan_cases(rows, args, reg, work, blob_path, layers):
                      f"bytes {br:.2f}, time {tr:.2f}, warm {warm/vs:.2f}", "bytes ≤ 1.5, time ≤ 1.2, warm < 1",
                      br <= 1.5 and tr <= 1.2 and warm < vs))
     sh.close()
+
+
+def indexed_cases(rows, args, reg, work, big, layers):
+    """Verified lazy reads: the COG indexed with `orasfs index --embed` (to its own tag),
+    the three GDAL cases over `wan` with every block checked, against /vsicurl/ of the same
+    blob through the same link, index bytes counted; and `orasfs index` throughput against
+    sha256 alone over the same 1 GiB blob (an OCI layout on local disk, in page cache)."""
+    subprocess.run([BIN, "index", f"{reg.addr}/bench/data:v1", "--embed", "--tag", "v1-indexed"],
+                   check=True, capture_output=True)
+    req = urllib.request.Request(f"http://{reg.addr}/v2/bench/data/manifests/v1-indexed",
+                                 headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    manifest = json.load(urllib.request.urlopen(req))
+    cog = layers["imagery.tif"]["digest"]
+    index = next(l["digest"] for l in manifest["layers"]
+                 if l.get("annotations", {}).get("io.orasfs.index.blob") == cog)
+    sh = Shaper("wan", reg.addr)
+    source = f"{sh.addr}/bench/data:v1-indexed"
+    vsi = f"/vsicurl/http://{sh.addr}/v2/bench/data/blobs/{cog}"
+    env = dict(os.environ, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+    out = os.path.join(work, "out.tif")
+    served = lambda: reg.bytes_served(cog) + reg.bytes_served(index)
+    for kind in ("gdalinfo", "overview", "window"):
+        before = reg.bytes_served(cog)
+        vs = median([timed(gdal_cmd(kind, vsi, out), env=env) for _ in range(args.runs)])
+        vs_bytes = (reg.bytes_served(cog) - before) / args.runs
+        cold, before = [], served()
+        for _ in range(args.runs):
+            cache = tempfile.mkdtemp(prefix="cache-", dir=work)
+            m = Mount(source, cache, work, ("--verify", "strict"))
+            cold.append(timed(gdal_cmd(kind, f"{m.mnt}/imagery.tif", out), env=env))
+            level = subprocess.run(["getfattr", "--only-values", "-n", "user.orasfs.verified",
+                                    f"{m.mnt}/imagery.tif"], capture_output=True, text=True).stdout
+            m.close()
+            shutil.rmtree(cache)
+        cold_bytes = (served() - before) / args.runs
+        br, tr = cold_bytes / max(vs_bytes, 1), median(cold) / vs
+        rows.append((f"wan GDAL {kind}, indexed, --verify strict",
+                     f"bytes {cold_bytes/MIB:.2f} MiB (index included) vs /vsicurl/ {vs_bytes/MIB:.2f} MiB; "
+                     f"time {median(cold):.2f}s vs {vs:.2f}s; verified={level.strip() or '?'}",
+                     f"bytes {br:.2f}, time {tr:.2f}", "bytes ≤ 1.6, time ≤ 1.3", br <= 1.6 and tr <= 1.3))
+    sh.close()
+    # Index throughput: an OCI layout holding the big blob, indexed in place.
+    lay = os.path.join(work, "layout")
+    os.makedirs(os.path.join(lay, "blobs", "sha256"), exist_ok=True)
+    hexd = sha256_file(big)
+    os.link(big, os.path.join(lay, "blobs", "sha256", hexd))
+    def put(obj):
+        b = json.dumps(obj).encode()
+        h = hashlib.sha256(b).hexdigest()
+        with open(os.path.join(lay, "blobs", "sha256", h), "wb") as f:
+            f.write(b)
+        return {"digest": f"sha256:{h}", "size": len(b)}
+    cfg = put({})
+    cfg["mediaType"] = "application/vnd.oci.empty.v1+json"
+    man = put({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cfg,
+               "layers": [{"mediaType": "application/octet-stream", "digest": f"sha256:{hexd}",
+                           "size": os.path.getsize(big),
+                           "annotations": {"org.opencontainers.image.title": "big.bin"}}]})
+    man["mediaType"] = "application/vnd.oci.image.manifest.v1+json"
+    man["annotations"] = {"org.opencontainers.image.ref.name": "v1"}
+    with open(os.path.join(lay, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [man]}, f)
+    with open(os.path.join(lay, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion":"1.0.0"}')
+    sha = median([timed(["openssl", "dgst", "-sha256", big]) for _ in range(args.runs)])
+    ix = median([timed([BIN, "index", f"{lay}:v1", "--tag", f"t{i}"]) for i in range(args.runs)])
+    mib = os.path.getsize(big) / MIB
+    rows.append(("orasfs index throughput ÷ sha256 alone (same blob, page cache)",
+                 f"index {mib/ix:.0f} MiB/s, openssl sha256 {mib/sha:.0f} MiB/s", f"{sha/ix:.2f}", "≥ 0.8",
+                 sha / ix >= 0.8))
 
 
 def cdn_case(rows, args, reg, work, blob_path, layers, mid):

@@ -54,6 +54,93 @@ pub enum Command {
     },
     /// Print the counters of a running mount (from MOUNTPOINT/.orasfs/stats.json).
     Stats { mountpoint: PathBuf },
+    /// Compute a block-digest index of each layer of REF and attach it, so that mounts
+    /// verify every lazily read block.
+    #[command(after_help = INDEX_HELP)]
+    Index(Box<IndexArgs>),
+}
+
+const INDEX_HELP: &str = "\
+REF forms:
+  HOST[:PORT]/REPO:TAG | HOST[:PORT]/REPO@sha256:HEX | DIR:TAG (an OCI image layout)
+
+By default the index is pushed as a referrer of the manifest (found through the
+referrers API, or the sha256-<hex> referrers tag); the artifact is unchanged, and the
+index is trusted as far as the registry is. With --embed the manifest is rewritten to
+carry the index as extra layers, bound by the new manifest digest. Prints the digest of
+the manifest it pushed.
+
+Examples:
+  orasfs index 127.0.0.1:5000/eo/products:v1
+  orasfs index --embed ghcr.io/org/cog:v2
+  orasfs index ./eo-layout:v1";
+
+/// `orasfs index`.
+#[derive(Debug, Clone, Args)]
+pub struct IndexArgs {
+    /// The artifact to index (see REF forms below).
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Rewrite the manifest to carry the index (bound by its digest) instead of pushing a
+    /// referrer.
+    #[arg(long)]
+    pub embed: bool,
+    /// With --embed: push the new manifest to this tag instead of REF's.
+    #[arg(long, value_name = "TAG", requires = "embed")]
+    pub tag: Option<String>,
+    /// Bytes per hashed block: a power of two from 4KiB to 16MiB. Mounts use an index only
+    /// when its blocks are the read path's (16KiB).
+    #[arg(long, value_name = "SIZE", default_value = "16KiB", value_parser = parse_block_size)]
+    pub block_size: u64,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How to reach and log in to a registry (for commands other than `mount`).
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Talk plain HTTP to the registry (loopback registries do unless REF starts with
+    /// https://).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Skip TLS certificate verification (unsafe).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust this PEM CA bundle in addition to the system roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Registry credentials file (Docker config.json or containers auth.json format).
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Registry user name, with the password read from standard input (--password-stdin).
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password (or token) from standard input.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// Connect timeout for registry requests.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Fail a registry response whose body stalls this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+    /// Retries of a failed registry request.
+    #[arg(long, default_value_t = 4)]
+    pub retries: u32,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Parse a block size: a size that is a power of two from 4 KiB to 16 MiB.
+pub fn parse_block_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !n.is_power_of_two() || !(4096..=16 << 20).contains(&n) {
+        return Err(format!(
+            "{s:?}: a block size must be a power of two from 4KiB to 16MiB"
+        ));
+    }
+    Ok(n)
 }
 
 #[derive(Debug, Args)]

@@ -673,8 +673,15 @@ fn a_block_that_fails_its_index_is_never_served_and_is_fetched_again() {
             served <= 65536 + index_parts,
             "bound={bound}: {served} bytes"
         );
-        // The fault is gone: the next read fetches the block again and serves it.
+        // The handle that met the bad block fails from now on (the kernel retries a failed
+        // read-ahead page by page, and those retries must fail too).
         *w.src.corrupt_at.lock().unwrap() = None;
+        assert_eq!(
+            to_errno(&w.fs.read(fh, 5 * MIB, 65536).unwrap_err()),
+            libc::EIO
+        );
+        // The fault is gone: a new open fetches the block again and serves it.
+        let fh = w.fs.open(t.ino, false).unwrap();
         let got = w.fs.read(fh, 5 * MIB, 65536).unwrap();
         assert!(got == t.data[5 * MIB as usize..][..65536], "bound={bound}");
         let level = w.fs.getxattr(t.ino, "user.orasfs.verified").unwrap();

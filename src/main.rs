@@ -112,6 +112,14 @@ fn main() -> ExitCode {
         }
         Command::Umount { mountpoint, lazy } => orasfs::mount::umount_command(&mountpoint, lazy),
         Command::Stats { mountpoint } => orasfs::stats::print(&mountpoint),
+        Command::Index(args) => {
+            let _ = orasfs::logging::init(
+                args.registry.verbose,
+                Default::default(),
+                orasfs::logging::Output::Stderr,
+            );
+            orasfs::index::command::run(&args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -207,7 +207,7 @@ fn connect(
 /// Split an `https://` or `http://` prefix off a registry SOURCE: `https://` forces TLS
 /// (also for a loopback host), `http://` plain HTTP. Returns whether plain HTTP was asked
 /// for, and the SOURCE without its scheme.
-fn split_scheme(source: &str, plain_http_flag: bool) -> Result<(Option<bool>, &str), Failure> {
+pub fn split_scheme(source: &str, plain_http_flag: bool) -> Result<(Option<bool>, &str), Failure> {
     if let Some(rest) = source.strip_prefix("https://") {
         if plain_http_flag {
             return Err(format!(

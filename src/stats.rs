@@ -34,6 +34,7 @@ pub fn snapshot(fs: &Fs) -> String {
         "verification": {
             "verified_blobs": get(&c.verified_blobs),
             "failures": get(&c.integrity_failures),
+            "block_failures": get(&c.block_failures),
         },
         "errors": errors,
     });

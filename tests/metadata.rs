@@ -305,9 +305,14 @@ fn mtimes(root: &Path) -> Vec<(String, i64)> {
 }
 
 fn oras_push(addr: &str, target: &str, files: &[(&str, &[u8])]) {
+    let python = common::oras_python();
     assert!(
-        common::have("python3", &["-c", "import oras.client"]),
-        "python3 cannot import oras: pip install oras"
+        common::have(
+            python.to_str().unwrap_or("python3"),
+            &["-c", "import oras.client"]
+        ),
+        "{} cannot import oras: pip install oras (scripts/test.sh installs it)",
+        python.display()
     );
     let work = tempfile::tempdir().unwrap();
     for (name, bytes) in files {
@@ -322,7 +327,7 @@ r = c.push(target=f"{addr}/{target}", files=files, quiet=True)
 if r.status_code not in (200, 201):
     sys.exit(f"push failed: {r.status_code} {r.text}")
 "#;
-    let out = Command::new("python3")
+    let out = Command::new(&python)
         .arg("-c")
         .arg(script)
         .arg(addr)

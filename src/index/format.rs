@@ -227,12 +227,21 @@ pub struct Builder {
     header: Header,
     block_hashes: Vec<u8>,
     pending: Vec<u8>,
-    whole: Sha256,
+    /// The whole-blob hash, unless the caller computes it elsewhere ([`Builder::blocks_only`]).
+    whole: Option<Sha256>,
     seen: u64,
 }
 
 impl Builder {
     pub fn new(blob: &Digest, blob_size: u64, block_size: u64) -> Self {
+        let mut b = Self::blocks_only(blob, blob_size, block_size);
+        b.whole = Some(Sha256::new());
+        b
+    }
+
+    /// A builder that hashes blocks only; the caller hashes the whole blob (on another
+    /// thread, say) and hands the digest to [`Builder::finish_with`].
+    pub fn blocks_only(blob: &Digest, blob_size: u64, block_size: u64) -> Self {
         let blocks = blob_size.div_ceil(block_size);
         Self {
             header: Header {
@@ -244,7 +253,7 @@ impl Builder {
             },
             block_hashes: Vec::with_capacity((blocks * HASH_LEN) as usize),
             pending: Vec::with_capacity(block_size as usize),
-            whole: Sha256::new(),
+            whole: None,
             seen: 0,
         }
     }
@@ -252,7 +261,9 @@ impl Builder {
     /// Feed the next bytes of the blob.
     pub fn update(&mut self, mut data: &[u8]) {
         self.seen += data.len() as u64;
-        self.whole.update(data);
+        if let Some(w) = &mut self.whole {
+            w.update(data);
+        }
         let bs = self.header.block_size as usize;
         while !data.is_empty() {
             if self.pending.is_empty() && data.len() >= bs {
@@ -272,10 +283,19 @@ impl Builder {
 
     /// The index bytes and its root, once the whole blob was fed and matched its digest.
     pub fn finish(mut self) -> Result<(Vec<u8>, Digest), IndexError> {
+        let Some(whole) = self.whole.take() else {
+            return Err(IndexError::Header(
+                "no whole-blob digest: a blocks-only builder finishes with finish_with".into(),
+            ));
+        };
+        self.finish_with(Digest::from_hasher(whole))
+    }
+
+    /// Like [`Builder::finish`], with the whole blob's digest as the caller computed it.
+    pub fn finish_with(mut self, actual: Digest) -> Result<(Vec<u8>, Digest), IndexError> {
         if !self.pending.is_empty() {
             self.block_hashes.extend_from_slice(&sha(&self.pending));
         }
-        let actual = Digest::from_hasher(self.whole);
         if self.seen != self.header.blob_size || actual != self.header.blob {
             return Err(IndexError::Header(format!(
                 "the blob read ({} bytes, {actual}) is not the one described",

@@ -127,6 +127,7 @@ impl<'a> FillSink<'a> {
                 Ok(true) => true,
                 Ok(false) => {
                     CacheStats::add(&self.inner.stats().block_failures, 1);
+                    self.inner.poison(&self.state.blob.digest);
                     log::error!(
                         "{}: block {i} does not match its index; not served",
                         self.state.blob.digest

@@ -71,6 +71,14 @@ impl IndexHint {
     }
 }
 
+/// The length of an index of a blob of `size` bytes in this reader's block size.
+fn expected_len(size: u64) -> u64 {
+    let block = crate::cache::block::BLOCK_SIZE;
+    let blocks = size.div_ceil(block);
+    let leaves = blocks.div_ceil(format::BLOCKS_PER_LEAF);
+    format::HEADER_LEN + format::HASH_LEN * (leaves + blocks)
+}
+
 /// Whether a layer is an index (hidden from the tree).
 pub fn is_index_layer(d: &Descriptor) -> bool {
     d.media_type == format::MEDIA_TYPE
@@ -169,10 +177,15 @@ fn fetch(
 /// A blob's index once resolved: `None` when it has none (or it was refused).
 type Resolution = Arc<OnceLock<Option<Arc<BlobIndex>>>>;
 
-/// The index of each blob, resolved once per mount.
+/// The referrers of a manifest that are block indexes, listed once.
+type IndexReferrers = Arc<OnceLock<Result<Vec<Descriptor>, String>>>;
+
+/// The index of each blob, resolved once per mount; the referrers of each manifest,
+/// listed once (a manifest of 500 layers costs one referrers request, not 500).
 #[derive(Default)]
 pub struct Indexes {
     resolved: Mutex<HashMap<(Digest, u64), Resolution>>,
+    referrers: Mutex<HashMap<(String, Digest), IndexReferrers>>,
 }
 
 impl Indexes {
@@ -190,7 +203,7 @@ impl Indexes {
             .entry((blob.digest.clone(), blob.size))
             .or_default()
             .clone();
-        cell.get_or_init(|| match resolve(src, stats, blob, hint) {
+        cell.get_or_init(|| match self.resolve(src, stats, blob, hint) {
             Ok(found) => found.map(Arc::new),
             Err(e) => {
                 log::warn!(
@@ -211,79 +224,98 @@ impl Indexes {
     }
 }
 
-fn resolve(
-    src: &dyn Source,
-    stats: &CacheStats,
-    blob: &BlobRef,
-    hint: &IndexHint,
-) -> Result<Option<BlobIndex>, CacheError> {
-    let (index, root, trust) = match hint {
-        IndexHint::Bound { index, root } => (index.clone(), root.clone(), Trust::Bound),
-        IndexHint::Referrers { repo, manifest } => match find_referrer(src, repo, manifest, blob) {
-            Ok(Some((index, root))) => (index, root, Trust::Referrer),
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                log::debug!("{}: no referrers ({e})", blob.digest);
-                return Ok(None);
+impl Indexes {
+    fn resolve(
+        &self,
+        src: &dyn Source,
+        stats: &CacheStats,
+        blob: &BlobRef,
+        hint: &IndexHint,
+    ) -> Result<Option<BlobIndex>, CacheError> {
+        let (index, root, trust) = match hint {
+            IndexHint::Bound { index, root } => (index.clone(), root.clone(), Trust::Bound),
+            IndexHint::Referrers { repo, manifest } => {
+                match self.find_referrer(src, repo, manifest, blob) {
+                    Ok(Some((index, root))) => (index, root, Trust::Referrer),
+                    Ok(None) => return Ok(None),
+                    Err(e) => {
+                        log::debug!("{}: no referrers ({e})", blob.digest);
+                        return Ok(None);
+                    }
+                }
             }
-        },
-    };
-    let integrity = |detail: String| CacheError::Integrity {
-        digest: index.digest.clone(),
-        detail,
-    };
-    let head = fetch(src, stats, &index, 0..index.size.min(format::HEADER_LEN))?;
-    let header = format::Header::parse(&head).map_err(|e| integrity(e.to_string()))?;
-    if header.index_len() != index.size {
-        return Err(integrity(format!(
-            "its descriptor says {} bytes, its header {}",
-            index.size,
-            header.index_len()
-        )));
-    }
-    if header.blob != blob.digest || header.blob_size != blob.size {
-        return Err(integrity("it describes another blob".into()));
-    }
-    let top_bytes = fetch(src, stats, &index, 0..header.top_len())?;
-    let top = Top::verify(&top_bytes, &root).map_err(|e| integrity(e.to_string()))?;
-    if top.header.block_size != crate::cache::block::BLOCK_SIZE {
-        return Err(integrity(format!(
-            "block size {} (this orasfs reads {} byte blocks)",
-            top.header.block_size,
-            crate::cache::block::BLOCK_SIZE
-        )));
-    }
-    log::debug!(
-        "{}: block index {} ({:?})",
-        blob.digest,
-        index.digest,
-        trust
-    );
-    Ok(Some(BlobIndex {
-        trust,
-        index,
-        top,
-        leaves: Mutex::new(HashMap::new()),
-    }))
-}
-
-/// An index for `blob` among the referrers of `manifest`: an artifact of the index
-/// media type with a layer that names the blob.
-fn find_referrer(
-    src: &dyn Source,
-    repo: &str,
-    manifest: &Digest,
-    blob: &BlobRef,
-) -> Result<Option<(BlobRef, Digest)>, CacheError> {
-    for r in src.referrers(repo, manifest)? {
-        if r.artifact_type.as_deref() != Some(format::MEDIA_TYPE) {
-            continue;
-        }
-        let m = src.manifest(repo, &Reference::Digest(r.digest.clone()))?;
-        let Manifest::Image(image) = &m.manifest else {
-            continue;
         };
-        for l in &image.layers {
+        let integrity = |detail: String| CacheError::Integrity {
+            digest: index.digest.clone(),
+            detail,
+        };
+        let head = fetch(src, stats, &index, 0..index.size.min(format::HEADER_LEN))?;
+        let header = format::Header::parse(&head).map_err(|e| integrity(e.to_string()))?;
+        if header.index_len() != index.size {
+            return Err(integrity(format!(
+                "its descriptor says {} bytes, its header {}",
+                index.size,
+                header.index_len()
+            )));
+        }
+        if header.blob != blob.digest || header.blob_size != blob.size {
+            return Err(integrity("it describes another blob".into()));
+        }
+        let top_bytes = fetch(src, stats, &index, 0..header.top_len())?;
+        let top = Top::verify(&top_bytes, &root).map_err(|e| integrity(e.to_string()))?;
+        if top.header.block_size != crate::cache::block::BLOCK_SIZE {
+            return Err(integrity(format!(
+                "block size {} (this orasfs reads {} byte blocks)",
+                top.header.block_size,
+                crate::cache::block::BLOCK_SIZE
+            )));
+        }
+        log::debug!(
+            "{}: block index {} ({:?})",
+            blob.digest,
+            index.digest,
+            trust
+        );
+        Ok(Some(BlobIndex {
+            trust,
+            index,
+            top,
+            leaves: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// An index for `blob` among the referrers of `manifest`: an artifact of the index
+    /// media type with a layer that names the blob.
+    fn find_referrer(
+        &self,
+        src: &dyn Source,
+        repo: &str,
+        manifest: &Digest,
+        blob: &BlobRef,
+    ) -> Result<Option<(BlobRef, Digest)>, CacheError> {
+        let cell = lock(&self.referrers)
+            .entry((repo.to_string(), manifest.clone()))
+            .or_default()
+            .clone();
+        let listed = cell.get_or_init(|| {
+            let all = src.referrers(repo, manifest).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for r in all {
+                if r.artifact_type.as_deref() == Some(format::MEDIA_TYPE) {
+                    let m = src.manifest(repo, &Reference::Digest(r.digest.clone()));
+                    if let Ok(Manifest::Image(image)) = m.map(|m| m.manifest) {
+                        out.extend(image.layers);
+                    }
+                }
+            }
+            Ok(out)
+        });
+        let layers = listed
+            .as_ref()
+            .map_err(|e| CacheError::Refused(e.clone()))?;
+        // An index for this blob, of the block size this reader uses (another size would
+        // be refused: skip it and look further).
+        for l in layers {
             let names_blob = l
                 .annotations
                 .get(format::ANNOTATION_BLOB)
@@ -293,16 +325,16 @@ fn find_referrer(
                 .get(format::ANNOTATION_ROOT)
                 .and_then(|v| Digest::parse(v).ok());
             if let (true, Some(root), true) = (names_blob, root, is_index_layer(l)) {
-                return Ok(Some((
-                    BlobRef {
-                        repo: repo.to_string(),
-                        digest: l.digest.clone(),
-                        size: l.size,
-                    },
-                    root,
-                )));
+                let index = BlobRef {
+                    repo: repo.to_string(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                };
+                if expected_len(blob.size) == index.size {
+                    return Ok(Some((index, root)));
+                }
             }
         }
+        Ok(None)
     }
-    Ok(None)
 }

@@ -675,7 +675,12 @@ impl Inner {
         let blob = &state.blob;
         let from = blocks.start * BLOCK_SIZE;
         let to = blob.size.min(blocks.end * BLOCK_SIZE);
-        let index = self.state_index(state);
+        // Blobs read whole are checked against their digest; only block reads need the
+        // index (and only they pay for finding it).
+        let index = match self.mode(state) {
+            Ok(ReadMode::Blocks) => self.state_index(state),
+            _ => None,
+        };
         if let Some(ix) = &index {
             if let Err(e) = ix.prepare(self.src.as_ref(), self.stats(), blocks.clone()) {
                 state.release(blocks);
@@ -805,8 +810,15 @@ impl Inner {
     fn record_failure(&self, d: &Digest, served: bool) {
         CacheStats::add(&self.stats().integrity_failures, 1);
         if served {
-            *lock(&self.failures).entry(d.clone()).or_insert(0) += 1;
+            self.poison(d);
         }
+    }
+
+    /// Fail every later read of files open on `d` now: a block of it arrived wrong. (The
+    /// kernel retries a failed read-ahead page by page; those retries fail too, so the
+    /// reader sees the error, and a new open reads again.)
+    fn poison(&self, d: &Digest) {
+        *lock(&self.failures).entry(d.clone()).or_insert(0) += 1;
     }
 
     /// Serve from a blob that must be verified whole first (small blobs, strict mode).

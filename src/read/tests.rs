@@ -193,7 +193,7 @@ fn random_reads_do_not_read_ahead() {
     let s = setup(dir.path(), &[size as usize], |_, _| {});
     let fh = s.fs.open(s.inos[0], false).unwrap();
     let (r0, b0) = (requests(&s), served(&s));
-    // Scattered offsets, each at least 2 MiB from the last read and inside one chunk.
+    // Scattered offsets, each at least 2 MiB from the last read and inside one block.
     let mut offsets: Vec<u64> = Vec::new();
     let mut x: u64 = 12345;
     while offsets.len() < 40 {

@@ -13,6 +13,9 @@ mod blob;
 pub mod credentials;
 pub mod headers;
 mod outage;
+mod push;
+
+pub use push::PushedManifest;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 use super::{BlobSink, BodyKind, FetchedManifest, Reference, Source};
 use crate::error::SourceError;
-use crate::oci::{Digest, ImageIndex, Manifest, ANNOTATION_REF_NAME, MAX_METADATA_SIZE};
+use crate::oci::{
+    Descriptor, Digest, ImageIndex, Manifest, ANNOTATION_REF_NAME, MAX_METADATA_SIZE,
+};
 
 /// An opened, validated OCI image layout.
 #[derive(Debug)]
@@ -189,5 +191,28 @@ impl Source for LayoutSource {
             left -= n as u64;
         }
         Ok(())
+    }
+
+    /// Referrers in a layout are the `index.json` entries whose manifest names `digest` as
+    /// its subject (`orasfs index` adds them untagged, as the ORAS OCI store does).
+    fn referrers(&self, _repo: &str, digest: &Digest) -> Result<Vec<Descriptor>, SourceError> {
+        let mut out = Vec::new();
+        for entry in self.index()?.manifests {
+            if entry.digest == *digest {
+                continue;
+            }
+            let Ok(f) = self.manifest("", &Reference::Digest(entry.digest.clone())) else {
+                continue;
+            };
+            if let Manifest::Image(m) = &f.manifest {
+                if m.subject.as_ref().is_some_and(|s| s.digest == *digest) {
+                    out.push(Descriptor {
+                        artifact_type: entry.artifact_type.clone().or(m.artifact_type.clone()),
+                        ..entry
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -19,6 +19,11 @@ impl RegistrySource {
         Self { client }
     }
 
+    /// The client underneath, for pushing.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Check that the registry answers at all.
     pub fn ping(&self) -> Result<(), SourceError> {
         self.client.ping()

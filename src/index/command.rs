@@ -1,0 +1,169 @@
+//! `orasfs index REF`: stream each data layer of one image manifest once, build its
+//! block-digest index, push the index blobs, and attach them — as a referrer artifact
+//! (default) or embedded in a rewritten manifest (`--embed`). Prints the digest of the
+//! manifest it pushed on standard output; progress goes to standard error.
+
+use std::time::Instant;
+
+use super::attach::{self, descriptor, Indexed, EMPTY_CONFIG};
+use super::build;
+use super::format::MEDIA_TYPE;
+use super::publish::{Destination, LayoutDestination, RegistryDestination};
+use crate::cli::{IndexArgs, RegistryArgs};
+use crate::mount::{split_scheme, Failure};
+use crate::oci::{Digest, Manifest, OCI_MANIFEST};
+use crate::registry::{credentials, Client, ClientConfig, Credentials};
+use crate::source::layout::LayoutSource;
+use crate::source::registry::RegistrySource;
+use crate::source::{valid_tag, Reference, Source};
+use crate::target::{self, Target};
+
+/// Run `orasfs index`.
+pub fn run(args: &IndexArgs) -> Result<(), Failure> {
+    if let Some(t) = args.tag.as_deref().filter(|t| !valid_tag(t)) {
+        return Err(format!("--tag {t:?} is not a valid tag"));
+    }
+    let (plain, target_arg) = split_scheme(&args.reference, args.registry.plain_http)?;
+    let digest = match target::parse(target_arg)? {
+        Target::Layout {
+            path,
+            tag: Some(tag),
+        } => {
+            let layout = LayoutSource::open(&path).map_err(|e| e.to_string())?;
+            let dest = LayoutDestination::new(layout.root());
+            let what = format!("{}:{tag}", layout.root().display());
+            index_and_attach(args, &layout, "", &Reference::Tag(tag), &dest, &what)?
+        }
+        Target::Layout { path, tag: None } => {
+            return Err(format!(
+                "{}: name the artifact to index with a tag: {}:TAG",
+                path.display(),
+                path.display()
+            ))
+        }
+        Target::Registry {
+            registry,
+            repo: Some(repo),
+            reference: Some(reference),
+        } => {
+            let src = connect(&args.registry, &registry, plain).map_err(|e| e.to_string())?;
+            let dest = RegistryDestination {
+                client: src.client(),
+                source: &src,
+                repo: repo.clone(),
+            };
+            let what = format!("{registry}/{}", reference.qualify(&repo));
+            index_and_attach(args, &src, &repo, &reference, &dest, &what)?
+        }
+        Target::Registry { .. } => {
+            return Err(format!(
+                "{}: name one artifact: HOST[:PORT]/REPO:TAG or HOST[:PORT]/REPO@sha256:HEX",
+                args.reference
+            ))
+        }
+    };
+    println!("{digest}");
+    Ok(())
+}
+
+/// A registry client for `orasfs index`, with the credentials the flags or files give,
+/// checked to answer.
+fn connect(
+    flags: &RegistryArgs,
+    registry: &str,
+    plain: Option<bool>,
+) -> Result<RegistrySource, crate::error::SourceError> {
+    let explicit = match (&flags.username, flags.password_stdin) {
+        (Some(u), true) => Some(Credentials::new(
+            u.clone(),
+            credentials::password_from_stdin().map_err(|detail| {
+                crate::error::SourceError::Protocol {
+                    what: "--password-stdin".into(),
+                    detail,
+                }
+            })?,
+            "--username and --password-stdin",
+        )),
+        _ => None,
+    };
+    let mut cfg = ClientConfig::new(registry);
+    cfg.plain_http = plain.unwrap_or(cfg.plain_http || flags.plain_http);
+    cfg.insecure = flags.insecure;
+    cfg.ca_file = flags.ca_file.clone();
+    cfg.connect_timeout = flags.connect_timeout;
+    cfg.read_timeout = flags.read_timeout;
+    cfg.retries = flags.retries;
+    cfg.credentials = credentials::resolve(registry, explicit, flags.auth_file.as_deref())
+        .map_err(|detail| crate::error::SourceError::Protocol {
+            what: format!("credentials for {registry}"),
+            detail,
+        })?;
+    let src = RegistrySource::new(Client::new(cfg)?);
+    src.ping()?;
+    Ok(src)
+}
+
+/// Index every data layer of the image manifest `reference` and attach the indexes to it
+/// in `dest`; returns the digest of the manifest pushed.
+fn index_and_attach(
+    args: &IndexArgs,
+    source: &dyn Source,
+    repo: &str,
+    reference: &Reference,
+    dest: &dyn Destination,
+    what: &str,
+) -> Result<Digest, Failure> {
+    let fetched = source
+        .manifest(repo, reference)
+        .map_err(|e| e.to_string())?;
+    let Manifest::Image(m) = &fetched.manifest else {
+        return Err(format!(
+            "{what} is an image index; index one of its manifests by digest"
+        ));
+    };
+    dest.check_writable().map_err(|e| e.to_string())?;
+    let mut indexed: Vec<Indexed> = Vec::new();
+    for layer in m.layers.iter().filter(|l| l.media_type != MEDIA_TYPE) {
+        if indexed.iter().any(|i| i.layer == layer.digest) {
+            continue;
+        }
+        let started = Instant::now();
+        let index = build::index_layer(source, repo, layer, args.block_size)
+            .map_err(|e| format!("{what}: {e}"))?;
+        let took = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{}: {} bytes indexed in {took:.2} s ({:.0} MiB/s): index {} ({} bytes)",
+            layer.digest,
+            layer.size,
+            layer.size as f64 / (1 << 20) as f64 / took.max(1e-9),
+            index.digest,
+            index.bytes.len()
+        );
+        indexed.push(Indexed {
+            layer: layer.digest.clone(),
+            index,
+        });
+    }
+    if indexed.is_empty() {
+        return Err(format!("{what} has no data layers to index"));
+    }
+    let push = |e: crate::error::SourceError| e.to_string();
+    for i in &indexed {
+        dest.put_blob(&i.index.digest, &i.index.bytes)
+            .map_err(push)?;
+    }
+    let media_type = m.media_type.as_deref().unwrap_or(OCI_MANIFEST);
+    if args.embed {
+        let bytes = attach::embed(&fetched.bytes, &indexed).map_err(|e| format!("{what}: {e}"))?;
+        let tag = args.tag.as_deref().or(match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        });
+        return dest.put_manifest(tag, media_type, &bytes).map_err(push);
+    }
+    dest.put_blob(&Digest::of(EMPTY_CONFIG), EMPTY_CONFIG)
+        .map_err(push)?;
+    let subject = descriptor(media_type, &fetched.digest, fetched.bytes.len() as u64);
+    let manifest = attach::referrer_manifest(subject, &indexed);
+    dest.put_referrer(&fetched.digest, &manifest).map_err(push)
+}
