@@ -41,7 +41,7 @@ for m in "${modules[@]}"; do
     # shellcheck disable=SC2086 # the filters and MUTANTS_ARGS are word lists
     cargo mutants --no-shuffle --baseline skip --timeout "${MUTANTS_TIMEOUT:-120}" \
         ${MUTANTS_ARGS:-} -f "$file" \
-        -o "$out/$name" -- --lib -- $filters || rc=$?
+        -o "$out/$name" --cargo-arg=--lib -- -- $filters || rc=$?
     # 2: some mutants missed, 3: some timed out; anything else is a failure of the run.
     case $rc in
         0 | 2 | 3) ;;
