@@ -183,6 +183,15 @@ mod tests {
             })
         );
         assert_eq!(parse_challenge("Bearer service=x"), None);
+        // Unquoted values end at the next comma.
+        assert_eq!(
+            parse_challenge("Bearer realm=https://a/t,service=reg"),
+            Some(Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: Some("reg".into()),
+                scope: None,
+            })
+        );
         // A parameter with no name is skipped, not the end of the list.
         assert_eq!(
             parse_challenge(r#"Bearer =junk, realm="https://a/t""#),
