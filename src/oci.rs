@@ -470,4 +470,48 @@ mod tests {
             Err(OciError::TooLarge { .. })
         ));
     }
+
+    /// Without a declared type, a generic content type is no type at all and the shape
+    /// decides; an unknown declared type is refused only when the document has no shape.
+    #[test]
+    fn generic_content_types_and_unknown_types_fall_back_to_the_shape() {
+        let shapeless = br#"{"schemaVersion":2}"#;
+        for ct in [
+            None,
+            Some(""),
+            Some("application/json"),
+            Some("application/json; charset=utf-8"),
+            Some("application/octet-stream"),
+        ] {
+            // No type and no shape: read as an image manifest, which lacks its config.
+            assert!(
+                matches!(
+                    Manifest::parse(shapeless, ct),
+                    Err(OciError::Malformed { .. })
+                ),
+                "{ct:?}"
+            );
+        }
+        // Both `manifests` and `config`, no type: an image manifest.
+        let both = format!(
+            r#"{{"manifests":[{}],"config":{},"layers":[]}}"#,
+            desc(2),
+            desc(3)
+        );
+        assert!(matches!(
+            Manifest::parse(both.as_bytes(), None),
+            Ok(Manifest::Image(_))
+        ));
+        // An unknown type with the shape of an image manifest, or of an index.
+        let image = format!(r#"{{"mediaType":"x/y","config":{},"layers":[]}}"#, desc(3));
+        assert!(matches!(
+            Manifest::parse(image.as_bytes(), None),
+            Ok(Manifest::Image(_))
+        ));
+        let index = format!(r#"{{"mediaType":"x/y","manifests":[{}]}}"#, desc(2));
+        assert!(matches!(
+            Manifest::parse(index.as_bytes(), None),
+            Ok(Manifest::Index(_))
+        ));
+    }
 }
