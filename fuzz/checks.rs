@@ -198,3 +198,82 @@ pub fn target(data: &[u8]) {
         }
     }
 }
+
+/// A fuzz input as a blob.
+struct FuzzBlob<'a>(&'a [u8]);
+
+impl orasfs::archive::BlobBytes for FuzzBlob<'_> {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, orasfs::archive::ArchiveError> {
+        let s = (offset as usize).min(self.0.len());
+        let e = s.saturating_add(len as usize).min(self.0.len());
+        Ok(self.0[s..e].to_vec())
+    }
+}
+
+/// Archive index reader: any bytes as a tar or tar.gz blob list without panicking, under
+/// bounded expansion; every listed name is one sound component found again by lookup;
+/// every file member reads back at most its size; the stored form round-trips; and any
+/// bytes given as a stored index are refused or accepted without panicking.
+pub fn archive(data: &[u8]) {
+    use orasfs::archive::index::NodeKind;
+    use orasfs::archive::open::{Archive, Limits};
+    use orasfs::archive::store::Stored;
+    let _ = Stored::decode(data);
+    let blob = FuzzBlob(data);
+    let limits = Limits {
+        ratio: 64,
+        floor: 4 << 20,
+    };
+    let Ok(a) = Archive::open(&blob, &Digest::of(data), None, limits) else {
+        return;
+    };
+    let idx = &a.index;
+    let mut read = 0u64;
+    for id in 1..idx.len() as u32 {
+        let n = idx.node(id).expect("node in range");
+        let name = idx.name(id);
+        assert!(
+            !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains('/')
+                && !name.chars().any(char::is_control),
+            "unsound member name {name:?}"
+        );
+        assert_eq!(
+            idx.lookup(n.parent, name),
+            Some(id),
+            "{name:?} not found again"
+        );
+        assert_eq!(
+            n.mode & !0o555,
+            0,
+            "mode {:o} keeps write or special bits",
+            n.mode
+        );
+        match n.kind {
+            NodeKind::File if read < 16 << 20 => {
+                let r = a.reader(id).expect("a file has a reader");
+                if let Ok(bytes) = a.read(&blob, &r, 0, 65536) {
+                    assert!(bytes.len() as u64 <= n.size.min(65536));
+                    read += bytes.len() as u64;
+                }
+            }
+            NodeKind::Symlink => assert!(idx.link_target(id).is_some()),
+            _ => {}
+        }
+    }
+    let stored = Stored {
+        gzip: false,
+        blob_size: data.len() as u64,
+        index: idx.clone(),
+        points: Vec::new(),
+    };
+    assert_eq!(
+        Stored::decode(&stored.encode()).expect("round trip"),
+        stored
+    );
+}

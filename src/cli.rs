@@ -245,6 +245,12 @@ pub struct MountArgs {
     /// (e.g. 30s, 5m; 0 asks every time).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub metadata_ttl: Duration,
+
+    /// Which archive layers also appear unpacked, as a directory beside their file:
+    /// `oras` (those annotated io.deis.oras.content.unpack, as `oras pull` unpacks them),
+    /// `all` (every tar/tar+gzip layer: Helm charts, image layers), `none`
+    #[arg(long, value_enum, value_name = "MODE", default_value = "oras")]
+    pub unpack: crate::archive::UnpackMode,
     /// Serve verified blobs through orasfs even where the kernel could read them directly
     /// (FUSE passthrough, Linux 6.9+).
     #[arg(long)]

@@ -113,6 +113,8 @@ pub enum FsError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 impl FsError {
@@ -127,6 +129,7 @@ impl FsError {
             FsError::Cache(CacheError::Integrity { .. }) => "integrity",
             FsError::Cache(CacheError::Refused(_)) => "refused",
             FsError::Cache(_) => "cache",
+            FsError::Archive(_) => "archive",
         }
     }
 }
@@ -142,7 +145,7 @@ pub fn to_errno(e: &FsError) -> i32 {
         FsError::NoAttr => libc::ENODATA,
         FsError::Source(s) | FsError::Cache(CacheError::Source(s)) => source_errno(s),
         FsError::Cache(CacheError::Refused(_)) => libc::EACCES,
-        FsError::Cache(_) => libc::EIO,
+        FsError::Cache(_) | FsError::Archive(_) => libc::EIO,
     }
 }
 

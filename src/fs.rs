@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::archive::index::{Node as ArchiveNode, NodeKind};
+use crate::archive::open::Limits;
+use crate::archive::view::{Member, Views};
+use crate::archive::{Archive, MemberReader, ReadBlob};
+use crate::cache::BlobRef;
 use crate::error::FsError;
 use crate::read::{BlobReader, OpenBlob};
 use crate::tree::{Ino, Node, Tree, ROOT};
@@ -17,6 +22,8 @@ use crate::tree::{Ino, Node, Tree, ROOT};
 pub struct Attr {
     pub ino: Ino,
     pub is_dir: bool,
+    /// A symbolic link (archive members only).
+    pub is_link: bool,
     pub size: u64,
     pub mtime: SystemTime,
     pub perm: u16,
@@ -29,6 +36,7 @@ pub struct Attr {
 pub struct DirEntry {
     pub ino: Ino,
     pub is_dir: bool,
+    pub is_link: bool,
     pub name: String,
 }
 
@@ -66,6 +74,12 @@ impl Default for FsConfig {
 enum Handle {
     Blob(OpenBlob),
     Inline(Arc<Vec<u8>>),
+    /// A file inside an archive.
+    Member {
+        archive: Arc<Archive>,
+        member: MemberReader,
+        open: OpenBlob,
+    },
 }
 
 /// The filesystem.
@@ -77,10 +91,16 @@ pub struct Fs {
     next_fh: AtomicU64,
     /// Failed operations by kind, for `orasfs stats`.
     pub errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Archive layers shown as directories.
+    archives: Views,
 }
 
 impl Fs {
     pub fn new(tree: Tree, reader: BlobReader, cfg: FsConfig) -> Self {
+        let archives = Views::new(
+            Some(reader.cache().root().join("archives")),
+            Limits::default(),
+        );
         Self {
             tree,
             reader,
@@ -88,6 +108,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             errors: Mutex::new(Default::default()),
+            archives,
         }
     }
 
@@ -110,6 +131,7 @@ impl Fs {
             Node::Image(m) | Node::Index(m) | Node::SubDir { manifest: m } | Node::Referrers(m) => {
                 (true, 0, m.mtime)
             }
+            Node::Archive { mtime, .. } => (true, 0, *mtime),
             // Names that can change have no time of their own: a fixed one keeps `rsync -a`
             // and `make` from seeing changes across mounts.
             Node::Namespace { .. }
@@ -122,6 +144,7 @@ impl Fs {
         Attr {
             ino,
             is_dir,
+            is_link: false,
             size,
             mtime,
             perm: if is_dir {
@@ -169,45 +192,136 @@ impl Fs {
     }
 
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        if let Some((dir, a)) = self.archive_at(parent)? {
+            if Views::node(&a, dir)?.kind != NodeKind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let node = a.index.lookup(dir.node, name).ok_or(FsError::NotFound)?;
+            return self.getattr(self.archives.ino(Member { node, ..dir }));
+        }
         let ino = self.tree.lookup(parent, name)?;
         self.getattr(ino)
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        if Views::owns(ino) {
+            let (m, a) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
+            return Ok(self.member_attr(ino, &Views::node(&a, m)?));
+        }
         let node = self.tree.node(ino)?;
         Ok(self.attr_of(ino, &node))
     }
 
+    /// The archive and member an inode stands for: an archive member, or an archive
+    /// directory of the tree (its root). Lists the archive on first use.
+    fn archive_at(&self, ino: Ino) -> Result<Option<(Member, Arc<Archive>)>, FsError> {
+        let (mut member, blob) = if Views::owns(ino) {
+            let m = Views::member(ino);
+            let (_, blob) = self.archives.tree_of(m.view).ok_or(FsError::NotFound)?;
+            (m, blob)
+        } else if let Ok(Node::Archive { blob, desc, .. }) = self.tree.node(ino) {
+            let top = crate::archive::kind::oras_top(&desc);
+            let view = self.archives.view_of(ino, &blob, top)?;
+            (Member { view, node: 0 }, blob)
+        } else {
+            return Ok(None);
+        };
+        let archive = self
+            .archives
+            .archive(member.view, &self.blob_bytes(&blob))?;
+        if !Views::owns(ino) {
+            member.node = self.archives.root(member.view);
+        }
+        Ok(Some((member, archive)))
+    }
+
+    fn blob_bytes<'a>(&'a self, blob: &'a BlobRef) -> ReadBlob<'a> {
+        ReadBlob {
+            reader: &self.reader,
+            blob,
+        }
+    }
+
+    fn member_attr(&self, ino: Ino, n: &ArchiveNode) -> Attr {
+        Attr {
+            ino,
+            is_dir: n.kind == NodeKind::Dir,
+            is_link: n.kind == NodeKind::Symlink,
+            size: if n.kind == NodeKind::Dir { 0 } else { n.size },
+            mtime: SystemTime::UNIX_EPOCH + Duration::from_secs(n.mtime.max(0) as u64),
+            perm: n.mode,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
+    }
+
+    /// The target of a symbolic link, unchanged.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, FsError> {
+        let (m, a) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
+        a.index
+            .link_target(m.node)
+            .map(<[u8]>::to_vec)
+            .ok_or(FsError::NotFound)
+    }
+
     /// Entries including `.` and `..`.
     pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>, FsError> {
-        let parent = if ino == ROOT {
-            ROOT
-        } else {
-            self.tree.parent(ino)
+        let archive = self.archive_at(ino)?;
+        let parent = match &archive {
+            _ if ino == ROOT => ROOT,
+            Some((m, a)) if Views::owns(ino) => self.archives.ino(Member {
+                node: Views::node(a, *m)?.parent,
+                ..*m
+            }),
+            _ => self.tree.parent(ino),
         };
-        let mut out = vec![
-            DirEntry {
-                ino,
-                is_dir: true,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino: parent,
-                is_dir: true,
-                name: "..".into(),
-            },
-        ];
+        let dir = |ino, name: &str| DirEntry {
+            ino,
+            is_dir: true,
+            is_link: false,
+            name: name.into(),
+        };
+        let mut out = vec![dir(ino, "."), dir(parent, "..")];
+        if let Some((m, a)) = archive {
+            if Views::node(&a, m)?.kind != NodeKind::Dir {
+                return Err(FsError::NotDir);
+            }
+            out.extend(
+                self.archives
+                    .list(&a, m)
+                    .into_iter()
+                    .map(|(name, ino, kind)| DirEntry {
+                        ino,
+                        is_dir: kind == NodeKind::Dir,
+                        is_link: kind == NodeKind::Symlink,
+                        name,
+                    }),
+            );
+            return Ok(out);
+        }
         out.extend(
             self.tree
                 .list(ino)?
                 .into_iter()
-                .map(|(name, ino, is_dir)| DirEntry { ino, is_dir, name }),
+                .map(|(name, ino, is_dir)| DirEntry {
+                    ino,
+                    is_dir,
+                    is_link: false,
+                    name,
+                }),
         );
         Ok(out)
     }
 
     /// Open a directory: a tag directory is entered (its manifest fetched) now.
     pub fn opendir(&self, ino: Ino) -> Result<(), FsError> {
+        if Views::owns(ino) {
+            let (m, a) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
+            return match Views::node(&a, m)?.kind {
+                NodeKind::Dir => Ok(()),
+                _ => Err(FsError::NotDir),
+            };
+        }
         self.tree.enter(ino)
     }
 
@@ -215,18 +329,32 @@ impl Fs {
         if write {
             return Err(FsError::ReadOnly);
         }
+        if Views::owns(ino) {
+            let (m, archive) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
+            let reader = archive.reader(m.node).ok_or(FsError::IsDir)?;
+            let (_, blob) = self.archives.tree_of(m.view).ok_or(FsError::NotFound)?;
+            return Ok(self.add_handle(Handle::Member {
+                archive,
+                member: reader,
+                open: self.reader.open(&blob, None),
+            }));
+        }
         let handle = match self.tree.node(ino)? {
             Node::Blob { blob, index, .. } => Handle::Blob(self.reader.open(&blob, index.as_ref())),
             Node::Inline { bytes, .. } => Handle::Inline(bytes),
             Node::StatsFile => Handle::Inline(Arc::new(crate::stats::snapshot(self).into_bytes())),
             _ => return Err(FsError::IsDir),
         };
+        Ok(self.add_handle(handle))
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(fh, Arc::new(handle));
-        Ok(fh)
+        fh
     }
 
     /// How many file handles are open (a stop after a lazy detach serves them first).
@@ -255,6 +383,11 @@ impl Fs {
                 let end = start.saturating_add(size as usize).min(bytes.len());
                 Ok(bytes[start..end].to_vec())
             }
+            Handle::Member {
+                archive,
+                member,
+                open,
+            } => Ok(archive.read(&self.blob_bytes(open.blob()), member, offset, size)?),
             Handle::Blob(open) => Ok(self.reader.read(open, offset, size)?),
         }
     }
@@ -288,7 +421,21 @@ impl Fs {
     pub fn xattrs(&self, ino: Ino) -> Result<Vec<(String, Vec<u8>)>, FsError> {
         let mut out: Vec<(String, Vec<u8>)> = Vec::new();
         let mut put = |k: &str, v: String| out.push((k.to_string(), v.into_bytes()));
+        if Views::owns(ino) {
+            let (m, a) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
+            put("user.orasfs.layer", a.digest.to_string());
+            let n = Views::node(&a, m)?;
+            if n.kind == NodeKind::File {
+                put("user.orasfs.offset", n.offset.to_string());
+            }
+            return Ok(out);
+        }
         match self.tree.node(ino)? {
+            Node::Archive { blob, desc, .. } => {
+                put("user.oci.digest", blob.digest.to_string());
+                put("user.oci.mediatype", desc.media_type.clone());
+                put("user.oci.size", desc.size.to_string());
+            }
             Node::Blob {
                 blob, desc, index, ..
             } => {
@@ -355,7 +502,7 @@ impl Fs {
     /// attributes of every entry, and must not fetch a manifest each); asking for one by
     /// name enters it.
     pub fn getxattr(&self, ino: Ino, name: &str) -> Result<Vec<u8>, FsError> {
-        if name.starts_with("user.oci.") {
+        if name.starts_with("user.oci.") && !Views::owns(ino) {
             self.tree.enter(ino)?;
         }
         self.xattrs(ino)?

@@ -167,6 +167,8 @@ fn file_attr(a: &Attr) -> FileAttr {
         crtime: a.mtime,
         kind: if a.is_dir {
             FileType::Directory
+        } else if a.is_link {
+            FileType::Symlink
         } else {
             FileType::RegularFile
         },
@@ -333,6 +335,8 @@ impl Filesystem for FuseFs {
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let kind = if e.is_dir {
                 FileType::Directory
+            } else if e.is_link {
+                FileType::Symlink
             } else {
                 FileType::RegularFile
             };
@@ -341,6 +345,13 @@ impl Filesystem for FuseFs {
             }
         }
         reply.ok();
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: fuser::ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(self.errno(&e)),
+        }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

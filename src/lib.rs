@@ -4,6 +4,7 @@
 //! → [`read`] (which bytes, from where, verified how?) → [`cache`] (do we have them?) and
 //! [`source`] (fetch what is missing).
 
+pub mod archive;
 pub mod cache;
 pub mod cli;
 pub mod daemon;

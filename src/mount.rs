@@ -293,6 +293,7 @@ fn finish(
         root,
         TreeConfig {
             metadata_ttl: args.metadata_ttl,
+            unpack: args.unpack,
             ..TreeConfig::default()
         },
     )

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 
+use crate::archive::kind::LayerNaming;
 use crate::oci::{Descriptor, Platform};
 
 /// Names orasfs itself places in a manifest directory; titles may not take them.
@@ -70,17 +71,30 @@ pub struct Placement {
     pub path: Vec<String>,
     /// Set when the title was present but refused; the layer then uses a fallback name.
     pub refused: Option<(String, TitleError)>,
+    /// Where the layer is also shown unpacked, as a directory (archives only).
+    pub dir: Option<Vec<String>>,
 }
 
 /// Place every layer: by title where the title is sound and unique, else by digest.
 /// Earlier layers win conflicts, so the result follows manifest order.
 pub fn place_layers(layers: &[Descriptor]) -> Vec<Placement> {
+    place_layers_named(layers, &[])
+}
+
+/// [`place_layers`] with archive naming ([`crate::archive::kind::layer_namings`]): a
+/// replacement title, an extension for fallback names, and a directory. Directories are
+/// claimed after every file, so one never takes a file's name; one whose name is taken
+/// gets `.d` appended, or is left out.
+pub fn place_layers_named(layers: &[Descriptor], namings: &[LayerNaming]) -> Vec<Placement> {
+    let none = LayerNaming::default();
+    let naming = |i: usize| namings.get(i).unwrap_or(&none);
     let mut files: HashSet<Vec<String>> = HashSet::new();
     let mut dirs: HashSet<Vec<String>> = HashSet::new();
     let mut out = Vec::with_capacity(layers.len());
     let mut fallbacks = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
-        let placed = match layer.title() {
+        let title = naming(i).title.as_deref().or(layer.title());
+        let placed = match title {
             None => None,
             Some(title) => match title_components(title).and_then(|p| {
                 claim(&p, &mut files, &mut dirs)?;
@@ -89,6 +103,7 @@ pub fn place_layers(layers: &[Descriptor]) -> Vec<Placement> {
                 Ok(p) => Some(Placement {
                     path: p,
                     refused: None,
+                    dir: None,
                 }),
                 Err(e) => {
                     fallbacks.push((i, Some((title.chars().take(300).collect(), e))));
@@ -99,7 +114,7 @@ pub fn place_layers(layers: &[Descriptor]) -> Vec<Placement> {
         match placed {
             Some(p) => out.push(Some(p)),
             None => {
-                if layer.title().is_none() {
+                if title.is_none() {
                     fallbacks.push((i, None));
                 }
                 out.push(None)
@@ -110,7 +125,11 @@ pub fn place_layers(layers: &[Descriptor]) -> Vec<Placement> {
     // a fallback; a digest that repeats gets its layer position appended, and should a title
     // already hold that name too (titles may look like anything), a counter after it.
     for (i, refused) in fallbacks {
-        let base = format!("sha256-{}", layers[i].digest.hex());
+        let base = format!(
+            "sha256-{}{}",
+            layers[i].digest.hex(),
+            naming(i).fallback_ext
+        );
         let mut path = vec![base.clone()];
         let mut n = 0usize;
         // Ends: each refusal is a distinct name already taken, and there are finitely many.
@@ -121,7 +140,30 @@ pub fn place_layers(layers: &[Descriptor]) -> Vec<Placement> {
             }];
             n += 1;
         }
-        out[i] = Some(Placement { path, refused });
+        out[i] = Some(Placement {
+            path,
+            refused,
+            dir: None,
+        });
+    }
+    for (i, p) in out.iter_mut().enumerate() {
+        let (Some(p), n) = (p.as_mut(), naming(i)) else {
+            continue;
+        };
+        let Some((file, parent)) = p.path.split_last().filter(|_| n.unpack) else {
+            continue;
+        };
+        let name = n
+            .dir
+            .clone()
+            .unwrap_or_else(|| crate::archive::kind::dir_name_for(file));
+        let candidates = [name.clone(), format!("{name}.d")];
+        p.dir = candidates.into_iter().find_map(|c| {
+            let mut d = parent.to_vec();
+            d.push(c);
+            let sound = title_components(&d.join("/")).is_ok();
+            (sound && claim(&d, &mut files, &mut dirs).is_ok()).then_some(d)
+        });
     }
     out.into_iter().flatten().collect()
 }

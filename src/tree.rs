@@ -68,6 +68,12 @@ pub enum Node {
         /// Where a data layer's block index may be found (none for configs).
         index: Option<IndexHint>,
     },
+    /// A tar-family layer shown unpacked; its content is listed by [`crate::archive`].
+    Archive {
+        blob: BlobRef,
+        desc: Arc<Descriptor>,
+        mtime: SystemTime,
+    },
     /// `.orasfs/` at the mount root: not listed, reachable by name.
     ControlDir,
     /// `.orasfs/stats.json`: the mount's counters, produced when opened.
@@ -136,6 +142,8 @@ struct Entry {
 pub struct TreeConfig {
     /// How long tag resolutions and listings are trusted.
     pub metadata_ttl: Duration,
+    /// Which archive layers are also shown as directories.
+    pub unpack: crate::archive::UnpackMode,
     /// The mtime of what has no time of its own: directories of names (registry,
     /// namespaces, repositories, tags) and content without a creation time.
     pub epoch: SystemTime,
@@ -145,6 +153,7 @@ impl Default for TreeConfig {
     fn default() -> Self {
         Self {
             metadata_ttl: Duration::from_secs(60),
+            unpack: Default::default(),
             epoch: fixed_epoch(),
         }
     }
@@ -569,7 +578,10 @@ impl Tree {
             },
         );
         self.add(ino, CONFIG_FILE, blob(&image.config, None));
-        for (placement, layer) in names::place_layers(&image.layers)
+        let helm = self.helm_chart_name(m, image);
+        let namings =
+            crate::archive::kind::layer_namings(&image.layers, self.cfg.unpack, helm.as_deref());
+        for (placement, layer) in names::place_layers_named(&image.layers, &namings)
             .into_iter()
             .zip(&image.layers)
         {
@@ -606,7 +618,76 @@ impl Tree {
             }
             let hint = IndexHint::for_layer(&m.repo, &m.digest, layer, &image.layers);
             self.add(dir, file, blob(layer, Some(hint)));
+            if let Some(path) = &placement.dir {
+                self.add_archive_dir(ino, m, path, layer);
+            }
         }
+    }
+
+    /// The directory showing an archive layer unpacked, at `path` below `ino`.
+    fn add_archive_dir(
+        &self,
+        ino: Ino,
+        m: &Arc<ManifestNode>,
+        path: &[String],
+        layer: &Descriptor,
+    ) {
+        let Some((name, dirs)) = path.split_last() else {
+            return;
+        };
+        let mut dir = ino;
+        for d in dirs {
+            dir = match self.child(dir, d) {
+                Some(c) => c,
+                None => self.add(
+                    dir,
+                    d,
+                    Node::SubDir {
+                        manifest: m.clone(),
+                    },
+                ),
+            };
+        }
+        let node = Node::Archive {
+            blob: BlobRef {
+                repo: m.repo.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+            },
+            desc: Arc::new(layer.clone()),
+            mtime: m.mtime,
+        };
+        self.add(dir, name, node);
+    }
+
+    /// `NAME-VERSION` of a Helm chart, from its config blob (fetched and verified here;
+    /// configs are small). `None` for anything else or a config that cannot be read.
+    fn helm_chart_name(&self, m: &ManifestNode, image: &ImageManifest) -> Option<String> {
+        use crate::archive::kind::{HELM_CHART, HELM_CONFIG};
+        let c = &image.config;
+        if c.media_type != HELM_CONFIG || !image.layers.iter().any(|l| l.media_type == HELM_CHART) {
+            return None;
+        }
+        const MAX_CONFIG: u64 = 1 << 20;
+        let mut sink = crate::source::VecSink::with_limit(c.size.min(MAX_CONFIG));
+        let fetched = self
+            .source
+            .fetch_blob(&m.repo, &c.digest, c.size, None, &mut sink)
+            .map_err(|e| e.to_string())
+            .and_then(|_| match Digest::of(&sink.bytes) == c.digest {
+                true => Ok(()),
+                false => Err("content does not match its digest".into()),
+            });
+        if let Err(e) = fetched {
+            self.warn_once(format!("helm:{}", c.digest), || {
+                format!(
+                    "{}/{}: Helm chart config {}: {e}",
+                    m.repo, m.reference, c.digest
+                )
+            });
+            return None;
+        }
+        crate::archive::kind::helm_chart_name(&sink.bytes)
     }
 
     /// Look up `name` in directory `parent`. When the source cannot answer, a name seen
@@ -635,6 +716,8 @@ impl Tree {
             Node::Namespace { prefix } => self.lookup_namespace(parent, prefix, name),
             Node::Hosts => self.lookup_host(parent, name),
             Node::Referrers(m) => self.lookup_referrer(parent, m, name),
+            // Archive contents are looked up by `fs` in the archive's own table.
+            Node::Archive { .. } => Err(FsError::NotFound),
             Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => Err(FsError::NotDir),
         };
         match found {
@@ -1118,6 +1201,7 @@ impl Tree {
                     .map(|(n, _)| n.clone())
                     .collect()
             }
+            Node::Archive { .. } => Vec::new(),
             Node::Tag(_) | Node::Blob { .. } | Node::Inline { .. } | Node::StatsFile => {
                 return Err(FsError::NotDir)
             }

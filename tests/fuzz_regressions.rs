@@ -60,3 +60,8 @@ fn content_range_inputs() {
 fn target_inputs() {
     replay("target", checks::target);
 }
+
+#[test]
+fn archive_inputs() {
+    replay("archive", checks::archive);
+}

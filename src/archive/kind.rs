@@ -1,0 +1,211 @@
+//! Which layers are archives and what they are called: the `--unpack` mode, tar-family
+//! media types, extensions for untitled layers, and the names of archive directories.
+
+use crate::oci::Descriptor;
+
+/// The annotation with which the ORAS CLI marks a directory it pushed as one tarball.
+pub const ANNOTATION_UNPACK: &str = "io.deis.oras.content.unpack";
+/// Helm's chart layer and config media types.
+pub const HELM_CHART: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
+pub const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
+
+/// Which archive layers are also shown as directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UnpackMode {
+    /// Layers annotated `io.deis.oras.content.unpack: "true"`, as `oras pull` unpacks.
+    #[default]
+    Oras,
+    /// Every tar-family layer as well (Helm charts, image layers).
+    All,
+    /// None.
+    None,
+}
+
+/// Compression of a tar-family layer, by media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The extension `tar`/`gzip`/`zstd` tools expect.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => ".tar",
+            Compression::Gzip => ".tar.gz",
+            Compression::Zstd => ".tar.zst",
+        }
+    }
+}
+
+/// The compression of a tar-family media type, or `None` for anything else.
+pub fn tar_family(media_type: &str) -> Option<Compression> {
+    let mt = media_type.trim().to_ascii_lowercase();
+    if mt == HELM_CHART {
+        return Some(Compression::Gzip);
+    }
+    let (base, suffix) = match mt.split_once('+') {
+        Some((b, s)) => (b.to_string(), Some(s.to_string())),
+        None => (mt.clone(), None),
+    };
+    let tar_base = base.ends_with(".tar")
+        || base == "application/x-tar"
+        || base == "application/vnd.docker.image.rootfs.diff.tar"
+        || base == "application/vnd.docker.image.rootfs.foreign.diff.tar";
+    if base == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        || base == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+    {
+        return Some(Compression::Gzip);
+    }
+    if !tar_base {
+        return None;
+    }
+    match suffix.as_deref() {
+        None => Some(Compression::None),
+        Some("gzip") => Some(Compression::Gzip),
+        Some("zstd") => Some(Compression::Zstd),
+        Some(_) => None,
+    }
+}
+
+/// Whether the layer carries the ORAS unpack annotation.
+pub fn oras_unpack(layer: &Descriptor) -> bool {
+    layer
+        .annotations
+        .get(ANNOTATION_UNPACK)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// For an ORAS directory push, the archive directory `oras pull` extracts: the title's
+/// last component.
+pub fn oras_top(layer: &Descriptor) -> Option<&str> {
+    layer
+        .title()
+        .filter(|_| oras_unpack(layer))
+        .and_then(|t| t.rsplit('/').next())
+}
+
+/// How one layer is named: the file's title (if not the layer's own), the extension of a
+/// fallback name, and the directory it is unpacked into.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerNaming {
+    /// Replaces the layer's title as the file's name.
+    pub title: Option<String>,
+    /// Appended to `sha256-<hex>` when the layer has no (usable) title.
+    pub fallback_ext: &'static str,
+    /// The archive directory's name, relative to the file's directory; `None` when it
+    /// is derived from the file's final name by [`dir_name_for`].
+    pub dir: Option<String>,
+    /// Whether the layer is shown as a directory too.
+    pub unpack: bool,
+}
+
+/// Naming of every layer under a mode. `helm_name` is `NAME-VERSION` from a Helm chart's
+/// config, when the manifest is a chart.
+pub fn layer_namings(
+    layers: &[Descriptor],
+    mode: UnpackMode,
+    helm_name: Option<&str>,
+) -> Vec<LayerNaming> {
+    layers
+        .iter()
+        .map(|l| {
+            let Some(comp) = tar_family(&l.media_type) else {
+                return LayerNaming::default();
+            };
+            let mut n = LayerNaming {
+                fallback_ext: comp.extension(),
+                ..Default::default()
+            };
+            let title = l.title();
+            if l.media_type == HELM_CHART && title.is_none() {
+                if let Some(h) = helm_name {
+                    n.title = Some(format!("{h}.tgz"));
+                }
+            }
+            let oras = oras_unpack(l) && title.is_some();
+            n.unpack = match mode {
+                UnpackMode::None => false,
+                UnpackMode::Oras => oras,
+                UnpackMode::All => true,
+            };
+            if oras && mode != UnpackMode::None {
+                // `oras pull` makes a directory named by the title: the directory takes
+                // the title, the file the title plus the archive's extension.
+                let t = title.unwrap_or_default();
+                n.title = Some(format!("{t}{}", comp.extension()));
+                n.dir = t.rsplit('/').next().map(str::to_string);
+            }
+            n
+        })
+        .collect()
+}
+
+/// The directory beside an archive file named `file`: the name without its tar
+/// extension, or `file.d` when there is none to strip.
+pub fn dir_name_for(file: &str) -> String {
+    let lower = file.to_ascii_lowercase();
+    for ext in [".tar.gz", ".tar.zst", ".tgz", ".tar", ".tar.zstd"] {
+        if lower.ends_with(ext) && file.len() > ext.len() {
+            return file[..file.len() - ext.len()].to_string();
+        }
+    }
+    format!("{file}.d")
+}
+
+/// `NAME-VERSION` from a Helm chart's config blob, when both are sound file names.
+pub fn helm_chart_name(config: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let name = v.get("name")?.as_str()?;
+    let version = v.get("version")?.as_str()?;
+    let out = format!("{name}-{version}");
+    let sound = |s: &str| {
+        !s.is_empty()
+            && !s.contains('/')
+            && !s.chars().any(char::is_control)
+            && s != "."
+            && s != ".."
+    };
+    (sound(name) && sound(version) && out.len() + 4 <= crate::names::MAX_COMPONENT).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types() {
+        use Compression::*;
+        for (mt, want) in [
+            ("application/vnd.oci.image.layer.v1.tar", Some(None)),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", Some(Gzip)),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", Some(Zstd)),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Some(Gzip),
+            ),
+            (HELM_CHART, Some(Gzip)),
+            ("application/vnd.oci.image.layer.v1.tar+lz4", Option::None),
+            ("application/octet-stream", Option::None),
+            ("text/plain", Option::None),
+        ] {
+            assert_eq!(tar_family(mt), want, "{mt}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(dir_name_for("chart-1.0.0.tgz"), "chart-1.0.0");
+        assert_eq!(dir_name_for("sha256-ab.tar.gz"), "sha256-ab");
+        assert_eq!(dir_name_for("blob"), "blob.d");
+        assert_eq!(dir_name_for(".tar"), ".tar.d");
+        let cfg = br#"{"name":"mychart","version":"0.1.0","apiVersion":"v2"}"#;
+        assert_eq!(helm_chart_name(cfg).as_deref(), Some("mychart-0.1.0"));
+        assert_eq!(
+            helm_chart_name(br#"{"name":"../x","version":"1"}"#),
+            Option::None
+        );
+    }
+}
