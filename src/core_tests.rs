@@ -290,11 +290,66 @@ fn corrupted_bytes_never_complete_a_read_and_are_dropped() {
             .load(Ordering::Relaxed),
         1
     );
+    // Bad bytes do not stay cached: no partial or verified file of the blob is left.
+    w.fs.wait_idle();
+    let hex = crate::oci::Digest::of(&data).hex().to_string();
+    for dir in ["v2/partial/sha256", "v2/blobs/sha256"] {
+        let f = w._dir.path().join(dir).join(&hex);
+        // A fresh, empty partial file may be opened again; it must hold no byte.
+        let held = std::fs::metadata(&f).map_or(0, |m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks()
+        });
+        assert_eq!(
+            held,
+            0,
+            "{} keeps bytes after a digest mismatch",
+            f.display()
+        );
+    }
     // A transient fault needs no remount: the next read fetches again and succeeds.
     w.src.corrupt.store(false, Ordering::Relaxed);
     assert_eq!(read_all(&w.fs, ino).unwrap(), data);
     w.fs.wait_idle();
     assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"blob");
+}
+
+/// A verified file damaged on disk while the filesystem runs: the next read of the
+/// damaged block is caught by its CRC and that block fetched again, never served (the
+/// read path holds no copy in memory that would hide the damage).
+#[test]
+fn a_verified_file_damaged_in_place_is_caught_by_its_crc() {
+    use std::os::unix::fs::FileExt;
+    let (w, data, ino) = single_blob_world(6 * MIB as usize + 5, VerifyMode::Lazy);
+    assert_eq!(read_all(&w.fs, ino).unwrap(), data);
+    w.fs.wait_idle();
+    assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"blob");
+    let hex = crate::oci::Digest::of(&data).hex().to_string();
+    let blob = w._dir.path().join("v2/blobs/sha256").join(&hex);
+    let at = 3 * MIB + 7;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .write_all_at(&[data[at as usize] ^ 0x10], at)
+        .unwrap();
+    let before = w.src.blob_bytes.load(Ordering::Relaxed);
+    let fh = w.fs.open(ino, false).unwrap();
+    let want = &data[at as usize - 100..][..200];
+    // The read that detects the damage may fail (EIO); it never returns the damaged byte.
+    match w.fs.read(fh, at - 100, 200) {
+        Ok(got) => assert!(got == want, "a damaged block of a verified file is served"),
+        Err(e) => assert_eq!(to_errno(&e), libc::EIO, "{e}"),
+    }
+    // And the next read is right: the block was fetched again, not failed for good.
+    assert!(w.fs.read(fh, at - 100, 200).unwrap() == want);
+    w.fs.release(fh);
+    assert!(w.fs.cache().stats.corrupt_blocks.load(Ordering::Relaxed) >= 1);
+    assert!(
+        w.src.blob_bytes.load(Ordering::Relaxed) > before,
+        "the damaged block is fetched again"
+    );
+    assert_eq!(read_all(&w.fs, ino).unwrap(), data);
 }
 
 #[test]
@@ -897,4 +952,91 @@ fn a_refusal_is_eacces_not_absent() {
     }
     // Inside a manifest nothing is asked: a missing name there is simply absent.
     assert_eq!(errno("org/repo/v1/nope"), Err(libc::ENOENT));
+}
+
+/// orasfs's own write handlers answer `EROFS`, not only the kernel's `ro` flag: the core
+/// is mounted here over FUSE *without* `ro`, so every mutator reaches the daemon.
+/// Needs `/dev/fuse` and root (as the rest of the suite); it fails, never skips, without.
+#[test]
+fn every_write_handler_answers_erofs_without_the_ro_flag() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let src = Arc::new(MemorySource::new());
+    let layer = titled(src.put_blob("x", b"alpha".to_vec()), "d/f");
+    src.put_manifest("r", Some("t"), image_manifest(&src, &[layer]));
+    let w = world(
+        src,
+        RootKind::Artifact("r".into(), Reference::Tag("t".into())),
+        VerifyMode::Lazy,
+    );
+    let mnt = tempfile::tempdir().unwrap();
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![fuser::MountOption::FSName("orasfs-core-test".into())];
+    // Unmounted when dropped, also when an assertion below fails.
+    let session = fuser::spawn_mount(
+        crate::fuse::FuseFs::new(Arc::new(w.fs), false),
+        mnt.path(),
+        &config,
+    )
+    .expect("mount over /dev/fuse (needs root and the fuse3 package)");
+    let root = mnt.path();
+    let file = root.join("d/f");
+    assert_eq!(std::fs::read(&file).unwrap(), b"alpha", "the mount serves");
+    let c = |p: &std::path::Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+    let libc_call = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let (cf, cd) = (c(&file), c(&root.join("d")));
+    let attempts: Vec<(&str, std::io::Result<()>)> = vec![
+        ("mkdir", std::fs::create_dir(root.join("new"))),
+        (
+            "create",
+            std::fs::File::create(root.join("new.txt")).map(drop),
+        ),
+        ("unlink", std::fs::remove_file(&file)),
+        ("rmdir", std::fs::remove_dir(root.join("d"))),
+        ("rename", std::fs::rename(&file, root.join("g"))),
+        ("link", std::fs::hard_link(&file, root.join("h"))),
+        ("symlink", std::os::unix::fs::symlink("f", root.join("s"))),
+        (
+            "chmod",
+            libc_call(unsafe { libc::chmod(cf.as_ptr(), 0o777) }),
+        ),
+        (
+            "truncate",
+            libc_call(unsafe { libc::truncate(cf.as_ptr(), 0) }),
+        ),
+        (
+            "mknod",
+            libc_call(unsafe {
+                libc::mknod(c(&root.join("fifo")).as_ptr(), libc::S_IFIFO | 0o644, 0)
+            }),
+        ),
+        (
+            "setxattr",
+            libc_call(unsafe {
+                libc::setxattr(cd.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0)
+            }),
+        ),
+        (
+            "removexattr",
+            libc_call(unsafe { libc::removexattr(cf.as_ptr(), c"user.orasfs.digest".as_ptr()) }),
+        ),
+        (
+            "open for writing",
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .map(drop),
+        ),
+    ];
+    for (op, r) in attempts {
+        let e = r.expect_err(op);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{op}: {e}");
+    }
+    session.umount_and_join().unwrap();
 }

@@ -384,4 +384,134 @@ mod tests {
         assert!(Manifest::parse(b"{not json", None).is_err());
         assert!(Manifest::parse(br#"{"schemaVersion":1}"#, None).is_err());
     }
+
+    /// The declared type decides over the document's shape, for each of the four types.
+    #[test]
+    fn the_media_type_decides_over_the_shape() {
+        for ty in [OCI_INDEX, DOCKER_LIST] {
+            // An index that also carries a `config` is still an index.
+            let doc = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{ty}","manifests":[{}],"config":{}}}"#,
+                desc(2),
+                desc(3)
+            );
+            assert!(
+                matches!(
+                    Manifest::parse(doc.as_bytes(), None),
+                    Ok(Manifest::Index(_))
+                ),
+                "{ty}"
+            );
+            // Declared by the transport's content type instead.
+            let doc = format!(r#"{{"manifests":[{}],"config":{}}}"#, desc(2), desc(3));
+            assert!(
+                matches!(
+                    Manifest::parse(doc.as_bytes(), Some(ty)),
+                    Ok(Manifest::Index(_))
+                ),
+                "{ty} as content type"
+            );
+        }
+        for ty in [OCI_MANIFEST, DOCKER_MANIFEST] {
+            // A document that says it is a manifest is never read as an index.
+            let doc = format!(r#"{{"mediaType":"{ty}","manifests":[{}]}}"#, desc(2));
+            assert!(
+                matches!(
+                    Manifest::parse(doc.as_bytes(), None),
+                    Err(OciError::Malformed { .. })
+                ),
+                "{ty}"
+            );
+        }
+        assert!(matches!(
+            Manifest::parse(br#"{"mediaType":"text/plain"}"#, None),
+            Err(OciError::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn manifest_types_are_the_four_and_only_those() {
+        for ty in [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST] {
+            assert!(is_manifest_type(ty), "{ty}");
+        }
+        for ty in [
+            "application/octet-stream",
+            "",
+            "application/vnd.oci.image.layer.v1.tar",
+        ] {
+            assert!(!is_manifest_type(ty), "{ty}");
+        }
+    }
+
+    /// The limits sit exactly at their documented values, written here as numbers (not
+    /// computed from the constants under test): a 2^50-byte descriptor, 65 536 entries and
+    /// a 4 MiB document pass; one more does not.
+    #[test]
+    fn limits_sit_exactly_at_their_documented_values() {
+        let doc = |size: i64| format!(r#"{{"config":{},"layers":[]}}"#, desc(size));
+        assert!(Manifest::parse(doc(1_125_899_906_842_624).as_bytes(), None).is_ok());
+        assert!(matches!(
+            Manifest::parse(doc(1_125_899_906_842_625).as_bytes(), None),
+            Err(OciError::TooLarge { .. })
+        ));
+        // 65 537 descriptors take more than 4 MiB, so the entry cap is not reachable
+        // through `Manifest::parse`; it is checked on its own.
+        assert!(check_count(65_536, "layers").is_ok());
+        assert!(matches!(
+            check_count(65_537, "layers"),
+            Err(OciError::TooLarge { .. })
+        ));
+        let mut padded = doc(1).into_bytes();
+        padded.resize(4_194_304, b' ');
+        assert!(Manifest::parse(&padded, None).is_ok(), "exactly 4 MiB");
+        padded.push(b' ');
+        assert!(matches!(
+            Manifest::parse(&padded, None),
+            Err(OciError::TooLarge { .. })
+        ));
+    }
+
+    /// Without a declared type, a generic content type is no type at all and the shape
+    /// decides; an unknown declared type is refused only when the document has no shape.
+    #[test]
+    fn generic_content_types_and_unknown_types_fall_back_to_the_shape() {
+        let shapeless = br#"{"schemaVersion":2}"#;
+        for ct in [
+            None,
+            Some(""),
+            Some("application/json"),
+            Some("application/json; charset=utf-8"),
+            Some("application/octet-stream"),
+        ] {
+            // No type and no shape: read as an image manifest, which lacks its config.
+            assert!(
+                matches!(
+                    Manifest::parse(shapeless, ct),
+                    Err(OciError::Malformed { .. })
+                ),
+                "{ct:?}"
+            );
+        }
+        // Both `manifests` and `config`, no type: an image manifest.
+        let both = format!(
+            r#"{{"manifests":[{}],"config":{},"layers":[]}}"#,
+            desc(2),
+            desc(3)
+        );
+        assert!(matches!(
+            Manifest::parse(both.as_bytes(), None),
+            Ok(Manifest::Image(_))
+        ));
+        // An unknown type with the shape of an image manifest, or of an index.
+        let image = format!(r#"{{"mediaType":"x/y","config":{},"layers":[]}}"#, desc(3));
+        assert!(matches!(
+            Manifest::parse(image.as_bytes(), None),
+            Ok(Manifest::Image(_))
+        ));
+        let index = format!(r#"{{"mediaType":"x/y","manifests":[{}]}}"#, desc(2));
+        assert!(matches!(
+            Manifest::parse(index.as_bytes(), None),
+            Ok(Manifest::Index(_))
+        ));
+    }
 }

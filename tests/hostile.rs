@@ -207,6 +207,83 @@ fn hostile_titles_are_refused_and_every_layer_stays_reachable() {
 // Oversized documents
 // ---------------------------------------------------------------------------------------
 
+/// A registry that answers a manifest request with an endless body: the daemon stops
+/// reading at the 4 MiB cap, whether the answer announces its length (refused on the
+/// header) or not (cut at 4 MiB + 1), and fails with a one-line error naming the limit.
+/// The server counts what it managed to send; without the cap the daemon would take all
+/// 256 MiB (the parser's own size check would still refuse it, so only the bytes sent
+/// tell the cap is there).
+#[test]
+fn an_endless_manifest_over_http_is_not_read_past_the_limit() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const ENDLESS: u64 = 256 * MIB as u64;
+    for announce_length in [true, false] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let most = Arc::new(AtomicU64::new(0));
+        let served = Arc::new(AtomicU64::new(0));
+        let (m, sv) = (most.clone(), served.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { break };
+                let mut first = String::new();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                if r.read_line(&mut first).is_err() {
+                    continue;
+                }
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                if !first.contains("/manifests/") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                          Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    );
+                    continue;
+                }
+                let mut head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {OCI_MANIFEST}\r\nConnection: close\r\n"
+                );
+                if announce_length {
+                    head += &format!("Content-Length: {ENDLESS}\r\n");
+                }
+                head += "\r\n";
+                if conn.write_all(head.as_bytes()).is_err() {
+                    continue;
+                }
+                sv.fetch_add(1, Ordering::Relaxed);
+                let chunk = vec![b' '; 64 * 1024];
+                let mut sent = 0u64;
+                while sent < ENDLESS && conn.write_all(&chunk).is_ok() {
+                    sent += chunk.len() as u64;
+                    m.fetch_max(sent, Ordering::Relaxed);
+                }
+            }
+        });
+        let f = Launch::new(&format!("{addr}/hostile/endless:v1")).fail();
+        assert_one_line(
+            &format!("an endless manifest (Content-Length: {announce_length})"),
+            &f,
+            &["limit"],
+        );
+        assert!(
+            served.load(Ordering::Relaxed) >= 1,
+            "the manifest was asked for"
+        );
+        let most = most.load(Ordering::Relaxed);
+        eprintln!("announce length {announce_length}: at most {most} bytes sent on one answer");
+        // 4 MiB + 1 read, plus what socket buffers on both sides take in (loopback
+        // buffers grow to several MiB each).
+        assert!(
+            most < 32 * MIB as u64,
+            "{most} bytes of one manifest answer were taken (announce length {announce_length})"
+        );
+    }
+}
+
 /// A manifest over 4 MiB: the registry may refuse it; orasfs refuses it too (here from an
 /// OCI layout) with a clear error — one line for a mount of that tag, EIO for its
 /// directory in a mount of the layout — and the layout's sound tag still reads.

@@ -167,13 +167,18 @@ fn mount_helper_understands_fstab_options() {
         0o550
     );
     assert!(spot.cache().join("v2").is_dir(), "cache_dir= was used");
+    // The same good source with `rw`, on a fresh mountpoint: refused for `rw` alone.
+    let other = Spot::new();
     let bad = Command::new(&helper)
-        .arg("x")
-        .arg(&spot.mnt)
-        .args(["-o", "rw"])
+        .arg(format!("{}/eo/products:v1", reg.addr()))
+        .arg(&other.mnt)
+        .args(["-o", &opts.replacen("ro,", "rw,", 1)])
         .output()
         .unwrap();
-    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "rw was accepted: {said}");
+    assert!(said.contains("read-only"), "refused as read-only: {said}");
+    assert!(!is_mounted(&other.mnt), "nothing is mounted");
 }
 
 #[test]

@@ -226,11 +226,12 @@ fn opens_across_verification_all_succeed(extra: &[&str]) {
         small,
         "after the first handle closed"
     );
+    assert_passthrough_granted(&m, extra);
 }
 
 #[test]
 fn opens_across_verification_all_succeed_with_passthrough() {
-    opens_across_verification_all_succeed(&[]);
+    opens_across_verification_all_succeed(WITH_PASSTHROUGH);
 }
 
 #[test]

@@ -183,6 +183,24 @@ mod tests {
             })
         );
         assert_eq!(parse_challenge("Bearer service=x"), None);
+        // Unquoted values end at the next comma.
+        assert_eq!(
+            parse_challenge("Bearer realm=https://a/t,service=reg"),
+            Some(Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: Some("reg".into()),
+                scope: None,
+            })
+        );
+        // A parameter with no name is skipped, not the end of the list.
+        assert_eq!(
+            parse_challenge(r#"Bearer =junk, realm="https://a/t""#),
+            Some(Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: None,
+                scope: None,
+            })
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
         for junk in [
             "",
@@ -203,6 +221,12 @@ mod tests {
         );
         assert_eq!(parse_link_next(r#"<x>; rel="prev""#), None);
         assert_eq!(parse_link_next("garbage"), None);
+        // An empty target (the `>` right after `<`) and a later entry.
+        assert_eq!(parse_link_next(r#"<>; rel="next""#).as_deref(), Some(""));
+        assert_eq!(
+            parse_link_next(r#"<a>; rel="prev", <b>; rel=next"#).as_deref(),
+            Some("b")
+        );
     }
 
     #[test]
@@ -216,6 +240,16 @@ mod tests {
             })
         );
         assert_eq!(parse_content_range("bytes 5-9/*").unwrap().total, None);
+        // One byte (START == END), and the last byte of the blob.
+        assert_eq!(
+            parse_content_range("bytes 5-5/10"),
+            Some(ContentRange {
+                start: 5,
+                end_inclusive: 5,
+                total: Some(10)
+            })
+        );
+        assert!(parse_content_range("bytes 0-9/10").is_some());
         for bad in [
             "bytes 9-5/100",
             "bytes 0-100/100",

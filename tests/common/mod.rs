@@ -55,20 +55,9 @@ pub fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").expect("a sha256 digest")
 }
 
-/// Pseudo-random bytes. Below 1 MiB they are a deterministic function of `seed`
-/// (splitmix64); larger buffers come from /dev/urandom (fast in an unoptimised build), so
-/// two calls never give the same bytes either way.
+/// Pseudo-random bytes, a deterministic function of `len` and `seed` (splitmix64), so a
+/// failing test replays with the same bytes (the seed is in the test's source).
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    if len >= 1 << 20 {
-        use std::io::Read;
-        let mut out = vec![0u8; len];
-        if File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut out))
-            .is_ok()
-        {
-            return out;
-        }
-    }
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {

@@ -1054,6 +1054,29 @@ impl Drop for Daemon {
 // Reading helpers
 // ---------------------------------------------------------------------------------------
 
+/// The arguments of a test run "with passthrough": `-v`, so the daemon logs what the
+/// kernel granted (see [`assert_passthrough_granted`]).
+pub const WITH_PASSTHROUGH: &[&str] = &["-v"];
+
+/// A test "with passthrough" must not quietly test the plain path: the daemon (started
+/// with [`WITH_PASSTHROUGH`]) logged that the kernel granted FUSE passthrough, and never
+/// that an open was refused it (no CAP_SYS_ADMIN). Nothing is asserted for a run with
+/// `--no-passthrough`.
+pub fn assert_passthrough_granted(m: &Daemon, extra: &[&str]) {
+    if extra.contains(&"--no-passthrough") {
+        return;
+    }
+    let log = m.stderr();
+    assert!(
+        log.contains("FUSE passthrough on"),
+        "FUSE passthrough was not granted by the kernel:\n{log}"
+    );
+    assert!(
+        !log.contains("FUSE passthrough unavailable"),
+        "FUSE passthrough was refused on open:\n{log}"
+    );
+}
+
 /// `sha256:<hex>` of a file read through the mount, or the error of the read.
 pub fn read_all(p: &Path) -> io::Result<Vec<u8>> {
     fs::read(p)
