@@ -188,14 +188,32 @@ fn a_pull_through_cache_offloads_the_origin() {
     );
 }
 
-/// Ask the mirror for a blob once, so that it has it cached and answers ranges.
+/// Ask the mirror for a blob once, so that it has it cached, and wait until it answers a
+/// range with 206 (the proxy stores what it fetched in the background; until then it
+/// answers every request with the whole blob).
 fn warm(mirror: &Distribution, repo: &str, digest: &str) {
-    let r = reqwest::blocking::Client::new()
-        .get(mirror.url(&format!("/v2/{repo}/blobs/{digest}")))
-        .send()
-        .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let url = mirror.url(&format!("/v2/{repo}/blobs/{digest}"));
+    let r = client.get(&url).send().unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     r.bytes().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .get(&url)
+            .header("Range", "bytes=0-0")
+            .send()
+            .unwrap();
+        if r.status().as_u16() == 206 {
+            return;
+        }
+        drop(r.bytes());
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never answered a range with 206"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The mirror is stopped in the middle of reading a file: the rest comes from the origin,

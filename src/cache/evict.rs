@@ -22,9 +22,11 @@
 //! itself. The scan at start orders blobs by these times. Access times
 //! (atime) are not used: `noatime` and `relatime` mounts make them unreliable.
 //!
-//! Locking: the ledger's mutex is held only for bookkeeping, never across file deletion
-//! or a network call. Victims leave the ledger under the lock; the admitting thread then
-//! drops their in-memory state and deletes their files before it writes its own bytes.
+//! Locking: the ledger's mutex is never held across a network call. Victims leave the
+//! ledger, and their files are deleted and their open files closed, under the lock, so a
+//! blob cannot be pinned and written to between its choice as a victim and its removal
+//! (its bytes would be accounted for files that are gone). The store's LRU locks may be
+//! taken under it; the ledger's lock is never taken under them.
 //!
 //! Precision: sizes are file lengths, and for sparse partial files the bytes they hold
 //! (directory blocks and filesystem rounding are not counted). When several threads admit at once, one thread's write can land while
@@ -178,6 +180,20 @@ impl Ledger {
     /// least recently used, unpinned blobs other than `d` to evict so the limits hold,
     /// as far as `mode` allows.
     pub fn admit(&self, d: Option<&Digest>, bytes: u64, limits: Limits, mode: Mode) -> Admission {
+        self.admit_with(d, bytes, limits, mode, &mut |_| {})
+    }
+
+    /// [`Ledger::admit`], calling `evict` for each victim before the ledger's lock is let
+    /// go: no blob can be pinned (and start writing) between its choice as a victim and
+    /// the removal of its files, which would leave bytes accounted for files that are gone.
+    pub fn admit_with(
+        &self,
+        d: Option<&Digest>,
+        bytes: u64,
+        limits: Limits,
+        mode: Mode,
+        evict: &mut dyn FnMut(&Victim),
+    ) -> Admission {
         let mut s = self.lock();
         let over_cap = limits
             .cap
@@ -207,10 +223,12 @@ impl Ledger {
         for k in picks {
             if let Some(e) = s.lru.pop(&k) {
                 s.total -= e.bytes;
-                victims.push(Victim {
+                let v = Victim {
                     digest: k,
                     bytes: e.bytes,
-                });
+                };
+                evict(&v);
+                victims.push(v);
             }
         }
         if let Some(d) = d {

@@ -495,18 +495,16 @@ impl BlobCache {
             cap: self.cfg.max_size,
             floor_need,
         };
-        match self.ledger.admit(d, bytes, limits, mode) {
+        let mut evict = |v: &evict::Victim| {
+            self.forget_open(&v.digest);
+            let freed = usage::remove_blob(&self.root, &v.digest);
+            self.stats.evicted_blobs.fetch_add(1, Ordering::Relaxed);
+            self.stats.evicted_bytes.fetch_add(freed, Ordering::Relaxed);
+            log::debug!("cache: evicted {} ({})", v.digest, usage::human(freed));
+        };
+        match self.ledger.admit_with(d, bytes, limits, mode, &mut evict) {
             Admission::Refused => false,
-            Admission::Admitted(victims) => {
-                for v in victims {
-                    self.forget_open(&v.digest);
-                    let freed = usage::remove_blob(&self.root, &v.digest);
-                    self.stats.evicted_blobs.fetch_add(1, Ordering::Relaxed);
-                    self.stats.evicted_bytes.fetch_add(freed, Ordering::Relaxed);
-                    log::debug!("cache: evicted {} ({})", v.digest, usage::human(freed));
-                }
-                true
-            }
+            Admission::Admitted(_) => true,
         }
     }
 
@@ -522,6 +520,11 @@ impl BlobCache {
         self.forget_open(d);
         usage::remove_blob(&self.root, d);
         self.ledger.forget(d);
+    }
+
+    /// Bytes the ledger holds for one blob (tests).
+    pub fn ledger_bytes(&self, d: &Digest) -> u64 {
+        self.ledger.bytes_of(d)
     }
 
     /// Partial blobs held open now (for tests of the descriptor bound).

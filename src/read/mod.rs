@@ -526,7 +526,7 @@ impl Inner {
                     );
                     CacheStats::add(&self.stats().corrupt_blocks, 1);
                     self.cache.drop_verified(&blob.digest);
-                    state.reset();
+                    state.forget_verified();
                 }
             }
         }
@@ -885,7 +885,7 @@ impl Inner {
                 }
                 CacheStats::add(&self.stats().corrupt_blocks, 1);
                 self.cache.drop_verified(&blob.digest);
-                state.reset();
+                state.forget_verified();
                 continue;
             }
             if state.is_verified() {

@@ -90,14 +90,19 @@ impl BlobState {
         p.clone()
     }
 
-    /// Forget the partial file (after a digest mismatch deleted it): the next use opens a
-    /// fresh one, and hashing starts again.
-    pub fn reset(&self) {
+    /// The verified file was found damaged on disk and dropped: start again from nothing,
+    /// but without failing open files (nothing wrong was served; the damage was caught).
+    pub fn forget_verified(&self) {
         let mut h = lock(&self.hash);
-        self.reset_holding(&mut h);
+        *lock(&self.partial) = None;
+        *h = HashProgress::new();
+        lock(&self.pending).clear();
+        self.verified.store(false, Ordering::Release);
     }
 
-    /// [`BlobState::reset`], for a caller that holds the hash lock.
+    /// Forget the partial file (after a digest mismatch deleted it): the next use opens a
+    /// fresh one, hashing starts again, and the generation moves on, so fetches begun
+    /// before neither store nor hash what they bring. For a caller holding the hash lock.
     pub fn reset_holding(&self, h: &mut HashProgress) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         *lock(&self.partial) = None;

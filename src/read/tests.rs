@@ -163,6 +163,21 @@ fn assert_within(s: &Setup, dir: &Path, cap: u64) {
         "{on_disk} bytes on disk, cap {cap}"
     );
     assert!(accounted <= cap, "{accounted} bytes accounted, cap {cap}");
+    if on_disk.abs_diff(accounted) > 4096 * s.blobs.len() as u64 {
+        for b in crate::cache::usage::scan(&dir.join("v2")).blobs {
+            eprintln!(
+                "disk {} {} verified={} partial={}",
+                b.digest, b.bytes, b.verified, b.partial
+            );
+        }
+        for b in &s.blobs {
+            eprintln!(
+                "ledger {} {}",
+                b.digest,
+                s.fs.cache().ledger_bytes(&b.digest)
+            );
+        }
+    }
     assert!(
         on_disk.abs_diff(accounted) <= 4096 * s.blobs.len() as u64,
         "the running total ({accounted}) matches the disk ({on_disk})"
