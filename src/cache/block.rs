@@ -43,6 +43,14 @@ pub fn blocks_of(size: u64, offset: u64, len: u64) -> std::ops::Range<u64> {
     offset / BLOCK_SIZE..(end - 1) / BLOCK_SIZE + 1
 }
 
+/// Append to `out` the part of block `i` (its bytes `block`) that lies in `offset..end`.
+pub fn append_part(out: &mut Vec<u8>, i: u64, block: &[u8], offset: u64, end: u64) {
+    let base = i * BLOCK_SIZE;
+    let from = (offset.max(base) - base) as usize;
+    let to = (end.min(base + block.len() as u64) - base) as usize;
+    out.extend_from_slice(&block[from..to]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

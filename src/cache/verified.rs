@@ -17,7 +17,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::block::{block_count, block_len, checksum, BLOCK_SIZE};
+use super::block::{append_part, block_count, block_len, blocks_of, checksum, BLOCK_SIZE};
 use crate::error::CacheError;
 use crate::oci::Digest;
 
@@ -69,12 +69,8 @@ impl Verified {
             return Some(Vec::new());
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for i in offset / BLOCK_SIZE..(end - 1) / BLOCK_SIZE + 1 {
-            let b = self.block(i)?;
-            let base = i * BLOCK_SIZE;
-            let from = (offset.max(base) - base) as usize;
-            let to = (end.min(base + b.len() as u64) - base) as usize;
-            out.extend_from_slice(&b[from..to]);
+        for i in blocks_of(self.size, offset, end - offset) {
+            append_part(&mut out, i, &self.block(i)?, offset, end);
         }
         Some(out)
     }

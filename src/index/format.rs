@@ -35,6 +35,13 @@ pub const BLOCKS_PER_LEAF: u64 = 128;
 /// Largest blob an index describes (a header field bound, not a practical limit).
 pub const MAX_BLOB: u64 = 1 << 50;
 
+/// The length of this format's index (leaves of [`BLOCKS_PER_LEAF`]) of a blob of
+/// `blob_size` bytes in blocks of `block_size`.
+pub fn index_len(blob_size: u64, block_size: u64) -> u64 {
+    let blocks = blob_size.div_ceil(block_size);
+    HEADER_LEN + HASH_LEN * (blocks.div_ceil(BLOCKS_PER_LEAF) + blocks)
+}
+
 /// Why index bytes were refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IndexError {
@@ -335,6 +342,7 @@ mod tests {
         let top = Top::verify(&index, &root).unwrap();
         assert_eq!(top.header.leaf_count, 2501u64.div_ceil(BLOCKS_PER_LEAF));
         assert_eq!(index.len() as u64, top.header.index_len());
+        assert_eq!(index.len() as u64, index_len(data.len() as u64, bs));
         for block in [0u64, 127, 128, 1023, 1024, 2047, 2048, 2500] {
             let (leaf, slot) = top.locate(block);
             let r = top.header.leaf_range(leaf);

@@ -71,14 +71,6 @@ impl IndexHint {
     }
 }
 
-/// The length of an index of a blob of `size` bytes in this reader's block size.
-fn expected_len(size: u64) -> u64 {
-    let block = crate::cache::block::BLOCK_SIZE;
-    let blocks = size.div_ceil(block);
-    let leaves = blocks.div_ceil(format::BLOCKS_PER_LEAF);
-    format::HEADER_LEN + format::HASH_LEN * (leaves + blocks)
-}
-
 /// Whether a layer is an index (hidden from the tree).
 pub fn is_index_layer(d: &Descriptor) -> bool {
     d.media_type == format::MEDIA_TYPE
@@ -330,7 +322,7 @@ impl Indexes {
                     digest: l.digest.clone(),
                     size: l.size,
                 };
-                if expected_len(blob.size) == index.size {
+                if format::index_len(blob.size, crate::cache::block::BLOCK_SIZE) == index.size {
                     return Ok(Some((index, root)));
                 }
             }

@@ -51,7 +51,7 @@ use std::sync::{Arc, Condvar, Mutex, TryLockError, Weak};
 use lru::LruCache;
 use sha2::Digest as _;
 
-use crate::cache::block::{block_count, blocks_of, BLOCK_SIZE};
+use crate::cache::block::{append_part, block_count, blocks_of, BLOCK_SIZE};
 use crate::cache::{lock, BlobCache, BlobRef, CacheStats, PinGuard};
 use crate::error::CacheError;
 use crate::oci::Digest;
@@ -537,10 +537,7 @@ impl Inner {
         let got = self.load(state, blocks.clone(), generation)?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (i, b) in blocks.zip(got) {
-            let base = i * BLOCK_SIZE;
-            let from = (offset.max(base) - base) as usize;
-            let to = (end.min(base + b.len() as u64) - base) as usize;
-            out.extend_from_slice(&b[from..to]);
+            append_part(&mut out, i, &b, offset, end);
         }
         // A read that reaches the end of the blob may be the one that completes it (a
         // whole-file read's last): it waits for the digest's verdict, whichever thread
@@ -895,20 +892,12 @@ impl Inner {
                     .partial(&self.cache)
                     .filter(|p| p.present() == block_count(blob.size))
                 {
-                    let blocks = blocks_of(blob.size, offset, end - offset);
                     let mut out = Vec::with_capacity((end - offset) as usize);
-                    let mut sound = true;
-                    for i in blocks {
-                        match p.read_block(i) {
-                            Ok(Some(b)) => {
-                                let base = i * BLOCK_SIZE;
-                                let from = (offset.max(base) - base) as usize;
-                                let to = (end.min(base + b.len() as u64) - base) as usize;
-                                out.extend_from_slice(&b[from..to]);
-                            }
-                            _ => sound = false,
-                        }
-                    }
+                    let sound = blocks_of(blob.size, offset, end - offset).all(|i| {
+                        let b = p.read_block(i).ok().flatten();
+                        b.inspect(|b| append_part(&mut out, i, b, offset, end))
+                            .is_some()
+                    });
                     if sound {
                         return Ok(out);
                     }
