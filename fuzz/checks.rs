@@ -8,16 +8,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use orasfs::app::target::{self, Target};
 use orasfs::names::{self, MAX_COMPONENT, RESERVED};
 use orasfs::oci::{
     self, Descriptor, Digest, Manifest, ANNOTATION_TITLE, MAX_BLOB_SIZE, MAX_ENTRIES,
     MAX_METADATA_SIZE,
 };
-use orasfs::registry::headers::{
+use orasfs::source::registry::headers::{
     parse_challenge, parse_content_range, parse_link_next, parse_retry_after, Challenge,
 };
 use orasfs::source::{valid_repo_name, valid_tag, Reference};
-use orasfs::target::{self, Target};
 const TYPES: [Option<&str>; 7] = [
     None,
     Some(oci::OCI_MANIFEST),

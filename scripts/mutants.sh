@@ -21,9 +21,9 @@ fi
 
 # name|file|the library tests that exercise it (cargo test filters)
 modules=(
-    "headers|src/registry/headers.rs|registry::"
+    "headers|src/source/registry/headers.rs|registry::"
     "oci|src/oci.rs|oci:: source:: tree::"
-    "names|src/names.rs|names:: tree::"
+    "names|src/names/mod.rs|names:: tree::"
     "block|src/cache/block.rs|cache:: read::"
     "verified|src/cache/verified.rs|cache:: read:: core_tests::"
     "index|src/read/index.rs|read:: core_tests::"

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use orasfs::cli::{default_cache_dir, CacheAction, Cli, Command};
-use orasfs::daemon::{self, Readiness};
+use orasfs::app::cli::{default_cache_dir, CacheAction, Cli, Command};
+use orasfs::app::daemon::{self, Readiness};
 
 /// Streaming moves many megabyte-sized buffers between threads. glibc's malloc raises
 /// its mmap threshold as such buffers are freed and then keeps them in per-thread arenas,
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         .unwrap_or("orasfs")
         .to_string();
     if invoked_as.starts_with("mount.orasfs") || invoked_as.starts_with("mount.fuse.orasfs") {
-        argv = match orasfs::helper::translate(&argv[1..]) {
+        argv = match orasfs::app::helper::translate(&argv[1..]) {
             Ok(a) => a,
             Err(msg) => {
                 eprintln!("mount.orasfs: {msg}");
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Mount(args) => {
-            if let Err(msg) = orasfs::mount::check_operands(&args) {
+            if let Err(msg) = orasfs::app::mount::check_operands(&args) {
                 eprintln!("orasfs: {msg}");
                 return ExitCode::FAILURE;
             }
@@ -76,21 +76,21 @@ fn main() -> ExitCode {
             let output = match &args.log_file {
                 // In the foreground the log file gets the lines instead of the terminal; a
                 // daemon shows them on the terminal too until it detaches.
-                Some(path) => orasfs::logging::Output::File {
+                Some(path) => orasfs::app::logging::Output::File {
                     path,
                     terminal: !args.foreground,
                 },
-                None => orasfs::logging::Output::Stderr,
+                None => orasfs::app::logging::Output::Stderr,
             };
-            let logged = orasfs::logging::init(args.verbose, args.log_format, output);
+            let logged = orasfs::app::logging::init(args.verbose, args.log_format, output);
             let args = *args;
             let result = logged
-                .and_then(|()| orasfs::mount::prepare(&args))
-                .and_then(|p| orasfs::mount::run(&args, p, &readiness));
+                .and_then(|()| orasfs::app::mount::prepare(&args))
+                .and_then(|p| orasfs::app::mount::run(&args, p, &readiness));
             if let Err(msg) = &result {
                 if args.log_file.is_some() {
                     // The terminal gets the one-line error below; the log file gets it too.
-                    orasfs::logging::detach_terminal();
+                    orasfs::app::logging::detach_terminal();
                     log::error!("{msg}");
                 }
                 if readiness.fail(msg) {
@@ -101,7 +101,11 @@ fn main() -> ExitCode {
         }
         Command::Cache(args) => {
             // Logging to standard error cannot fail.
-            let _ = orasfs::logging::init(0, Default::default(), orasfs::logging::Output::Stderr);
+            let _ = orasfs::app::logging::init(
+                0,
+                Default::default(),
+                orasfs::app::logging::Output::Stderr,
+            );
             let dir = args.cache_dir.unwrap_or_else(default_cache_dir);
             let out = match args.action {
                 CacheAction::Stats => orasfs::cache::manage::stats(&dir),
@@ -110,15 +114,17 @@ fn main() -> ExitCode {
             };
             out.map(|text| print!("{text}"))
         }
-        Command::Umount { mountpoint, lazy } => orasfs::mount::umount_command(&mountpoint, lazy),
-        Command::Stats { mountpoint } => orasfs::stats::print(&mountpoint),
+        Command::Umount { mountpoint, lazy } => {
+            orasfs::app::mount::umount_command(&mountpoint, lazy)
+        }
+        Command::Stats { mountpoint } => orasfs::fs::stats::print(&mountpoint),
         Command::Index(args) => {
-            let _ = orasfs::logging::init(
+            let _ = orasfs::app::logging::init(
                 args.registry.verbose,
                 Default::default(),
-                orasfs::logging::Output::Stderr,
+                orasfs::app::logging::Output::Stderr,
             );
-            orasfs::index::command::run(&args)
+            orasfs::app::index::run(&args)
         }
     };
     match result {

@@ -242,9 +242,11 @@ fn referrer_mode_leaves_the_artifact_and_is_found_through_the_referrers_tag() {
     }
 
     // orasfs's own reader finds it.
-    let client =
-        orasfs::registry::Client::new(orasfs::registry::ClientConfig::new(reg.addr())).unwrap();
-    let found = orasfs::source::registry::RegistrySource::new(client)
+    let client = orasfs::source::registry::Client::new(
+        orasfs::source::registry::ClientConfig::new(reg.addr()),
+    )
+    .unwrap();
+    let found = orasfs::source::registry::adapter::RegistrySource::new(client)
         .referrers("ml/model", &Digest::parse(&subject).unwrap())
         .unwrap();
     assert!(

@@ -791,7 +791,7 @@ fn blob_redirects_to_another_host_keep_range_drop_authorization_and_expire() {
 #[test]
 fn a_server_that_ignores_range_is_not_asked_for_ranges_of_that_blob_again() {
     use orasfs::oci::Digest;
-    use orasfs::registry::{Client, ClientConfig};
+    use orasfs::source::registry::{Client, ClientConfig};
     use orasfs::source::{BodyKind, VecSink};
 
     let body = random_bytes(64 << 10, 5);
@@ -977,8 +977,10 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
     // with the registry's own page size (11 pages).
     ctl.limit.store(100, Ordering::SeqCst);
     lock(&ctl.pages).clear();
-    let client =
-        orasfs::registry::Client::new(orasfs::registry::ClientConfig::new(&proxy.addr())).unwrap();
+    let client = orasfs::source::registry::Client::new(
+        orasfs::source::registry::ClientConfig::new(&proxy.addr()),
+    )
+    .unwrap();
     let tags = client.tags("many/tags").unwrap();
     assert_eq!(tags.len(), 1001);
     let asked = lock(&ctl.pages).clone();

@@ -12,13 +12,12 @@
 
 pub mod gzip;
 pub mod index;
-pub mod kind;
 pub mod open;
 pub mod store;
 pub mod tar;
 pub mod view;
 
-pub use kind::UnpackMode;
+pub use crate::names::archive::UnpackMode;
 pub use open::{Archive, MemberReader};
 
 use crate::cache::BlobRef;

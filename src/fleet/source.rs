@@ -11,24 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::{MirrorSpec, Plan};
 use crate::error::SourceError;
 use crate::oci::{Descriptor, Digest};
-use crate::source::registry::RegistrySource;
+use crate::source::registry::adapter::RegistrySource;
+pub use crate::source::HostTraffic;
 use crate::source::{BlobSink, BodyKind, FetchedManifest, Reference, Source};
-
-/// Requests and bytes (of blobs and manifests) one host served to this mount.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct HostTraffic {
-    pub host: String,
-    /// `origin` or `mirror`.
-    pub role: &'static str,
-    pub requests: u64,
-    pub bytes: u64,
-    pub failures: u64,
-}
 
 #[derive(Default)]
 struct Counters {

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use super::attach::{add_to_referrers_index, descriptor, referrer_descriptor};
 use crate::error::SourceError;
 use crate::oci::{Digest, OCI_INDEX};
-use crate::registry::Client;
+use crate::source::registry::Client;
 use crate::source::{Reference, Source};
 
 /// A place to write index blobs and manifests.

@@ -38,8 +38,6 @@ pub mod ahead;
 mod fill;
 pub mod index;
 mod state;
-#[cfg(test)]
-mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;

@@ -138,9 +138,35 @@ pub trait Source: Send + Sync {
         Ok(Vec::new())
     }
     /// Requests and bytes per host, for `orasfs stats` (empty for a source without hosts).
-    fn traffic(&self) -> Vec<crate::fleet::source::HostTraffic> {
+    fn traffic(&self) -> Vec<HostTraffic> {
         Vec::new()
     }
+    /// The registries this source reaches by host name, when it is the multi-registry
+    /// source of `orasfs mount MOUNTPOINT` (repository paths then start with the host).
+    fn hosts(&self) -> Option<&dyn Hosts> {
+        None
+    }
+}
+
+/// Many registries by host name, each connected on first use.
+pub trait Hosts {
+    /// Connect to `host` (once), failing when it cannot be reached or is no registry.
+    fn visit(&self, host: &str) -> Result<(), SourceError>;
+    /// The hosts visited so far, sorted.
+    fn visited(&self) -> Vec<String>;
+    /// One host's catalog, each repository prefixed by `host/`.
+    fn catalog_of(&self, host: &str) -> Result<Option<Vec<String>>, SourceError>;
+}
+
+/// Requests and bytes (of blobs and manifests) one host served to this mount.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct HostTraffic {
+    pub host: String,
+    /// `origin` or `mirror`.
+    pub role: &'static str,
+    pub requests: u64,
+    pub bytes: u64,
+    pub failures: u64,
 }
 
 /// A sink that collects a bounded body in memory.
@@ -177,6 +203,18 @@ impl BlobSink for VecSink {
         self.bytes.extend_from_slice(bytes);
         Ok(())
     }
+}
+
+/// Whether `host` looks like a registry host: `localhost`, or a name with a dot or a port,
+/// made of letters, digits, `-`, `.`, `:` and IPv6 brackets.
+pub fn valid_host(host: &str) -> bool {
+    let looks_like_host = host == "localhost" || host.contains('.') || host.contains(':');
+    looks_like_host
+        && host.len() <= 255
+        && !host.starts_with(['.', '-', ':'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
 }
 
 /// Validate a repository name as the distribution spec defines it (lowercase components

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use super::{BlobSink, FetchedManifest, Reference, Source};
+use super::{BlobSink, FetchedManifest, HostTraffic, Hosts, Reference, Source};
 use crate::error::SourceError;
 use crate::oci::{Descriptor, Digest};
 
@@ -68,7 +68,7 @@ impl Source for MultiSource {
         "registries".into()
     }
 
-    /// Catalogs are per host here: see [`MultiSource::host_catalog`].
+    /// Catalogs are per host here: see [`Hosts::catalog_of`].
     fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
         Ok(None)
     }
@@ -105,15 +105,26 @@ impl Source for MultiSource {
         src.referrers(&rest, digest)
     }
 
-    fn traffic(&self) -> Vec<crate::fleet::source::HostTraffic> {
+    fn traffic(&self) -> Vec<HostTraffic> {
         let hosts: Vec<Arc<dyn Source>> = self.lock().values().cloned().collect();
         hosts.iter().flat_map(|s| s.traffic()).collect()
     }
+
+    fn hosts(&self) -> Option<&dyn Hosts> {
+        Some(self)
+    }
 }
 
-impl MultiSource {
-    /// One host's catalog, with each repository prefixed by the host.
-    pub fn host_catalog(&self, host: &str) -> Result<Option<Vec<String>>, SourceError> {
+impl Hosts for MultiSource {
+    fn visit(&self, host: &str) -> Result<(), SourceError> {
+        self.host(host).map(drop)
+    }
+
+    fn visited(&self) -> Vec<String> {
+        MultiSource::visited(self)
+    }
+
+    fn catalog_of(&self, host: &str) -> Result<Option<Vec<String>>, SourceError> {
         Ok(self
             .host(host)?
             .catalog()?

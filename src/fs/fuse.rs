@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use fuser::{BackingId, InitFlags, KernelConfig};
 
-use crate::error::{to_errno, FsError};
+use crate::fs::error::{to_errno, FsError};
 use crate::fs::{Attr, Fs};
 
 /// The kernel's read-ahead on the mount: its usual 128 KiB, so the first small read of a
@@ -133,7 +133,7 @@ impl FuseFs {
 /// Tell the kernel to forget directory entries, from a thread of its own: the tree asks
 /// for it while answering a lookup, and the kernel's invalidation waits for the directory
 /// that lookup holds, so sending it there would deadlock. The thread ends with the tree.
-pub fn invalidator(notifier: fuser::Notifier) -> crate::tree::Invalidator {
+pub fn invalidator(notifier: fuser::Notifier) -> crate::fs::tree::Invalidator {
     let (tx, rx) = std::sync::mpsc::channel::<(u64, String)>();
     let spawned = std::thread::Builder::new()
         .name("orasfs-inval".into())

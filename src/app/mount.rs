@@ -6,20 +6,20 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
+use crate::app::cli::{default_cache_dir, MountArgs};
+use crate::app::daemon::Readiness;
+use crate::app::target::{self, Target};
 use crate::cache::{BlobCache, CacheConfig};
-use crate::cli::{default_cache_dir, MountArgs};
-use crate::daemon::Readiness;
 use crate::fleet::source::FleetSource;
+use crate::fs::fuse::FuseFs;
+use crate::fs::tree::{RootKind, Tree, TreeConfig};
 use crate::fs::{Fs, FsConfig};
-use crate::fuse::FuseFs;
 use crate::read::{BlobReader, ReadConfig};
-use crate::registry::{Client, ClientConfig};
 use crate::source::layout::LayoutSource;
 use crate::source::multi::MultiSource;
-use crate::source::registry::RegistrySource;
+use crate::source::registry::adapter::RegistrySource;
+use crate::source::registry::{Client, ClientConfig};
 use crate::source::{Reference, Source};
-use crate::target::{self, Target};
-use crate::tree::{RootKind, Tree, TreeConfig};
 
 /// Everything a mount needs, checked and ready.
 pub struct Prepared {
@@ -58,7 +58,8 @@ pub fn check_operands(args: &MountArgs) -> Result<(), Failure> {
 /// `nonempty`. A mount left stale by a dead daemon is cleared first.
 fn check_mountpoint(p: &Path, nonempty: bool) -> Result<(), Failure> {
     let mut entries = reach_mountpoint(p)?;
-    if let Some(m) = crate::mountpoint::mounted_at(p).filter(|m| m.fstype.starts_with("fuse")) {
+    if let Some(m) = crate::app::mountpoint::mounted_at(p).filter(|m| m.fstype.starts_with("fuse"))
+    {
         return Err(format!(
             "{} is already mounted ({} of {}); unmount it first with `orasfs umount {}`",
             p.display(),
@@ -110,7 +111,7 @@ fn reach_mountpoint(p: &Path) -> Result<std::fs::ReadDir, Failure> {
 /// `orasfs umount`: refuse a path that is not mounted or not a FUSE mount, and explain a
 /// busy mount.
 pub fn umount_command(p: &Path, lazy: bool) -> Result<(), Failure> {
-    match crate::mountpoint::mounted_at(p) {
+    match crate::app::mountpoint::mounted_at(p) {
         None => return Err(format!("{} is not mounted", p.display())),
         Some(m) if !m.fstype.starts_with("fuse") => {
             return Err(format!(
@@ -125,7 +126,7 @@ pub fn umount_command(p: &Path, lazy: bool) -> Result<(), Failure> {
         if !e.contains("busy") {
             return e;
         }
-        let holders = crate::mountpoint::holders(p);
+        let holders = crate::app::mountpoint::holders(p);
         let by = if holders.is_empty() {
             String::new()
         } else {
@@ -181,7 +182,7 @@ pub fn unmount(p: &Path, lazy: bool) -> Result<(), Failure> {
 fn client(
     args: &MountArgs,
     registry: &str,
-    explicit: Option<crate::registry::Credentials>,
+    explicit: Option<crate::source::registry::Credentials>,
     plain: Option<bool>,
 ) -> Result<Client, crate::error::SourceError> {
     let mut cfg = ClientConfig::new(registry);
@@ -191,12 +192,15 @@ fn client(
     cfg.connect_timeout = args.connect_timeout;
     cfg.read_timeout = args.read_timeout;
     cfg.retries = args.retries;
-    cfg.credentials =
-        crate::registry::credentials::resolve(registry, explicit, args.auth_file.as_deref())
-            .map_err(|detail| crate::error::SourceError::Protocol {
-                what: format!("credentials for {registry}"),
-                detail,
-            })?;
+    cfg.credentials = crate::source::registry::credentials::resolve(
+        registry,
+        explicit,
+        args.auth_file.as_deref(),
+    )
+    .map_err(|detail| crate::error::SourceError::Protocol {
+        what: format!("credentials for {registry}"),
+        detail,
+    })?;
     if args.insecure {
         log::warn!("--insecure: TLS certificates of {registry} are not verified");
     }
@@ -209,7 +213,7 @@ fn connect(
     args: &MountArgs,
     registry: &str,
     repo: Option<&str>,
-    explicit: Option<crate::registry::Credentials>,
+    explicit: Option<crate::source::registry::Credentials>,
     plain: Option<bool>,
 ) -> Result<FleetSource, crate::error::SourceError> {
     let settings = crate::fleet::Settings {
@@ -235,7 +239,7 @@ fn connect(
         cfg.read_timeout = args.read_timeout;
         cfg.retries = args.retries.min(1);
         cfg.credentials =
-            crate::registry::credentials::resolve(&m.host, None, args.auth_file.as_deref())
+            crate::source::registry::credentials::resolve(&m.host, None, args.auth_file.as_deref())
                 .map_err(|detail| crate::error::SourceError::Protocol {
                     what: format!("credentials for mirror {}", m.host),
                     detail,
@@ -268,9 +272,9 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
     let mountpoint = args.mountpoint();
     check_mountpoint(&mountpoint, args.nonempty)?;
     let explicit = match (&args.username, args.password_stdin) {
-        (Some(u), true) => Some(crate::registry::Credentials::new(
+        (Some(u), true) => Some(crate::source::registry::Credentials::new(
             u.clone(),
-            crate::registry::credentials::password_from_stdin()?,
+            crate::source::registry::credentials::password_from_stdin()?,
             "--username and --password-stdin",
         )),
         _ => None,
@@ -285,7 +289,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
         let multi = Arc::new(MultiSource::new(Box::new(move |host: &str| {
             Ok(Arc::new(connect(&flags, host, None, None, None)?) as Arc<dyn Source>)
         })));
-        return finish(args, multi.clone(), RootKind::Hosts(multi), "orasfs");
+        return finish(args, multi, RootKind::Hosts, "orasfs");
     };
     let (plain, target_arg) = split_scheme(source_arg, args.plain_http)?;
     let (source, root): (Arc<dyn Source>, RootKind) = match target::parse(target_arg)? {
@@ -370,7 +374,7 @@ fn finish(
 }
 
 /// Mount and serve until unmounted. SIGTERM/SIGINT unmount (lazily when the mount is busy,
-/// see [`crate::stop`]) and exit 0; SIGHUP drops cached tags and listings.
+/// see [`crate::app::stop`]) and exit 0; SIGHUP drops cached tags and listings.
 pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Result<(), Failure> {
     let mut config = Config::default();
     config.mount_options = vec![
@@ -395,7 +399,7 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     let fs = Arc::new(prepared.fs);
     let mountpoint = args.mountpoint();
     // Resolved now, while it is a plain directory: the daemon never asks its own mount.
-    let target = crate::mountpoint::absolute(&mountpoint);
+    let target = crate::app::mountpoint::absolute(&mountpoint);
     let (init_tx, init_rx) = std::sync::mpsc::channel();
     let mut session = fuser::Session::new(
         FuseFs::new(fs.clone(), !args.no_passthrough).on_init(init_tx),
@@ -405,7 +409,7 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
     .map_err(|e| mount_error(&mountpoint, &e, Path::new(DEV_FUSE)))?;
     let mut unmounter = session.unmount_callable();
     fs.tree()
-        .set_invalidator(crate::fuse::invalidator(session.notifier()));
+        .set_invalidator(crate::fs::fuse::invalidator(session.notifier()));
     let idle = fs.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -469,10 +473,10 @@ fn stop_on_signal(
     ended: &std::sync::mpsc::Receiver<()>,
     unmount_now: impl FnOnce() -> std::io::Result<()>,
 ) {
-    use crate::stop::{self, Drained, Unmounted};
+    use crate::app::stop::{self, Drained, Unmounted};
     let shown = mountpoint.display();
     log::info!("signal {sig}: unmounting {shown}");
-    crate::daemon::notify_systemd("STOPPING=1");
+    crate::app::daemon::notify_systemd("STOPPING=1");
     let still_mounted = match stop::unmount_or_detach(unmount_now, || unmount(mountpoint, true)) {
         Ok(Unmounted::Cleanly) => false,
         Ok(Unmounted::Detached { why }) => {
@@ -559,12 +563,12 @@ fn create_private_dir(dir: &Path) -> Result<(), Failure> {
 }
 
 /// Keep the kernel's read-ahead on the mount at its usual 128 KiB
-/// ([`crate::fuse::KERNEL_READAHEAD`]), whatever the system default for new devices: a
+/// ([`crate::fs::fuse::KERNEL_READAHEAD`]), whatever the system default for new devices: a
 /// small read at the start of a file (a GIS client reading a header) then reaches orasfs
 /// as one 16 KiB request, not a larger one, while streams are read ahead by orasfs itself
 /// into the cache. This needs root; without it the default stays.
 fn set_kernel_readahead(target: &Path) {
-    let Some(entry) = crate::mountpoint::mounted_at_absolute(target) else {
+    let Some(entry) = crate::app::mountpoint::mounted_at_absolute(target) else {
         log::debug!(
             "kernel read-ahead left at its default ({} not in the mount table)",
             target.display()
@@ -572,7 +576,7 @@ fn set_kernel_readahead(target: &Path) {
         return;
     };
     let knob = format!("/sys/class/bdi/{}/read_ahead_kb", entry.dev);
-    let kib = crate::fuse::KERNEL_READAHEAD / 1024;
+    let kib = crate::fs::fuse::KERNEL_READAHEAD / 1024;
     match std::fs::write(&knob, kib.to_string()) {
         Ok(()) => log::debug!("kernel read-ahead set to {kib} KiB ({knob})"),
         Err(e) => log::debug!("kernel read-ahead left at its default ({knob}: {e})"),

@@ -33,7 +33,7 @@ fn ignored(opt: &str) -> bool {
 /// The long options of `orasfs mount`, each with whether it takes a value.
 fn mount_options() -> Vec<(String, bool)> {
     use clap::CommandFactory;
-    let cli = crate::cli::Cli::command();
+    let cli = crate::app::cli::Cli::command();
     let Some(mount) = cli.find_subcommand("mount") else {
         return Vec::new();
     };

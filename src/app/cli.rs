@@ -192,7 +192,7 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
-    pub log_format: crate::logging::LogFormat,
+    pub log_format: crate::app::logging::LogFormat,
     /// Append logs to FILE (a daemon otherwise discards them once the mount is ready).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,

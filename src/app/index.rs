@@ -5,18 +5,18 @@
 
 use std::time::Instant;
 
-use super::attach::{self, descriptor, Indexed, EMPTY_CONFIG};
-use super::build;
-use super::format::MEDIA_TYPE;
-use super::publish::{Destination, LayoutDestination, RegistryDestination};
-use crate::cli::{IndexArgs, RegistryArgs};
-use crate::mount::{split_scheme, Failure};
+use crate::app::cli::{IndexArgs, RegistryArgs};
+use crate::app::mount::{split_scheme, Failure};
+use crate::app::target::{self, Target};
+use crate::index::attach::{self, descriptor, Indexed, EMPTY_CONFIG};
+use crate::index::build;
+use crate::index::format::MEDIA_TYPE;
+use crate::index::publish::{Destination, LayoutDestination, RegistryDestination};
 use crate::oci::{Digest, Manifest, OCI_MANIFEST};
-use crate::registry::{credentials, Client, ClientConfig, Credentials};
 use crate::source::layout::LayoutSource;
-use crate::source::registry::RegistrySource;
+use crate::source::registry::adapter::RegistrySource;
+use crate::source::registry::{credentials, Client, ClientConfig, Credentials};
 use crate::source::{valid_tag, Reference, Source};
-use crate::target::{self, Target};
 
 /// Run `orasfs index`.
 pub fn run(args: &IndexArgs) -> Result<(), Failure> {

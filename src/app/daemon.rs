@@ -34,7 +34,7 @@ impl Readiness {
     pub fn ready(&self) {
         notify_systemd("READY=1");
         if let Some(mut p) = self.take() {
-            crate::logging::detach_terminal();
+            crate::app::logging::detach_terminal();
             let _ = p.write_all(b"OK\n");
             detach_stdio(self.log_file.as_deref());
         }

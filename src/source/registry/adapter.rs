@@ -1,12 +1,12 @@
-//! A remote registry as a [`Source`]: the [`crate::registry::Client`] plus the checks that
+//! A remote registry as a [`Source`]: the [`Client`] plus the checks that
 //! turn its answers into verified manifests.
 
 use std::ops::Range;
 
-use super::{BlobSink, FetchedManifest, Reference, Source};
+use super::Client;
 use crate::error::SourceError;
 use crate::oci::{Descriptor, Digest, Manifest, OciError};
-use crate::registry::Client;
+use crate::source::{BlobSink, FetchedManifest, Reference, Source};
 
 /// A registry reached over HTTP(S).
 #[derive(Debug)]

@@ -5,9 +5,11 @@
 //! refused, as are duplicates and names that collide with the files orasfs adds itself.
 //! A refused or missing title never hides a layer: it falls back to `sha256-<hex>`.
 
+pub mod archive;
+
 use std::collections::HashSet;
 
-use crate::archive::kind::LayerNaming;
+use crate::names::archive::LayerNaming;
 use crate::oci::{Descriptor, Platform};
 
 /// Names orasfs itself places in a manifest directory; titles may not take them.
@@ -81,7 +83,7 @@ pub fn place_layers(layers: &[Descriptor]) -> Vec<Placement> {
     place_layers_named(layers, &[])
 }
 
-/// [`place_layers`] with archive naming ([`crate::archive::kind::layer_namings`]): a
+/// [`place_layers`] with archive naming ([`crate::names::archive::layer_namings`]): a
 /// replacement title, an extension for fallback names, and a directory. Directories are
 /// claimed after every file, so one never takes a file's name; one whose name is taken
 /// gets `.d` appended, or is left out.
@@ -156,7 +158,7 @@ pub fn place_layers_named(layers: &[Descriptor], namings: &[LayerNaming]) -> Vec
         let name = n
             .dir
             .clone()
-            .unwrap_or_else(|| crate::archive::kind::dir_name_for(file));
+            .unwrap_or_else(|| crate::names::archive::dir_name_for(file));
         let candidates = [name.clone(), format!("{name}.d")];
         p.dir = candidates.into_iter().find_map(|c| {
             let mut d = parent.to_vec();

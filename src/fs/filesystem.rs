@@ -13,9 +13,9 @@ use crate::archive::open::Limits;
 use crate::archive::view::{Member, Views};
 use crate::archive::{Archive, MemberReader, ReadBlob};
 use crate::cache::BlobRef;
-use crate::error::FsError;
+use crate::fs::error::FsError;
+use crate::fs::tree::{Ino, Node, Tree, ROOT};
 use crate::read::{BlobReader, OpenBlob};
-use crate::tree::{Ino, Node, Tree, ROOT};
 
 /// Attributes of one inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,7 +220,7 @@ impl Fs {
             let (_, blob) = self.archives.tree_of(m.view).ok_or(FsError::NotFound)?;
             (m, blob)
         } else if let Ok(Node::Archive { blob, desc, .. }) = self.tree.node(ino) {
-            let top = crate::archive::kind::oras_top(&desc);
+            let top = crate::names::archive::oras_top(&desc);
             let view = self.archives.view_of(ino, &blob, top)?;
             (Member { view, node: 0 }, blob)
         } else {
@@ -342,7 +342,9 @@ impl Fs {
         let handle = match self.tree.node(ino)? {
             Node::Blob { blob, index, .. } => Handle::Blob(self.reader.open(&blob, index.as_ref())),
             Node::Inline { bytes, .. } => Handle::Inline(bytes),
-            Node::StatsFile => Handle::Inline(Arc::new(crate::stats::snapshot(self).into_bytes())),
+            Node::StatsFile => {
+                Handle::Inline(Arc::new(crate::fs::stats::snapshot(self).into_bytes()))
+            }
             _ => return Err(FsError::IsDir),
         };
         Ok(self.add_handle(handle))

@@ -8,17 +8,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{BlobReader, ReadConfig};
 use crate::cache::block::BLOCK_SIZE;
 use crate::cache::evict::Space;
 use crate::cache::usage::dir_bytes;
 use crate::cache::{BlobCache, BlobRef, CacheConfig};
 use crate::error::SourceError;
+use crate::fs::tree::{RootKind, Tree, TreeConfig, ROOT};
 use crate::fs::{Fs, FsConfig};
 use crate::oci::{Descriptor, Digest, ANNOTATION_TITLE, OCI_MANIFEST};
+use crate::read::{BlobReader, ReadConfig};
 use crate::source::memory::MemorySource;
 use crate::source::{BlobSink, FetchedManifest, Reference, Source};
-use crate::tree::{RootKind, Tree, TreeConfig, ROOT};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -499,7 +499,7 @@ fn whole_blob_fetches_are_accounted_under_the_cap() {
     // Strict mode fetches and verifies whole blobs before the first byte.
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path(), &[3 * MIB as usize; 4], |c, r| {
-        r.verify = super::VerifyMode::Strict;
+        r.verify = crate::read::VerifyMode::Strict;
         c.max_size = Some(cap);
     });
     for k in 0..4 {
@@ -577,7 +577,7 @@ fn a_blob_held_in_memory_and_named_with_a_larger_size_is_eio_not_a_panic() {
     let liar = fs.lookup(ROOT, "liar").unwrap().ino;
     let fh = fs.open(liar, false).unwrap();
     let err = fs.read(fh, 299_990, 1000).unwrap_err();
-    assert_eq!(crate::error::to_errno(&err), libc::EIO, "{err}");
+    assert_eq!(crate::fs::error::to_errno(&err), libc::EIO, "{err}");
 }
 
 #[test]
@@ -627,7 +627,7 @@ fn with_no_room_in_the_cache_a_whole_read_still_gets_the_digest_verdict() {
     }
     s.fs.release(fh);
     let e = failed.expect("a whole read of damaged bytes must not succeed");
-    assert_eq!(crate::error::to_errno(&e), libc::EIO, "{e}");
+    assert_eq!(crate::fs::error::to_errno(&e), libc::EIO, "{e}");
     assert!(s.fs.cache().stats.store_refused.load(Ordering::Relaxed) > 0);
     // The fault gone, a whole read is right and verified (while open: nothing is stored
     // to remember it by), still with no room.

@@ -14,12 +14,14 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::BlobRef;
-use crate::error::{FsError, SourceError};
+use crate::error::SourceError;
+use crate::fs::error::FsError;
 use crate::names::{self, CONFIG_FILE, MANIFEST_FILE};
 use crate::oci::{Descriptor, Digest, ImageManifest, Manifest, ANNOTATION_CREATED};
 use crate::read::index::{is_index_layer, IndexHint};
-use crate::source::multi::MultiSource;
-use crate::source::{valid_repo_name, valid_tag, FetchedManifest, Reference, Source, VecSink};
+use crate::source::{
+    valid_repo_name, valid_tag, FetchedManifest, Hosts, Reference, Source, VecSink,
+};
 
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
@@ -37,7 +39,7 @@ pub enum RootKind {
     /// One artifact's files.
     Artifact(String, Reference),
     /// Any registry by host name: `HOST/REPO/TAG/...`; lists the hosts visited.
-    Hosts(Arc<MultiSource>),
+    Hosts,
 }
 
 /// One node of the tree.
@@ -257,7 +259,8 @@ pub struct Tree {
     /// Serialises filling a tag directory's children.
     filling: Mutex<()>,
     invalidator: OnceLock<Invalidator>,
-    hosts: Option<Arc<MultiSource>>,
+    /// Whether the root is the multi-registry root (paths start with a host).
+    multi: bool,
     warned: Mutex<HashSet<String>>,
     /// Referrer listings by (repository, subject digest).
     referrers: Mutex<HashMap<(String, Digest), ReferrerListing>>,
@@ -280,9 +283,24 @@ fn parse_created(s: &str) -> Option<SystemTime> {
 }
 
 impl Tree {
+    /// The registries by host, in a multi-registry mount.
+    fn hosts(&self) -> Option<&dyn Hosts> {
+        if self.multi {
+            self.source.hosts()
+        } else {
+            None
+        }
+    }
+
     /// Build the tree; for an artifact root the manifest is fetched now, so a missing tag
     /// fails before mounting.
     pub fn new(source: Arc<dyn Source>, root: RootKind, cfg: TreeConfig) -> Result<Self, FsError> {
+        if matches!(root, RootKind::Hosts) && source.hosts().is_none() {
+            return Err(FsError::Source(SourceError::Unsupported(format!(
+                "{} does not reach registries by host name",
+                source.name()
+            ))));
+        }
         let tree = Self {
             source,
             cfg,
@@ -295,10 +313,7 @@ impl Tree {
             created: Mutex::new(HashMap::new()),
             filling: Mutex::new(()),
             invalidator: OnceLock::new(),
-            hosts: match &root {
-                RootKind::Hosts(m) => Some(m.clone()),
-                _ => None,
-            },
+            multi: matches!(root, RootKind::Hosts),
             warned: Mutex::new(HashSet::new()),
             referrers: Mutex::new(HashMap::new()),
         };
@@ -306,7 +321,7 @@ impl Tree {
             RootKind::Registry => Node::Namespace {
                 prefix: String::new(),
             },
-            RootKind::Hosts(_) => Node::Hosts,
+            RootKind::Hosts => Node::Hosts,
             RootKind::Repository(repo) => Node::Repo { repo },
             RootKind::Artifact(repo, reference) => {
                 let fetched = tree.fetch_manifest(&repo, &reference)?;
@@ -580,7 +595,7 @@ impl Tree {
         self.add(ino, CONFIG_FILE, blob(&image.config, None));
         let helm = self.helm_chart_name(m, image);
         let namings =
-            crate::archive::kind::layer_namings(&image.layers, self.cfg.unpack, helm.as_deref());
+            crate::names::archive::layer_namings(&image.layers, self.cfg.unpack, helm.as_deref());
         for (placement, layer) in names::place_layers_named(&image.layers, &namings)
             .into_iter()
             .zip(&image.layers)
@@ -663,7 +678,7 @@ impl Tree {
     /// `NAME-VERSION` of a Helm chart, from its config blob (fetched and verified here;
     /// configs are small). `None` for anything else or a config that cannot be read.
     fn helm_chart_name(&self, m: &ManifestNode, image: &ImageManifest) -> Option<String> {
-        use crate::archive::kind::{HELM_CHART, HELM_CONFIG};
+        use crate::names::archive::{HELM_CHART, HELM_CONFIG};
         let c = &image.config;
         if c.media_type != HELM_CONFIG || !image.layers.iter().any(|l| l.media_type == HELM_CHART) {
             return None;
@@ -687,7 +702,7 @@ impl Tree {
             });
             return None;
         }
-        crate::archive::kind::helm_chart_name(&sink.bytes)
+        crate::names::archive::helm_chart_name(&sink.bytes)
     }
 
     /// Look up `name` in directory `parent`. When the source cannot answer, a name seen
@@ -867,7 +882,7 @@ impl Tree {
     /// catalog of the host `prefix` starts with (entries then read `host/repo`). While the
     /// source cannot answer, the last one; a failure is remembered for a few seconds.
     fn catalog(&self, prefix: &str) -> Result<Option<Arc<Vec<String>>>, FsError> {
-        let scope = match &self.hosts {
+        let scope = match self.hosts() {
             Some(_) => prefix.split('/').next().unwrap_or(""),
             None => "",
         };
@@ -905,8 +920,8 @@ impl Tree {
             }
             ok
         };
-        let fetched = match &self.hosts {
-            Some(m) => m.host_catalog(scope),
+        let fetched = match self.hosts() {
+            Some(m) => m.catalog_of(scope),
             None => self.source.catalog(),
         };
         let mut map = lock(&self.catalog);
@@ -936,10 +951,10 @@ impl Tree {
     /// Whether `path` may name a repository or namespace (in a multi-registry mount, after
     /// its leading host component).
     fn valid_path(&self, path: &str) -> bool {
-        match &self.hosts {
+        match self.hosts() {
             Some(_) => match path.split_once('/') {
-                Some((host, rest)) => crate::target::valid_host(host) && valid_repo_name(rest),
-                None => crate::target::valid_host(path),
+                Some((host, rest)) => crate::source::valid_host(host) && valid_repo_name(rest),
+                None => crate::source::valid_host(path),
             },
             None => valid_repo_name(path),
         }
@@ -948,7 +963,7 @@ impl Tree {
     /// Components of `path` below the registry (after the host in a multi-registry mount).
     fn depth(&self, path: &str) -> usize {
         let n = path.split('/').count();
-        match &self.hosts {
+        match self.hosts() {
             Some(_) => n.saturating_sub(1),
             None => n,
         }
@@ -957,16 +972,16 @@ impl Tree {
     /// A registry host in the multi-registry root: `EIO` while it cannot be reached, "not
     /// found" when what answers is not a registry.
     fn lookup_host(&self, parent: Ino, name: &str) -> Result<Ino, FsError> {
-        let Some(m) = &self.hosts else {
+        let Some(m) = self.hosts() else {
             return Err(FsError::NotFound);
         };
-        if !crate::target::valid_host(name) {
+        if !crate::source::valid_host(name) {
             return Err(FsError::NotFound);
         }
         if let Some(c) = self.child(parent, name) {
             return Ok(c);
         }
-        if let Err(e) = m.host(name) {
+        if let Err(e) = m.visit(name) {
             self.warn_once(format!("host:{name}"), || format!("registry {name}: {e}"));
             return Err(if e.is_transient() {
                 e.into()
@@ -1082,7 +1097,7 @@ impl Tree {
 
     /// Whether `prefix` (a namespace directory) is itself a repository, so its tags show.
     fn is_repo(&self, prefix: &str) -> Result<bool, FsError> {
-        if prefix.is_empty() || (self.hosts.is_some() && !prefix.contains('/')) {
+        if prefix.is_empty() || (self.multi && !prefix.contains('/')) {
             return Ok(false);
         }
         if lock(&self.tags).contains_key(prefix) {
@@ -1189,7 +1204,7 @@ impl Tree {
                 return Ok(self.unresolved(ino, names));
             }
             Node::Hosts => {
-                let hosts = self.hosts.as_ref().map(|m| m.visited()).unwrap_or_default();
+                let hosts = self.hosts().map(|m| m.visited()).unwrap_or_default();
                 return Ok(self.unresolved(ino, hosts));
             }
             Node::Referrers(m) => {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::oci::Digest;
-use crate::source::{valid_repo_name, valid_tag, Reference};
+use crate::source::{valid_host, valid_repo_name, valid_tag, Reference};
 
 /// A parsed `SOURCE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,18 +18,6 @@ pub enum Target {
         repo: Option<String>,
         reference: Option<Reference>,
     },
-}
-
-/// Whether `host` looks like a registry host: `localhost`, or a name with a dot or a port,
-/// made of letters, digits, `-`, `.`, `:` and IPv6 brackets.
-pub fn valid_host(host: &str) -> bool {
-    let looks_like_host = host == "localhost" || host.contains('.') || host.contains(':');
-    looks_like_host
-        && host.len() <= 255
-        && !host.starts_with(['.', '-', ':'])
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
 }
 
 /// Parse `SOURCE`; the error is one line saying what is wrong with it.

@@ -9,13 +9,13 @@ use proptest::prelude::*;
 
 use crate::cache::block::BLOCK_SIZE;
 use crate::cache::{BlobCache, CacheConfig};
-use crate::error::{to_errno, FsError};
+use crate::fs::error::{to_errno, FsError};
+use crate::fs::tree::{RootKind, Tree, TreeConfig, ROOT};
 use crate::fs::{Fs, FsConfig};
 use crate::oci::{Descriptor, ANNOTATION_TITLE};
 use crate::read::{BlobReader, ReadConfig, VerifyMode};
 use crate::source::memory::MemorySource;
 use crate::source::Reference;
-use crate::tree::{RootKind, Tree, TreeConfig, ROOT};
 
 fn titled(mut d: Descriptor, title: &str) -> Descriptor {
     d.annotations.insert(ANNOTATION_TITLE.into(), title.into());
@@ -974,7 +974,7 @@ fn every_write_handler_answers_erofs_without_the_ro_flag() {
     config.mount_options = vec![fuser::MountOption::FSName("orasfs-core-test".into())];
     // Unmounted when dropped, also when an assertion below fails.
     let session = fuser::spawn_mount(
-        crate::fuse::FuseFs::new(Arc::new(w.fs), false),
+        crate::fs::fuse::FuseFs::new(Arc::new(w.fs), false),
         mnt.path(),
         &config,
     )

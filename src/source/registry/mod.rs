@@ -8,6 +8,7 @@
 //! and credentials are redacted in `Debug`. Redirects are followed by hand: the
 //! `Authorization` header only ever goes to the registry's own origin.
 
+pub mod adapter;
 mod auth;
 mod blob;
 pub mod credentials;

@@ -197,7 +197,7 @@ mod tests {
         assert!(!allowed("hyper_util::client::legacy", Level::Debug));
         assert!(!allowed("h2::codec", Level::Trace));
         assert!(!allowed("rustls::client::hs", Level::Debug));
-        assert!(allowed("orasfs::registry", Level::Trace));
+        assert!(allowed("orasfs::source::registry", Level::Trace));
         assert!(
             allowed("hyperion", Level::Trace),
             "only whole crate names match"
@@ -227,6 +227,9 @@ mod tests {
             ),
             Warn
         );
-        assert_eq!(level_for("orasfs::mount", Debug, "capability x"), Debug);
+        assert_eq!(
+            level_for("orasfs::app::mount", Debug, "capability x"),
+            Debug
+        );
     }
 }

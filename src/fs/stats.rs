@@ -47,7 +47,7 @@ pub fn snapshot(fs: &Fs) -> String {
 /// Print a running mount's counters.
 pub fn print(mountpoint: &Path) -> Result<(), String> {
     let path = mountpoint
-        .join(crate::tree::CONTROL_NAME)
+        .join(crate::fs::tree::CONTROL_NAME)
         .join("stats.json");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("{}: {e} (is an orasfs mount there?)", mountpoint.display()))?;
