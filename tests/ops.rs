@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{is_mounted, random_bytes, wait_for, Mount, Registry};
+use common::{is_mounted, random_bytes, wait_for, xattr, Mount, Registry};
 
 const BIN: &str = env!("CARGO_BIN_EXE_orasfs");
 
@@ -264,15 +263,6 @@ fn negative_lookups_do_not_reach_the_registry() {
         "{} registry requests for 800 missing-name lookups",
         after - before
     );
-}
-
-fn xattr(path: &Path, name: &str) -> Option<String> {
-    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the stated length.
-    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
 }
 
 #[test]

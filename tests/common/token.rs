@@ -252,8 +252,8 @@ impl TokenServer {
     }
 
     /// A function giving `Authorization` values with pull and push on a repository, for
-    /// a [`super::distribution::Pusher`].
-    pub fn pusher_auth(&self) -> super::distribution::AuthFn {
+    /// a [`super::registry::Pusher`].
+    pub fn pusher_auth(&self) -> super::registry::AuthFn {
         let signer = self.signer.clone();
         Box::new(move |repo: &str| {
             let access = json!([{"type": "repository", "name": repo, "actions": ["pull", "push"]}]);
