@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 
 use common::certs;
-use common::token::{TokenServer, ISSUER, SERVICE};
+use common::token::TokenServer;
 use common::{htpasswd, random_bytes, sha256, Auth, Config, Launch, Mount, Pusher, Registry};
 
 const MIB: usize = 1 << 20;
@@ -283,12 +283,7 @@ fn credentials_go_only_to_the_host_they_belong_to() {
     let tokens = TokenServer::start(&signer);
     tokens.state().users.insert(ou.into(), op.into());
     let origin = Registry::with(&Config {
-        auth: Auth::Token {
-            realm: tokens.realm(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            bundle: signer.bundle.clone(),
-        },
+        auth: tokens.registry_auth(&signer),
         ..Config::default()
     });
     let mirror = Registry::with(&Config {

@@ -529,19 +529,14 @@ fn failures_are_one_line_naming_what_and_where() {
 #[test]
 fn a_push_the_token_service_does_not_grant_is_refused_naming_the_registry() {
     use common::certs;
-    use common::token::{TokenServer, ISSUER, SERVICE};
-    use common::{Auth, Config, Pusher};
+    use common::token::TokenServer;
+    use common::{Config, Pusher};
     let tmp = tempfile::tempdir().unwrap();
     let signer = certs::token_signer(tmp.path());
     let tokens = TokenServer::start(&signer);
     tokens.state().public.insert("public/data".into());
     let reg = Registry::with(&Config {
-        auth: Auth::Token {
-            realm: tokens.realm(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            bundle: signer.bundle.clone(),
-        },
+        auth: tokens.registry_auth(&signer),
         ..Config::default()
     });
     Pusher::new(&reg.url(""), None, tokens.pusher_auth()).push_artifact(

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use common::certs;
 use common::http::{forward, Reply, Request, Server};
-use common::token::{TokenServer, ISSUER, SERVICE};
+use common::token::TokenServer;
 use common::{htpasswd, names, Auth, Config, Failed, Launch, Mount, Pusher, Registry};
 
 const USER: &str = "alice";
@@ -267,12 +267,7 @@ fn token_setup() -> TokenSetup {
         st.public.insert("public/data".into());
     }
     let reg = Registry::with(&Config {
-        auth: Auth::Token {
-            realm: tokens.realm(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            bundle: signer.bundle.clone(),
-        },
+        auth: tokens.registry_auth(&signer),
         ..Config::default()
     });
     let push = Pusher::new(&reg.url(""), None, tokens.pusher_auth());

@@ -5,7 +5,8 @@
 //!   htpasswd, token, TLS, pull-through) on a free loopback port, and the one way to push
 //!   to it ([`registry::Pusher`]); the python ORAS client is [`oras_push`].
 //! - [`proxy`]: the fault-injecting proxy to put in front of a registry.
-//! - [`mount`]: the one way to mount ([`mount::Launch`] → [`mount::Mount`]).
+//! - [`mount`]: the one way to mount ([`mount::Launch`] → [`mount::Mount`]), and a
+//!   mountpoint for daemon-mode runs ([`mount::Spot`]).
 //! - [`io`]: reading through a mount and judging what came back.
 //! - [`layout`]: local OCI image layouts with anything in them.
 //! - [`http`], [`token`], [`certs`]: a tiny HTTP server for test servers, a token
@@ -26,7 +27,7 @@ pub mod token;
 
 pub use io::*;
 pub use layout::LayoutDir;
-pub use mount::{force_unmount, is_mounted, orasfs_mounts, Failed, Launch, Mount};
+pub use mount::{force_unmount, is_mounted, orasfs_mounts, Failed, Launch, Mount, Spot};
 pub use proxy::{Fault, FaultProxy, Record, Rule};
 pub use registry::{htpasswd, Auth, Config, LayerSpec, Pushed, Pusher, Registry};
 

@@ -433,3 +433,59 @@ impl Drop for Mount {
         force_unmount(&self.mountpoint);
     }
 }
+
+/// A mountpoint the test owns, for the runs that are not a foreground mount (`orasfs
+/// mount` in daemon mode, the mount helper, `orasfs umount`); whatever is mounted there is
+/// unmounted on drop.
+pub struct Spot {
+    dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+}
+
+impl Spot {
+    pub fn new() -> Spot {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mnt = canonical(dir.path()).join("mnt");
+        fs::create_dir(&mnt).expect("mountpoint");
+        Spot { dir, mnt }
+    }
+    /// The mountpoint, as text.
+    pub fn mnt(&self) -> &str {
+        self.mnt.to_str().expect("a UTF-8 mountpoint")
+    }
+    /// A path beside the mountpoint.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    /// The cache directory [`Spot::daemon`] uses.
+    pub fn cache(&self) -> PathBuf {
+        self.file("cache")
+    }
+    /// `orasfs mount --cache-dir CACHE EXTRA… SOURCE MOUNTPOINT` in daemon mode, with the
+    /// hermetic environment of a [`Launch`]; what it printed and its exit status.
+    pub fn daemon(&self, source: &str, extra: &[&str]) -> std::process::Output {
+        let home = self.file("home");
+        fs::create_dir_all(&home).expect("home");
+        Command::new(env!("CARGO_BIN_EXE_orasfs"))
+            .arg("mount")
+            .arg("--cache-dir")
+            .arg(self.cache())
+            .args(extra)
+            .arg(source)
+            .arg(&self.mnt)
+            .env("HOME", &home)
+            .env_remove("RUST_LOG")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run orasfs")
+    }
+}
+
+impl Drop for Spot {
+    fn drop(&mut self) {
+        force_unmount(&self.mnt);
+    }
+}
