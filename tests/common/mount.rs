@@ -109,6 +109,16 @@ fn reap(c: &mut Child, grace: Duration) -> ExitStatus {
     c.wait().expect("wait for orasfs")
 }
 
+/// Run with `home` as `HOME` and none of the credential variables or `RUST_LOG` (a test
+/// sets what it needs after this).
+fn hermetic(c: &mut Command, home: &Path) {
+    c.env("HOME", home)
+        .env_remove("RUST_LOG")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("XDG_RUNTIME_DIR");
+}
+
 /// A failed run of `orasfs mount`.
 #[derive(Debug)]
 pub struct Failed {
@@ -193,6 +203,7 @@ impl Launch {
         let home = base.join("home");
         fs::create_dir_all(&home)?;
         let cache = self.cache.clone().unwrap_or_else(|| base.join("cache"));
+        hermetic(&mut c, &home);
         c.arg("mount")
             .arg("--foreground")
             .arg("--cache-dir")
@@ -200,11 +211,6 @@ impl Launch {
             .args(&self.args)
             .args((!self.source.is_empty()).then_some(&self.source))
             .arg(mountpoint)
-            .env("HOME", &home)
-            .env_remove("RUST_LOG")
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env_remove("DOCKER_CONFIG")
-            .env_remove("XDG_RUNTIME_DIR")
             .stdout(Stdio::null())
             .stderr(File::create(stderr)?)
             .stdin(if self.stdin.is_some() {
@@ -466,18 +472,14 @@ impl Spot {
     pub fn daemon(&self, source: &str, extra: &[&str]) -> std::process::Output {
         let home = self.file("home");
         fs::create_dir_all(&home).expect("home");
-        Command::new(env!("CARGO_BIN_EXE_orasfs"))
-            .arg("mount")
+        let mut c = Command::new(env!("CARGO_BIN_EXE_orasfs"));
+        hermetic(&mut c, &home);
+        c.arg("mount")
             .arg("--cache-dir")
             .arg(self.cache())
             .args(extra)
             .arg(source)
             .arg(&self.mnt)
-            .env("HOME", &home)
-            .env_remove("RUST_LOG")
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env_remove("DOCKER_CONFIG")
-            .env_remove("XDG_RUNTIME_DIR")
             .stdin(Stdio::null())
             .output()
             .expect("run orasfs")
