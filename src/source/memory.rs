@@ -244,11 +244,8 @@ impl Source for MemorySource {
         }
         self.blob_bytes
             .fetch_add(body.len() as u64, Ordering::Relaxed);
-        let io = |e| SourceError::Io {
-            path: format!("memory://{digest}"),
-            source: e,
-        };
-        sink.begin(kind).map_err(io)?;
-        sink.data(&body).map_err(io)
+        let sink_failed = |e| SourceError::sink(format!("memory://{digest}"), e);
+        sink.begin(kind).map_err(sink_failed)?;
+        sink.data(&body).map_err(sink_failed)
     }
 }

@@ -201,10 +201,7 @@ impl Client {
                     BodyKind::Range => want.end - want.start,
                 };
                 if delivered == 0 {
-                    sink.begin(k).map_err(|e| SourceError::Io {
-                        path: what.clone(),
-                        source: e,
-                    })?;
+                    sink.begin(k).map_err(|e| SourceError::sink(&what, e))?;
                 }
                 let mut cut = None;
                 loop {
@@ -227,10 +224,7 @@ impl Client {
                                 });
                             }
                             delivered += bytes.len() as u64;
-                            sink.data(&bytes).map_err(|e| SourceError::Io {
-                                path: what.clone(),
-                                source: e,
-                            })?;
+                            sink.data(&bytes).map_err(|e| SourceError::sink(&what, e))?;
                         }
                         Ok(None) => break,
                         Err(e) => {

@@ -248,10 +248,8 @@ impl Client {
             .user_agent(concat!("orasfs/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(cfg.insecure);
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| SourceError::Io {
-                path: format!("--ca-file {}", ca.display()),
-                source: e,
-            })?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| SourceError::io(format!("--ca-file {}", ca.display()), e))?;
             let certs =
                 reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::Protocol {
                     what: format!("--ca-file {}", ca.display()),
@@ -276,10 +274,7 @@ impl Client {
             .thread_name("orasfs-http")
             .enable_all()
             .build()
-            .map_err(|e| SourceError::Io {
-                path: "tokio runtime".into(),
-                source: e,
-            })?;
+            .map_err(|e| SourceError::io("tokio runtime", e))?;
         Ok(Self {
             cfg,
             base,
