@@ -252,6 +252,20 @@ impl FailingSource {
     }
 }
 
+/// A sink that refuses every byte with `ENOSPC`, as a cache on a full disk.
+#[derive(Debug)]
+pub struct RefusingSink;
+
+impl BlobSink for RefusingSink {
+    fn begin(&mut self, _: BodyKind) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn data(&mut self, _: &[u8]) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+}
+
 /// Passes the first `left` bytes of a body on, then refuses more.
 struct Cut<'a> {
     sink: &'a mut dyn BlobSink,

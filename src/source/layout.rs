@@ -219,19 +219,8 @@ impl Source for LayoutSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{BlobSink, VecSink};
-
-    /// A sink that takes nothing, as a cache that cannot write.
-    struct Refusing;
-
-    impl BlobSink for Refusing {
-        fn begin(&mut self, _: BodyKind) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn data(&mut self, _: &[u8]) -> std::io::Result<()> {
-            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
-        }
-    }
+    use crate::source::failing::RefusingSink;
+    use crate::source::VecSink;
 
     /// A failure to take the bytes in is a `Sink` error, a failure to read the layout an
     /// `Io` error: the two are told apart.
@@ -262,7 +251,7 @@ mod tests {
         layout.fetch_blob("", &good, 13, None, &mut sink).unwrap();
         assert_eq!(sink.bytes, bytes);
         let e = layout
-            .fetch_blob("", &good, 13, None, &mut Refusing)
+            .fetch_blob("", &good, 13, None, &mut RefusingSink)
             .unwrap_err();
         assert!(
             matches!(&e, SourceError::Sink { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
