@@ -431,7 +431,9 @@ fn a_request_is_tried_retries_plus_one_times_whatever_fails() {
     let blob_requests = || {
         let stats = fs::read_to_string(m.join(".orasfs/stats.json")).expect("stats");
         let v: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
-        v["registry"]["blob_requests"].as_u64().expect("blob_requests")
+        v["registry"]["blob_requests"]
+            .as_u64()
+            .expect("blob_requests")
     };
     let path = blob_path(&pushed.layers[0].0);
     for i in 0..40 {
