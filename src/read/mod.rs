@@ -711,7 +711,10 @@ impl Inner {
         };
         if let Some(ix) = &index {
             if let Err(e) = ix.prepare(self.src.as_ref(), self.stats(), blocks.clone()) {
-                state.release(blocks);
+                match fetcher {
+                    Fetcher::Reader { .. } => state.release_failed(blocks, &e),
+                    Fetcher::Ahead => state.release(blocks),
+                }
                 return Err(e);
             }
         }

@@ -112,7 +112,7 @@ impl Client {
                     .await;
                 if via_remembered {
                     let failed = match &sent {
-                        Ok(resp) => location_failed(resp.status()),
+                        Ok(resp) => location_failed(resp.status(), &what),
                         Err(e) => Some(e.clone()),
                     };
                     if let Some(e) = failed {
@@ -178,15 +178,15 @@ impl Client {
     }
 }
 
-/// Whether a remembered location's answer means it is no longer good: an expired
-/// signature (401, 403, 404, 410) or a transient failure. The error to note, if so.
-fn location_failed(status: StatusCode) -> Option<SourceError> {
+/// Whether a remembered location's answer for `what` means it is no longer good: an
+/// expired signature (401, 403, 404, 410) or a transient failure. The error to note, if so.
+fn location_failed(status: StatusCode, what: &str) -> Option<SourceError> {
     let expired = matches!(
         status,
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::GONE
     );
     let e = SourceError::Status {
-        url: "remembered location".into(),
+        url: format!("{what} at its remembered location"),
         status: status.as_u16(),
     };
     (expired || e.is_transient()).then_some(e)
