@@ -1082,6 +1082,20 @@ fn every_write_handler_answers_erofs_without_the_ro_flag() {
         }
     };
     let (cf, cd) = (c(&file), c(&root.join("d")));
+    let fifo = c(&root.join("fifo"));
+    // SAFETY: `cf` is a NUL-terminated path that outlives the call.
+    let chmod = libc_call(unsafe { libc::chmod(cf.as_ptr(), 0o777) });
+    // SAFETY: as above.
+    let truncate = libc_call(unsafe { libc::truncate(cf.as_ptr(), 0) });
+    // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
+    let mknod = libc_call(unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0) });
+    // SAFETY: NUL-terminated path and name; the value is a live 1-byte buffer.
+    let setxattr = libc_call(unsafe {
+        libc::setxattr(cd.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0)
+    });
+    // SAFETY: NUL-terminated path and name.
+    let removexattr =
+        libc_call(unsafe { libc::removexattr(cf.as_ptr(), c"user.orasfs.digest".as_ptr()) });
     let attempts: Vec<(&str, std::io::Result<()>)> = vec![
         ("mkdir", std::fs::create_dir(root.join("new"))),
         (
@@ -1093,30 +1107,11 @@ fn every_write_handler_answers_erofs_without_the_ro_flag() {
         ("rename", std::fs::rename(&file, root.join("g"))),
         ("link", std::fs::hard_link(&file, root.join("h"))),
         ("symlink", std::os::unix::fs::symlink("f", root.join("s"))),
-        (
-            "chmod",
-            libc_call(unsafe { libc::chmod(cf.as_ptr(), 0o777) }),
-        ),
-        (
-            "truncate",
-            libc_call(unsafe { libc::truncate(cf.as_ptr(), 0) }),
-        ),
-        (
-            "mknod",
-            libc_call(unsafe {
-                libc::mknod(c(&root.join("fifo")).as_ptr(), libc::S_IFIFO | 0o644, 0)
-            }),
-        ),
-        (
-            "setxattr",
-            libc_call(unsafe {
-                libc::setxattr(cd.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0)
-            }),
-        ),
-        (
-            "removexattr",
-            libc_call(unsafe { libc::removexattr(cf.as_ptr(), c"user.orasfs.digest".as_ptr()) }),
-        ),
+        ("chmod", chmod),
+        ("truncate", truncate),
+        ("mknod", mknod),
+        ("setxattr", setxattr),
+        ("removexattr", removexattr),
         (
             "open for writing",
             std::fs::OpenOptions::new()
