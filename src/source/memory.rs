@@ -47,11 +47,21 @@ pub struct MemorySource {
     pub refuse_unknown: AtomicBool,
     /// Tag digests asked for without the manifest (HEAD requests).
     pub head_requests: AtomicU64,
+    /// Answer tag listings and manifests this many milliseconds late, as a registry across
+    /// a network does (tests of races between lookups).
+    pub metadata_delay_ms: AtomicU64,
 }
 
 impl MemorySource {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn delay(&self) {
+        let ms = self.metadata_delay_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -137,6 +147,7 @@ impl Source for MemorySource {
 
     fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
         self.tag_requests.fetch_add(1, Ordering::Relaxed);
+        self.delay();
         self.metadata_check()?;
         self.store()
             .repos
@@ -147,6 +158,7 @@ impl Source for MemorySource {
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
+        self.delay();
         self.metadata_check()?;
         let not_found = || self.missing(reference.qualify(repo));
         let digest = match reference {
