@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::read::VerifyMode;
+use crate::app::config::{Access, IndexConfig, MountConfig, RegistryConfig};
+use crate::cache::CacheConfig;
+use crate::fs::tree::TreeConfig;
+use crate::fs::FsConfig;
+use crate::read::{ReadConfig, VerifyMode};
 
 const SOURCE_HELP: &str = "\
 SOURCE forms:
@@ -94,12 +98,28 @@ pub struct IndexArgs {
     pub block_size: u64,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
-/// How to reach and log in to a registry (for commands other than `mount`).
+impl IndexArgs {
+    /// The plain configuration of the command.
+    pub fn config(&self) -> IndexConfig {
+        IndexConfig {
+            reference: self.reference.clone(),
+            embed: self.embed,
+            tag: self.tag.clone(),
+            block_size: self.block_size,
+            registry: self.registry.config(),
+        }
+    }
+}
+
+/// How to reach and log in to a registry.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
-    /// Talk plain HTTP to the registry (loopback registries do unless REF starts with
+    /// Talk plain HTTP to the registry (loopback registries do unless SOURCE starts with
     /// https://).
     #[arg(long)]
     pub plain_http: bool,
@@ -109,7 +129,10 @@ pub struct RegistryArgs {
     /// Trust this PEM CA bundle in addition to the system roots.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
-    /// Registry credentials file (Docker config.json or containers auth.json format).
+    /// Registry credentials file (Docker config.json or containers auth.json format); when
+    /// given, the only file read. Without it: $REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, then $DOCKER_CONFIG/config.json (or
+    /// ~/.docker/config.json); the first with credentials for the registry wins.
     #[arg(long, value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
     /// Registry user name, with the password read from standard input (--password-stdin).
@@ -124,12 +147,29 @@ pub struct RegistryArgs {
     /// Fail a registry response whose body stalls this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub read_timeout: Duration,
-    /// Retries of a failed registry request.
+    /// Times one registry request is tried again after transient failures (connection
+    /// errors, 5xx/429/408, a body cut short), all of them together; then the read fails
+    /// with EIO.
     #[arg(long, default_value_t = 4)]
     pub retries: u32,
-    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+}
+
+impl RegistryArgs {
+    /// The plain configuration (no mirrors: those are mount flags).
+    pub fn config(&self) -> RegistryConfig {
+        RegistryConfig {
+            plain_http: self.plain_http,
+            insecure: self.insecure,
+            ca_file: self.ca_file.clone(),
+            auth_file: self.auth_file.clone(),
+            username: self.username.clone().filter(|_| self.password_stdin),
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            retries: self.retries,
+            mirrors: Default::default(),
+            mirror_cooldown: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Parse a block size: a size that is a power of two from 4 KiB to 16 MiB.
@@ -199,39 +239,19 @@ pub struct MountArgs {
     /// Cache directory [default: $XDG_CACHE_HOME/orasfs, or /var/cache/orasfs for root].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Talk plain HTTP to the registry (loopback registries do unless SOURCE starts with
-    /// https://).
-    #[arg(long)]
-    pub plain_http: bool,
-    /// Skip TLS certificate verification (unsafe).
-    #[arg(long)]
-    pub insecure: bool,
-    /// Trust this PEM CA bundle in addition to the system roots.
-    #[arg(long, value_name = "PEM")]
-    pub ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Cap the cache at SIZE (binary units: 512MiB, 20GiB); least recently used blobs are
     /// evicted first, never one an open file is reading.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub cache_size: Option<u64>,
-    /// Keep at least this share of the cache's filesystem free, in percent.
-    #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
+    /// Keep at least this share of the cache's filesystem free, in percent (0 to 99).
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0, value_parser = parse_percent)]
     pub cache_min_free: f64,
     /// Largest small blob verified and held in memory when the cache cannot store it
     /// (disk full, read-only) (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_memory: u64,
-    /// Registry credentials file (Docker config.json or containers auth.json format); when
-    /// given, the only file read. Without it: $REGISTRY_AUTH_FILE,
-    /// $XDG_RUNTIME_DIR/containers/auth.json, then $DOCKER_CONFIG/config.json (or
-    /// ~/.docker/config.json); the first with credentials for the registry wins.
-    #[arg(long, value_name = "FILE")]
-    pub auth_file: Option<PathBuf>,
-    /// Registry user name, with the password read from standard input (--password-stdin).
-    #[arg(long, requires = "password_stdin")]
-    pub username: Option<String>,
-    /// Read the registry password (or token) from standard input.
-    #[arg(long, requires = "username")]
-    pub password_stdin: bool,
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
@@ -255,8 +275,8 @@ pub struct MountArgs {
     /// (FUSE passthrough, Linux 6.9+).
     #[arg(long)]
     pub no_passthrough: bool,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 8)]
+    /// FUSE worker threads (1 to 64).
+    #[arg(long, default_value_t = 8, value_parser = parse_threads)]
     pub threads: usize,
     /// Owner of every file [default: the mounting user].
     #[arg(long)]
@@ -270,15 +290,6 @@ pub struct MountArgs {
     /// Permission bits of directories.
     #[arg(long, value_name = "OCTAL", default_value = "0555", value_parser = parse_mode)]
     pub dir_mode: u16,
-    /// Connect timeout for registry requests.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-    /// Fail a registry response whose body stalls this long.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub read_timeout: Duration,
-    /// Retries of a failed registry request before the read fails with EIO.
-    #[arg(long, default_value_t = 4)]
-    pub retries: u32,
     /// Mirrors from this containers-registries.conf(5) file only [default:
     /// ~/.config/containers/registries.conf or /etc/containers/registries.conf, plus the
     /// registries.conf.d/ drop-ins].
@@ -312,6 +323,56 @@ impl MountArgs {
     pub fn mountpoint(&self) -> PathBuf {
         PathBuf::from(self.operands.last().map(String::as_str).unwrap_or(""))
     }
+
+    /// The plain configuration of the mount.
+    pub fn config(&self) -> MountConfig {
+        let mut registry = self.registry.config();
+        registry.mirrors = crate::fleet::Settings {
+            registries_conf: self.registries_conf.clone(),
+            hosts_dir: self.hosts_dir.clone(),
+            mirrors: self.mirror.clone(),
+            home: None,
+        };
+        registry.mirror_cooldown = self.mirror_cooldown;
+        let mut cache = CacheConfig::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir));
+        cache.max_size = self.cache_size;
+        cache.min_free_percent = self.cache_min_free;
+        let mut fs = FsConfig {
+            mutable_ttl: self.metadata_ttl,
+            file_mode: self.file_mode,
+            dir_mode: self.dir_mode,
+            ..FsConfig::default()
+        };
+        fs.uid = self.uid.unwrap_or(fs.uid);
+        fs.gid = self.gid.unwrap_or(fs.gid);
+        MountConfig {
+            source: self.source().map(str::to_string),
+            mountpoint: self.mountpoint(),
+            nonempty: self.nonempty,
+            registry,
+            cache,
+            tree: TreeConfig {
+                metadata_ttl: self.metadata_ttl,
+                unpack: self.unpack,
+                ..TreeConfig::default()
+            },
+            read: ReadConfig {
+                verify: self.verify.into(),
+                max_memory: self.max_memory,
+                ..ReadConfig::default()
+            },
+            fs,
+            access: if self.allow_other {
+                Access::All
+            } else if self.allow_root {
+                Access::OwnerAndRoot
+            } else {
+                Access::Owner
+            },
+            threads: self.threads,
+            passthrough: !self.no_passthrough,
+        }
+    }
 }
 
 /// Parse permission bits in octal; write bits are refused, the mount is read-only.
@@ -327,6 +388,24 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
         ));
     }
     Ok(m)
+}
+
+/// Parse a share of free space to keep: 100 would leave no room to store anything.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..100.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{s:?}: expected a percentage from 0 to 99 (100 would leave the cache no room)"
+        )),
+    }
+}
+
+/// Parse a count of FUSE worker threads.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: expected from 1 to 64 threads")),
+    }
 }
 
 /// Parse a size with binary units: `4096`, `512KiB`, `512MiB`, `20GiB`, `1TiB` (also
@@ -406,6 +485,20 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_not_clamped() {
+        assert_eq!(parse_percent("5").unwrap(), 5.0);
+        assert_eq!(parse_percent("0").unwrap(), 0.0);
+        for bad in ["100", "150", "-1", "NaN", "five"] {
+            assert!(parse_percent(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_threads("1").unwrap(), 1);
+        assert_eq!(parse_threads("64").unwrap(), 64);
+        for bad in ["0", "65", "-2"] {
+            assert!(parse_threads(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -658,6 +658,49 @@ fn indexed_world(bound: bool, damage_index: bool, verify: VerifyMode) -> Indexed
 }
 
 #[test]
+fn a_layer_shared_by_two_tags_is_checked_against_the_index_its_own_manifest_binds() {
+    use crate::index::format;
+    let src = Arc::new(MemorySource::new());
+    let data = bytes(8 * MIB as usize + 5, 33);
+    let data_digest = crate::oci::Digest::of(&data);
+    let mut b = format::Builder::new(&data_digest, data.len() as u64, BLOCK_SIZE);
+    b.update(&data);
+    let (index, root) = b.finish().unwrap();
+    let layer = titled(src.put_blob("image/tiff", data.clone()), "scene.tif");
+    let ix = src.put_blob(format::MEDIA_TYPE, index);
+    let mut bound = layer.clone();
+    bound
+        .annotations
+        .insert(format::ANNOTATION_INDEX.into(), ix.digest.to_string());
+    bound
+        .annotations
+        .insert(format::ANNOTATION_ROOT.into(), root.to_string());
+    src.put_manifest("r", Some("plain"), image_manifest(&src, &[layer]));
+    src.put_manifest("r", Some("bound"), image_manifest(&src, &[bound, ix]));
+    let w = world(src, RootKind::Repository("r".into()), VerifyMode::Lazy);
+    let level = |p: &str| {
+        w.fs.getxattr(path(&w.fs, p).unwrap(), "user.orasfs.verified")
+    };
+    // The tag without an index is read first.
+    let plain = path(&w.fs, "plain/scene.tif").unwrap();
+    let fh = w.fs.open(plain, false).unwrap().fh;
+    assert!(w.fs.read(fh, 0, 4096).unwrap() == data[..4096]);
+    assert_eq!(level("plain/scene.tif").unwrap(), b"none");
+    assert_eq!(level("bound/scene.tif").unwrap(), b"blocks");
+    assert_eq!(
+        level("plain/scene.tif").unwrap(),
+        b"none",
+        "not its manifest's"
+    );
+    // Once the bound index is known, a bad block is refused under either name.
+    let bound_file = path(&w.fs, "bound/scene.tif").unwrap();
+    let _held = w.fs.open(bound_file, false).unwrap().fh;
+    *w.src.corrupt_at.lock().unwrap() = Some((data_digest, 6 * MIB + 7));
+    let err = w.fs.read(fh, 6 * MIB, 65536).unwrap_err();
+    assert_eq!(to_errno(&err), libc::EIO, "{err}");
+}
+
+#[test]
 fn a_block_that_fails_its_index_is_never_served_and_is_fetched_again() {
     for bound in [true, false] {
         let t = indexed_world(bound, false, VerifyMode::Lazy);
@@ -949,6 +992,7 @@ fn the_inode_table_does_not_grow_as_a_tag_moves_1000_times() {
         src.put_manifest("r", Some("v1"), image_manifest(&src, &[file]));
         assert_eq!(read_and_forget(&w.fs, "v1/d/f.txt"), text.as_bytes());
         let count = w.fs.tree().inode_count();
+        assert!(w.fs.tree().manifest_count() <= 64, "manifests kept");
         match settled {
             None => settled = Some(count),
             Some(n) => assert_eq!(count, n, "inodes after move {round}"),
@@ -1121,6 +1165,20 @@ fn every_write_handler_answers_erofs_without_the_ro_flag() {
         }
     };
     let (cf, cd) = (c(&file), c(&root.join("d")));
+    let fifo = c(&root.join("fifo"));
+    // SAFETY: `cf` is a NUL-terminated path that outlives the call.
+    let chmod = libc_call(unsafe { libc::chmod(cf.as_ptr(), 0o777) });
+    // SAFETY: as above.
+    let truncate = libc_call(unsafe { libc::truncate(cf.as_ptr(), 0) });
+    // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
+    let mknod = libc_call(unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0) });
+    // SAFETY: NUL-terminated path and name; the value is a live 1-byte buffer.
+    let setxattr = libc_call(unsafe {
+        libc::setxattr(cd.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0)
+    });
+    // SAFETY: NUL-terminated path and name.
+    let removexattr =
+        libc_call(unsafe { libc::removexattr(cf.as_ptr(), c"user.orasfs.digest".as_ptr()) });
     let attempts: Vec<(&str, std::io::Result<()>)> = vec![
         ("mkdir", std::fs::create_dir(root.join("new"))),
         (
@@ -1132,30 +1190,11 @@ fn every_write_handler_answers_erofs_without_the_ro_flag() {
         ("rename", std::fs::rename(&file, root.join("g"))),
         ("link", std::fs::hard_link(&file, root.join("h"))),
         ("symlink", std::os::unix::fs::symlink("f", root.join("s"))),
-        (
-            "chmod",
-            libc_call(unsafe { libc::chmod(cf.as_ptr(), 0o777) }),
-        ),
-        (
-            "truncate",
-            libc_call(unsafe { libc::truncate(cf.as_ptr(), 0) }),
-        ),
-        (
-            "mknod",
-            libc_call(unsafe {
-                libc::mknod(c(&root.join("fifo")).as_ptr(), libc::S_IFIFO | 0o644, 0)
-            }),
-        ),
-        (
-            "setxattr",
-            libc_call(unsafe {
-                libc::setxattr(cd.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0)
-            }),
-        ),
-        (
-            "removexattr",
-            libc_call(unsafe { libc::removexattr(cf.as_ptr(), c"user.orasfs.digest".as_ptr()) }),
-        ),
+        ("chmod", chmod),
+        ("truncate", truncate),
+        ("mknod", mknod),
+        ("setxattr", setxattr),
+        ("removexattr", removexattr),
         (
             "open for writing",
             std::fs::OpenOptions::new()
