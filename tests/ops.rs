@@ -262,7 +262,14 @@ fn xattrs_and_stats_explain_the_mount() {
     };
     assert_eq!(stats(&m)["registry"]["blob_bytes"], 0);
     assert!(fs::read(&f).unwrap() == data);
-    let s = stats(&m);
+    // A fetch is counted once its body has ended, which may be just after the reader got
+    // the bytes it needed: wait for the count (10 s at most), then check it.
+    let counted = |s: &serde_json::Value| s["registry"]["blob_bytes"].as_u64().unwrap_or(0);
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = stats(&m);
+        (counted(&s) >= data.len() as u64).then_some(s)
+    })
+    .unwrap_or_else(|| stats(&m));
     assert!(
         s["registry"]["blob_bytes"].as_u64().unwrap() >= data.len() as u64,
         "{s}"
