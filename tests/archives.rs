@@ -444,3 +444,100 @@ fn a_gzip_bomb_gives_eio_quickly() {
 fn libc_eio() -> i32 {
     5
 }
+
+/// Bytes the registry wrote for every blob GET so far.
+fn blob_bytes_served(reg: &Registry) -> u64 {
+    reg.requests()
+        .iter()
+        .filter(|v| v["http.request.method"] == "GET")
+        .filter(|v| {
+            v["http.request.uri"]
+                .as_str()
+                .is_some_and(|u| u.contains("/blobs/"))
+        })
+        .map(|v| v["http.response.written"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// `orasfs index ARGS`, which must succeed.
+fn orasfs_index(args: &[&str]) {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orasfs"))
+        .arg("index")
+        .args(args)
+        .env("HOME", home.path())
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .expect("run orasfs index");
+    assert!(
+        out.status.success(),
+        "orasfs index {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn with_a_published_archive_index_an_empty_cache_lists_a_tar_gz_from_a_fraction_of_it() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("big");
+    fs::create_dir_all(&d).unwrap();
+    // 64 MiB of incompressible members, 2 MiB each.
+    let files: Vec<Vec<u8>> = (0..32).map(|i| random_bytes(2 * MIB, 300 + i)).collect();
+    for (i, f) in files.iter().enumerate() {
+        fs::write(d.join(format!("m{i:02}")), f).unwrap();
+    }
+    let blob = tar(work.path(), &["big"], true);
+    let blob_len = blob.len() as u64;
+    let pushed = reg.push_layers(
+        "lazy/indexed",
+        Some("v1"),
+        vec![LayerSpec::titled("big", blob)
+            .media_type(TAR_GZ)
+            .annotation(UNPACK, "true")],
+    );
+    let hex = hex_of(&pushed.layers[0].0).to_string();
+    let source = format!("{}/lazy/indexed:v1", reg.addr());
+    for (mode, args) in [("referrer", vec![source.as_str()]), ("embedded", vec![])] {
+        let mount_src = if args.is_empty() {
+            orasfs_index(&["--embed", "--tag", "v1-embedded", &source]);
+            format!("{}/lazy/indexed:v1-embedded", reg.addr())
+        } else {
+            orasfs_index(&args);
+            source.clone()
+        };
+        reg.settle();
+        let (before_all, before_data) = (blob_bytes_served(&reg), reg.bytes_served_for(&hex));
+        let cache = tempfile::tempdir().unwrap();
+        let m = Mount::start_with_cache(&mount_src, cache.path(), &[]).expect("mount");
+        let mut listed = names(&m.join("big"));
+        listed.sort();
+        assert_eq!(listed.len(), 32, "{mode}: {listed:?}");
+        reg.settle();
+        let listing = blob_bytes_served(&reg) - before_all;
+        assert_eq!(
+            reg.bytes_served_for(&hex),
+            before_data,
+            "{mode}: listing read the data blob\n{}",
+            m.stderr()
+        );
+        assert!(
+            (listing as f64) < 0.05 * blob_len as f64,
+            "{mode}: listing fetched {listing} bytes of a {blob_len}-byte blob"
+        );
+        // One member: its compressed span from the nearest checkpoint, and one window.
+        let got = fs::read(m.join("big/m20")).unwrap();
+        assert!(got == files[20], "{mode}: m20 differs");
+        reg.settle();
+        let read = blob_bytes_served(&reg) - before_all - listing;
+        assert!(
+            read <= 4 * MIB as u64,
+            "{mode}: reading a 2 MiB member fetched {read} bytes"
+        );
+        eprintln!(
+            "{mode}: listing {listing} bytes ({:.3}% of {blob_len}); member read {read} bytes",
+            100.0 * listing as f64 / blob_len as f64
+        );
+    }
+}

@@ -7,12 +7,15 @@
 //! - [`gzip`] inflates with checkpoints, so a member is read from the nearest one.
 //! - [`store`] keeps member tables and checkpoints in the cache directory, so a new mount
 //!   over the same cache lists an archive without reading it again.
+//! - [`remote`] is the archive index `orasfs index` publishes beside the block index, so
+//!   that an empty cache lists an archive from the registry without reading the blob.
 //! - [`open`] ties them together: [`Archive`] lists an archive and reads its members
 //!   through [`BlobBytes`], random access to a blob's bytes.
 
 pub mod gzip;
 pub mod index;
 pub mod open;
+pub mod remote;
 pub mod store;
 pub mod tar;
 pub mod view;

@@ -177,14 +177,8 @@ impl Archive {
         dir: Option<&Path>,
         limits: Limits,
     ) -> Result<Self, ArchiveError> {
-        if let Some(dir) = dir {
-            if let Some((stored, windows)) = Stored::load(dir, digest, blob.size()) {
-                return Ok(Self {
-                    digest: digest.clone(),
-                    index: stored.index,
-                    gzip: stored.gzip.then_some((stored.points, windows)),
-                });
-            }
+        if let Some(a) = dir.and_then(|d| Self::from_cache(d, digest, blob.size())) {
+            return Ok(a);
         }
         let head = blob.read_at(0, 4)?;
         if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -299,6 +293,34 @@ impl Archive {
             index: stored.index,
             gzip: windows.map(|w| (stored.points, w)),
         })
+    }
+
+    /// An archive listed from its stored index in `dir`, if there is a sound one.
+    pub fn from_cache(dir: &Path, digest: &Digest, blob_size: u64) -> Option<Self> {
+        let (stored, windows) = Stored::load(dir, digest, blob_size)?;
+        Some(Self {
+            digest: digest.clone(),
+            index: stored.index,
+            gzip: stored.gzip.then_some((stored.points, windows)),
+        })
+    }
+
+    /// An archive listed from its published index ([`super::remote`]).
+    pub fn from_published(digest: &Digest, f: super::remote::Fetched) -> Self {
+        let gzip = f.stored.gzip;
+        Self {
+            digest: digest.clone(),
+            index: f.stored.index,
+            gzip: gzip.then(|| (f.stored.points, Windows::Remote(f.windows))),
+        }
+    }
+
+    /// The member table and, for gzip, the checkpoints with their windows.
+    pub fn parts(&self) -> (&Index, Option<(&[Point], &Windows)>) {
+        (
+            &self.index,
+            self.gzip.as_ref().map(|(p, w)| (p.as_slice(), w)),
+        )
     }
 
     /// A reader of one file member.

@@ -37,6 +37,8 @@ pub struct Stored {
 pub enum Windows {
     File(File),
     Memory(Vec<Vec<u8>>),
+    /// Fetched from a published index when needed (checked there against its sha256).
+    Remote(super::remote::RemoteWindows),
 }
 
 impl Windows {
@@ -54,6 +56,7 @@ impl Windows {
                     .map_err(|e| ArchiveError::BadIndex(format!("window {i}: {e}")))?;
                 buf
             }
+            Windows::Remote(r) => r.get(i, p)?,
         };
         if crc32c::crc32c(&w) != p.window_crc || w.len() != p.window_len as usize {
             return Err(ArchiveError::BadIndex(format!("window {i} fails its CRC")));

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use super::index::{Node, NodeKind};
 use super::open::{Archive, Limits};
+use super::remote::{self, ArchiveHint};
 use super::{ArchiveError, BlobBytes};
 use crate::cache::BlobRef;
 use crate::oci::Digest;
+use crate::source::Source;
 
 /// Set in the inode numbers of archive members (the tree's placeholders use bit 63).
 pub const VIEW_BIT: u64 = 1 << 62;
@@ -26,6 +28,8 @@ struct View {
     top: Option<String>,
     /// The node shown as the directory, once listed.
     root: std::sync::OnceLock<u32>,
+    /// Where a published archive index may be.
+    hint: Option<ArchiveHint>,
 }
 
 /// The listing of one blob, made once.
@@ -44,6 +48,8 @@ pub struct Member {
 /// All archive directories of a mount.
 pub struct Views {
     dir: Option<PathBuf>,
+    /// Where published archive indexes are fetched from.
+    src: Option<Arc<dyn Source>>,
     limits: Limits,
     views: Mutex<Vec<View>>,
     by_tree: Mutex<HashMap<u64, u32>>,
@@ -55,10 +61,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Views {
-    /// `dir` keeps archive indexes between mounts.
-    pub fn new(dir: Option<PathBuf>, limits: Limits) -> Self {
+    /// `dir` keeps archive indexes between mounts; `src` gives published ones.
+    pub fn new(dir: Option<PathBuf>, src: Option<Arc<dyn Source>>, limits: Limits) -> Self {
         Self {
             dir,
+            src,
             limits,
             views: Mutex::new(Vec::new()),
             by_tree: Mutex::new(HashMap::new()),
@@ -106,6 +113,7 @@ impl Views {
         tree_ino: u64,
         blob: &BlobRef,
         top: Option<&str>,
+        hint: Option<&ArchiveHint>,
     ) -> Result<u32, ArchiveError> {
         if let Some(v) = lock(&self.by_tree).get(&tree_ino) {
             return Ok(*v);
@@ -129,6 +137,7 @@ impl Views {
             slot,
             top: top.map(str::to_string),
             root: std::sync::OnceLock::new(),
+            hint: hint.cloned(),
         });
         by_tree.insert(tree_ino, n);
         Ok(n)
@@ -144,14 +153,14 @@ impl Views {
     /// The listed archive of a view, listing it now if needed. A failure to fetch is
     /// tried again next time; an archive found hostile or unreadable stays failed.
     pub fn archive(&self, view: u32, bytes: &dyn BlobBytes) -> Result<Arc<Archive>, ArchiveError> {
-        let (slot, digest) = {
+        let (slot, blob, hint) = {
             let views = lock(&self.views);
             let v = views
                 .get(view as usize)
                 .ok_or_else(|| ArchiveError::BadIndex(format!("no view {view}")))?;
-            (v.slot.clone(), v.blob.digest.clone())
+            (v.slot.clone(), v.blob.clone(), v.hint.clone())
         };
-        let a = self.listed(&slot, &digest, bytes)?;
+        let a = self.listed(&slot, &blob, hint.as_ref(), bytes)?;
         if let Some(v) = lock(&self.views).get(view as usize) {
             v.root.get_or_init(|| {
                 v.top
@@ -167,16 +176,29 @@ impl Views {
     fn listed(
         &self,
         slot: &Slot,
-        digest: &Digest,
+        blob: &BlobRef,
+        hint: Option<&ArchiveHint>,
         bytes: &dyn BlobBytes,
     ) -> Result<Arc<Archive>, ArchiveError> {
+        let digest = &blob.digest;
         let mut state = lock(&slot.state);
         match state.as_ref() {
             Some(Ok(a)) => return Ok(a.clone()),
             Some(Err(e)) => return Err(ArchiveError::Hostile(e.clone())),
             None => {}
         }
-        match Archive::open(bytes, digest, self.dir.as_deref(), self.limits) {
+        // The cache's own index first, then a published one, then the blob itself.
+        let dir = self.dir.as_deref();
+        let cached = dir.and_then(|d| Archive::from_cache(d, digest, blob.size));
+        let published = || {
+            let (src, hint) = (self.src.as_ref()?, hint?);
+            remote::fetch(src, hint, blob).map(|f| Archive::from_published(digest, f))
+        };
+        let opened = match cached.or_else(published) {
+            Some(a) => Ok(a),
+            None => Archive::open(bytes, digest, dir, self.limits),
+        };
+        match opened {
             Ok(a) => {
                 let a = Arc::new(a);
                 *state = Some(Ok(a.clone()));

@@ -99,6 +99,7 @@ impl Fs {
     pub fn new(tree: Tree, reader: BlobReader, cfg: FsConfig) -> Self {
         let archives = Views::new(
             Some(reader.cache().root().join("archives")),
+            Some(reader.source().clone()),
             Limits::default(),
         );
         Self {
@@ -219,9 +220,12 @@ impl Fs {
             let m = Views::member(ino);
             let (_, blob) = self.archives.tree_of(m.view).ok_or(FsError::NotFound)?;
             (m, blob)
-        } else if let Ok(Node::Archive { blob, desc, .. }) = self.tree.node(ino) {
+        } else if let Ok(Node::Archive {
+            blob, desc, hint, ..
+        }) = self.tree.node(ino)
+        {
             let top = crate::names::archive::oras_top(&desc);
-            let view = self.archives.view_of(ino, &blob, top)?;
+            let view = self.archives.view_of(ino, &blob, top, Some(&hint))?;
             (Member { view, node: 0 }, blob)
         } else {
             return Ok(None);

@@ -75,6 +75,8 @@ pub enum Node {
         blob: BlobRef,
         desc: Arc<Descriptor>,
         mtime: SystemTime,
+        /// Where `orasfs index` may have published its member table.
+        hint: crate::archive::remote::ArchiveHint,
     },
     /// `.orasfs/` at the mount root: not listed, reachable by name.
     ControlDir,
@@ -601,7 +603,7 @@ impl Tree {
             .zip(&image.layers)
         {
             // Block indexes serve the layers they index; they are not files of their own.
-            if is_index_layer(layer) {
+            if is_index_layer(layer) || crate::archive::remote::is_archive_index(layer) {
                 continue;
             }
             if let Some((title, why)) = &placement.refused {
@@ -634,7 +636,7 @@ impl Tree {
             let hint = IndexHint::for_layer(&m.repo, &m.digest, layer, &image.layers);
             self.add(dir, file, blob(layer, Some(hint)));
             if let Some(path) = &placement.dir {
-                self.add_archive_dir(ino, m, path, layer);
+                self.add_archive_dir(ino, m, path, layer, &image.layers);
             }
         }
     }
@@ -646,6 +648,7 @@ impl Tree {
         m: &Arc<ManifestNode>,
         path: &[String],
         layer: &Descriptor,
+        layers: &[Descriptor],
     ) {
         let Some((name, dirs)) = path.split_last() else {
             return;
@@ -671,6 +674,7 @@ impl Tree {
             },
             desc: Arc::new(layer.clone()),
             mtime: m.mtime,
+            hint: crate::archive::remote::ArchiveHint::for_layer(&m.repo, &m.digest, layer, layers),
         };
         self.add(dir, name, node);
     }

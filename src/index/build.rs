@@ -1,7 +1,9 @@
 //! Index one blob by streaming it once from a [`Source`]: the block hashes (on the thread
 //! that reads) and the whole-blob sha256 (on a second thread) run side by side, so that
 //! indexing goes about as fast as hashing the blob once. Both are sha256 over every byte;
-//! on one thread indexing would take twice as long.
+//! on one thread indexing would take twice as long. A tar-family layer is also listed on
+//! a third thread from the same stream (member table and gzip checkpoints,
+//! [`crate::archive::remote`]), so it is read once for both indexes.
 
 use std::io;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -9,6 +11,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use sha2::{Digest as _, Sha256};
 
 use super::format::Builder;
+use crate::archive::remote::{self, Published};
 use crate::error::SourceError;
 use crate::oci::{Descriptor, Digest};
 use crate::source::{BlobSink, BodyKind, Source};
@@ -45,6 +48,8 @@ struct Fanout<'a> {
     blocks: &'a mut Builder,
     batch: Vec<u8>,
     to_whole: SyncSender<Vec<u8>>,
+    /// A copy of each batch for the archive lister, while it reads.
+    to_archive: Option<SyncSender<Vec<u8>>>,
     /// Batches the hashing thread is done with, to fill again: fresh multi-MiB buffers
     /// would cost a page fault per 4 KiB.
     recycled: Receiver<Vec<u8>>,
@@ -63,6 +68,11 @@ impl Fanout<'_> {
             Err(_) => Vec::with_capacity(BATCH),
         };
         let full = std::mem::replace(&mut self.batch, next);
+        if let Some(tx) = &self.to_archive {
+            if tx.send(full.clone()).is_err() {
+                self.to_archive = None; // the lister is done (or gave up)
+            }
+        }
         self.to_whole
             .send(full)
             .map_err(|_| io::Error::other("the hashing thread stopped"))
@@ -91,18 +101,23 @@ impl BlobSink for Fanout<'_> {
     }
 }
 
-/// Stream `layer` of `repo` once and build its index with `block_size` blocks. The index
-/// is made only if the bytes read match the layer's digest.
+/// Stream `layer` of `repo` once and build its index with `block_size` blocks, and for a
+/// tar-family layer its archive index. Both are made only if the bytes read match the
+/// layer's digest.
 pub fn index_layer(
     source: &dyn Source,
     repo: &str,
     layer: &Descriptor,
     block_size: u64,
-) -> Result<Built, BuildError> {
+) -> Result<(Built, Option<Published>), BuildError> {
     let (to_whole, whole_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    let archive = crate::archive::kind::tar_family(&layer.media_type).is_some();
+    let (to_archive, archive_rx) = sync_channel::<Vec<u8>>(DEPTH);
     let (give_back, recycled) = sync_channel::<Vec<u8>>(DEPTH + 2);
     let mut builder = Builder::blocks_only(&layer.digest, layer.size, block_size);
-    let (fetched, whole) = std::thread::scope(|s| {
+    let (fetched, whole, listed) = std::thread::scope(|s| {
+        let lister = archive
+            .then(|| s.spawn(|| remote::index_stream(&layer.digest, layer.size, archive_rx)));
         let whole = s.spawn(move || {
             let mut h = Sha256::new();
             for batch in whole_rx {
@@ -115,6 +130,7 @@ pub fn index_layer(
             blocks: &mut builder,
             batch: Vec::with_capacity(BATCH),
             to_whole,
+            to_archive: archive.then_some(to_archive),
             recycled,
         };
         let fetched = source
@@ -125,8 +141,9 @@ pub fn index_layer(
                     source: e,
                 })
             });
-        drop(sink); // closes the channel: the thread finishes
-        (fetched, whole.join())
+        drop(sink); // closes the channels: the threads finish
+        let listed = lister.and_then(|t| t.join().ok().flatten());
+        (fetched, whole.join(), listed)
     });
     fetched?;
     let blob_err = |detail: String| BuildError::Blob {
@@ -137,11 +154,14 @@ pub fn index_layer(
     let (bytes, root) = builder
         .finish_with(whole)
         .map_err(|e| blob_err(e.to_string()))?;
-    Ok(Built {
-        digest: Digest::of(&bytes),
-        bytes,
-        root,
-    })
+    Ok((
+        Built {
+            digest: Digest::of(&bytes),
+            bytes,
+            root,
+        },
+        listed,
+    ))
 }
 
 #[cfg(test)]
@@ -156,7 +176,8 @@ mod tests {
         let digest = Digest::of(&data);
         let src = MemorySource::new();
         let layer = src.put_blob("application/octet-stream", data.clone());
-        let built = index_layer(&src, "r", &layer, 16384).unwrap();
+        let (built, archive) = index_layer(&src, "r", &layer, 16384).unwrap();
+        assert!(archive.is_none(), "not a tar-family layer");
         let mut plain = Builder::new(&digest, data.len() as u64, 16384);
         plain.update(&data);
         let (bytes, root) = plain.finish().unwrap();
