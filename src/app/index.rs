@@ -131,7 +131,13 @@ fn index_and_attach(
             continue;
         }
         let started = Instant::now();
-        let (index, archive) = build::index_layer(source, repo, layer, args.block_size)
+        // A tar-family layer also gets its member table and gzip checkpoints, listed
+        // from the same stream.
+        let list = |rx| crate::archive::remote::index_stream(&layer.digest, layer.size, rx);
+        let side = crate::names::archive::tar_family(&layer.media_type)
+            .is_some()
+            .then_some(&list as build::SideIndex<'_>);
+        let (index, archive) = build::index_layer(source, repo, layer, args.block_size, side)
             .map_err(|e| format!("{what}: {e}"))?;
         let took = started.elapsed().as_secs_f64();
         eprintln!(

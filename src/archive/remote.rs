@@ -31,16 +31,13 @@ use super::open::Archive;
 use super::store::{Point, Stored};
 use super::{ArchiveError, BlobBytes};
 use crate::cache::BlobRef;
+pub use crate::index::attach::{
+    Published, ANNOTATION_ARCHIVE_DIGEST as ANNOTATION_DIGEST, ANNOTATION_ARCHIVE_ROOT,
+    ARCHIVE_MEDIA_TYPE as MEDIA_TYPE,
+};
 use crate::index::format::{ANNOTATION_BLOB, ANNOTATION_ROOT};
 use crate::oci::{Descriptor, Digest, Manifest};
 use crate::source::{BodyKind, Reference, Source, VecSink};
-
-/// The media type of a published archive index (a layer of the referrer artifact, or of
-/// the rewritten manifest).
-pub const MEDIA_TYPE: &str = "application/vnd.orasfs.archive-index.v1";
-/// On a data layer (embedded mode): the digest of its archive index, and its root.
-pub const ANNOTATION_DIGEST: &str = "io.orasfs.archive.digest";
-pub const ANNOTATION_ARCHIVE_ROOT: &str = "io.orasfs.archive.root";
 
 const MAGIC: &[u8; 8] = b"ORFSARX1";
 /// The first range fetched: most heads fit, so a listing is one request.
@@ -51,13 +48,6 @@ const MAX_HEAD: u64 = 512 << 20;
 /// Whether a layer is a published archive index (hidden from the tree).
 pub fn is_archive_index(d: &Descriptor) -> bool {
     d.media_type == MEDIA_TYPE
-}
-
-/// An archive index made for publishing: its bytes and root.
-#[derive(Debug, Clone)]
-pub struct Published {
-    pub bytes: Vec<u8>,
-    pub root: Digest,
 }
 
 /// The published form of a listed archive.

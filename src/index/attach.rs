@@ -14,19 +14,34 @@ use serde_json::{json, Map, Value};
 
 use super::build::Built;
 use super::format::{ANNOTATION_BLOB, ANNOTATION_INDEX, ANNOTATION_ROOT, MEDIA_TYPE};
-use crate::archive::remote::{self as archive, Published};
+
 use crate::oci::{Digest, OCI_INDEX, OCI_MANIFEST};
 
 /// The OCI empty descriptor's media type and content (`{}`).
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 pub const EMPTY_CONFIG: &[u8] = b"{}";
 
+/// The media type of an archive index (member table and gzip checkpoints of a
+/// tar-family layer; the format is `crate::archive::remote`'s), attached beside the
+/// block index.
+pub const ARCHIVE_MEDIA_TYPE: &str = "application/vnd.orasfs.archive-index.v1";
+/// On a data layer (embedded mode): the digest of its archive index, and its root.
+pub const ANNOTATION_ARCHIVE_DIGEST: &str = "io.orasfs.archive.digest";
+pub const ANNOTATION_ARCHIVE_ROOT: &str = "io.orasfs.archive.root";
+
+/// An archive index made for a layer: its bytes and root (what the annotations bind).
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub bytes: Vec<u8>,
+    pub root: Digest,
+}
+
 /// One data layer and the index made for it.
 #[derive(Debug, Clone)]
 pub struct Indexed {
     pub layer: Digest,
     pub index: Built,
-    /// The archive index of a tar-family layer ([`crate::archive::remote`]).
+    /// The archive index of a tar-family layer.
     pub archive: Option<Published>,
 }
 
@@ -56,7 +71,7 @@ fn index_layer(i: &Indexed) -> Value {
 /// root of its head.
 fn archive_layer(layer: &Digest, a: &Published) -> Value {
     let mut d = descriptor(
-        archive::MEDIA_TYPE,
+        ARCHIVE_MEDIA_TYPE,
         &Digest::of(&a.bytes),
         a.bytes.len() as u64,
     );
@@ -126,7 +141,7 @@ pub fn embed(manifest: &[u8], indexes: &[Indexed]) -> Result<Vec<u8>, EmbedError
         .ok_or_else(|| bad("the manifest has no layers"))?;
     layers.retain(|l| {
         let mt = l.get("mediaType").and_then(Value::as_str);
-        mt != Some(MEDIA_TYPE) && mt != Some(archive::MEDIA_TYPE)
+        mt != Some(MEDIA_TYPE) && mt != Some(ARCHIVE_MEDIA_TYPE)
     });
     for layer in layers.iter_mut() {
         let Some(l) = layer.as_object_mut() else {
@@ -149,13 +164,10 @@ pub fn embed(manifest: &[u8], indexes: &[Indexed]) -> Result<Vec<u8>, EmbedError
         ann.insert(ANNOTATION_ROOT.into(), json!(found.index.root.to_string()));
         if let Some(a) = &found.archive {
             ann.insert(
-                archive::ANNOTATION_DIGEST.into(),
+                ANNOTATION_ARCHIVE_DIGEST.into(),
                 json!(Digest::of(&a.bytes).to_string()),
             );
-            ann.insert(
-                archive::ANNOTATION_ARCHIVE_ROOT.into(),
-                json!(a.root.to_string()),
-            );
+            ann.insert(ANNOTATION_ARCHIVE_ROOT.into(), json!(a.root.to_string()));
         }
     }
     layers.extend(index_layers(indexes));

@@ -1,17 +1,17 @@
 //! Index one blob by streaming it once from a [`Source`]: the block hashes (on the thread
 //! that reads) and the whole-blob sha256 (on a second thread) run side by side, so that
 //! indexing goes about as fast as hashing the blob once. Both are sha256 over every byte;
-//! on one thread indexing would take twice as long. A tar-family layer is also listed on
-//! a third thread from the same stream (member table and gzip checkpoints,
-//! [`crate::archive::remote`]), so it is read once for both indexes.
+//! on one thread indexing would take twice as long. A caller may list the layer on a
+//! third thread from the same stream ([`SideIndex`]: `orasfs index` makes an archive's
+//! member table and gzip checkpoints so), so a layer is read once for both.
 
 use std::io;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use sha2::{Digest as _, Sha256};
 
+use super::attach::Published;
 use super::format::Builder;
-use crate::archive::remote::{self, Published};
 use crate::error::SourceError;
 use crate::oci::{Descriptor, Digest};
 use crate::source::{BlobSink, BodyKind, Source};
@@ -21,6 +21,10 @@ use crate::source::{BlobSink, BodyKind, Source};
 const BATCH: usize = 4 << 20;
 /// Batches in flight: bounds memory to a few batches.
 const DEPTH: usize = 4;
+
+/// A second index made from the same stream: called on its own thread with the blob's
+/// bytes in order, in batches; it must read the receiver until it closes (or drop it).
+pub type SideIndex<'a> = &'a (dyn Fn(Receiver<Vec<u8>>) -> Option<Published> + Sync);
 
 /// An index blob made for one data blob.
 #[derive(Debug, Clone)]
@@ -101,23 +105,22 @@ impl BlobSink for Fanout<'_> {
     }
 }
 
-/// Stream `layer` of `repo` once and build its index with `block_size` blocks, and for a
-/// tar-family layer its archive index. Both are made only if the bytes read match the
+/// Stream `layer` of `repo` once and build its index with `block_size` blocks, and the
+/// `side` index if one is given. Both are returned only if the bytes read match the
 /// layer's digest.
 pub fn index_layer(
     source: &dyn Source,
     repo: &str,
     layer: &Descriptor,
     block_size: u64,
+    side: Option<SideIndex<'_>>,
 ) -> Result<(Built, Option<Published>), BuildError> {
     let (to_whole, whole_rx) = sync_channel::<Vec<u8>>(DEPTH);
-    let archive = crate::archive::kind::tar_family(&layer.media_type).is_some();
     let (to_archive, archive_rx) = sync_channel::<Vec<u8>>(DEPTH);
     let (give_back, recycled) = sync_channel::<Vec<u8>>(DEPTH + 2);
     let mut builder = Builder::blocks_only(&layer.digest, layer.size, block_size);
     let (fetched, whole, listed) = std::thread::scope(|s| {
-        let lister = archive
-            .then(|| s.spawn(|| remote::index_stream(&layer.digest, layer.size, archive_rx)));
+        let lister = side.map(|f| s.spawn(move || f(archive_rx)));
         let whole = s.spawn(move || {
             let mut h = Sha256::new();
             for batch in whole_rx {
@@ -130,7 +133,7 @@ pub fn index_layer(
             blocks: &mut builder,
             batch: Vec::with_capacity(BATCH),
             to_whole,
-            to_archive: archive.then_some(to_archive),
+            to_archive: side.is_some().then_some(to_archive),
             recycled,
         };
         let fetched = source
@@ -176,7 +179,7 @@ mod tests {
         let digest = Digest::of(&data);
         let src = MemorySource::new();
         let layer = src.put_blob("application/octet-stream", data.clone());
-        let (built, archive) = index_layer(&src, "r", &layer, 16384).unwrap();
+        let (built, archive) = index_layer(&src, "r", &layer, 16384, None).unwrap();
         assert!(archive.is_none(), "not a tar-family layer");
         let mut plain = Builder::new(&digest, data.len() as u64, 16384);
         plain.update(&data);
@@ -191,6 +194,6 @@ mod tests {
             size: data.len() as u64 - 1,
             ..layer.clone()
         };
-        assert!(index_layer(&src, "r", &short, 16384).is_err());
+        assert!(index_layer(&src, "r", &short, 16384, None).is_err());
     }
 }
