@@ -541,3 +541,49 @@ fn with_a_published_archive_index_an_empty_cache_lists_a_tar_gz_from_a_fraction_
         );
     }
 }
+
+#[test]
+fn a_member_open_when_its_blob_fails_the_digest_check_fails_from_then_on() {
+    use std::os::unix::fs::FileExt;
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("bad");
+    fs::create_dir_all(&d).unwrap();
+    let a = random_bytes(4 * MIB, 400);
+    fs::write(d.join("a.bin"), &a).unwrap();
+    fs::write(d.join("b.bin"), random_bytes(4 * MIB, 401)).unwrap();
+    let blob = tar(work.path(), &["bad"], false);
+    let pushed = reg.push_layers(
+        "bad/tar",
+        Some("v1"),
+        vec![LayerSpec::titled("bad", blob.clone())
+            .media_type(TAR)
+            .annotation(UNPACK, "true")],
+    );
+    // The registry now serves one wrong byte inside b.bin (its blob file is changed in
+    // place; docker-registry does not check what it serves).
+    let hex = hex_of(&pushed.layers[0].0).to_string();
+    let stored = reg.blob_data_path(&hex);
+    let mut bytes = fs::read(&stored).unwrap();
+    let at = bytes.len() - 2 * MIB;
+    bytes[at] ^= 0xff;
+    fs::write(&stored, &bytes).unwrap();
+
+    let m = Mount::start(&format!("{}/bad/tar:v1", reg.addr()), &[]).expect("mount");
+    let member = fs::File::open(m.join("bad/a.bin")).unwrap();
+    let mut first = vec![0u8; 4096];
+    member.read_exact_at(&mut first, 0).unwrap();
+    assert_eq!(first, a[..4096], "a.bin's first bytes");
+    // Reading the whole raw blob completes its digest check, which fails.
+    let whole = fs::read(m.join("bad.tar"));
+    assert!(whole.is_err(), "a blob with a wrong byte was read whole");
+    // The member opened before the failure refuses every later read, also of bytes
+    // that are right.
+    let mut later = vec![0u8; 4096];
+    let r = member.read_exact_at(&mut later, 3 * MIB as u64 + 12_288);
+    assert_eq!(
+        errno_of(r),
+        Some(libc_eio()),
+        "the open member kept serving after its blob failed its digest check"
+    );
+}

@@ -51,6 +51,11 @@ pub trait BlobBytes {
     fn size(&self) -> u64;
     /// Up to `len` bytes at `offset` (fewer only at the end of the blob).
     fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, ArchiveError>;
+    /// How often the blob has failed its digest check after bytes of it were served: a
+    /// member opened before a failure refuses every later read.
+    fn failures(&self) -> u64 {
+        0
+    }
 }
 
 /// [`BlobBytes`] over the read path. Each read opens the blob afresh, so the read path's
@@ -70,6 +75,10 @@ impl BlobBytes for ReadBlob<'_> {
         self.reader
             .read(&open, offset, len)
             .map_err(|e| ArchiveError::Read(e.to_string()))
+    }
+
+    fn failures(&self) -> u64 {
+        self.reader.failures(&self.blob.digest)
     }
 }
 

@@ -323,17 +323,44 @@ impl Archive {
         )
     }
 
-    /// A reader of one file member.
-    pub fn reader(&self, id: u32) -> Option<MemberReader> {
+    /// A reader of one file member; `failures` is the blob's failure count now
+    /// ([`BlobBytes::failures`]).
+    pub fn reader(&self, id: u32, failures: u64) -> Option<MemberReader> {
         let n = *self.index.node(id)?;
         (n.kind == NodeKind::File).then(|| MemberReader {
             node: n,
             cursor: Mutex::new(None),
+            failures_at_open: failures,
         })
     }
 
-    /// Bytes `offset..offset+len` of a member, clamped to its size.
+    /// Bytes of a member, unless the blob failed its digest check since the member was
+    /// opened (its bytes, and the inflater's buffered input, may be the bad ones).
     pub fn read(
+        &self,
+        blob: &dyn BlobBytes,
+        r: &MemberReader,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        let failed = || {
+            ArchiveError::Read(format!(
+                "{} failed its digest check while this member was open",
+                self.digest
+            ))
+        };
+        if blob.failures() != r.failures_at_open {
+            return Err(failed());
+        }
+        let out = self.read_member(blob, r, offset, len)?;
+        if blob.failures() != r.failures_at_open {
+            return Err(failed());
+        }
+        Ok(out)
+    }
+
+    /// Bytes `offset..offset+len` of a member, clamped to its size.
+    fn read_member(
         &self,
         blob: &dyn BlobBytes,
         r: &MemberReader,
@@ -403,6 +430,7 @@ impl Archive {
 pub struct MemberReader {
     pub node: Node,
     cursor: Mutex<Option<Inflater>>,
+    failures_at_open: u64,
 }
 
 fn walk(stream: &mut dyn TarStream, builder: &mut Builder) -> Result<End, ArchiveError> {

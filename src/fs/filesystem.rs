@@ -335,8 +335,9 @@ impl Fs {
         }
         if Views::owns(ino) {
             let (m, archive) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
-            let reader = archive.reader(m.node).ok_or(FsError::IsDir)?;
             let (_, blob) = self.archives.tree_of(m.view).ok_or(FsError::NotFound)?;
+            let failures = self.reader.failures(&blob.digest);
+            let reader = archive.reader(m.node, failures).ok_or(FsError::IsDir)?;
             return Ok(self.add_handle(Handle::Member {
                 archive,
                 member: reader,
