@@ -130,6 +130,15 @@ if r.status_code not in (200, 201):
         String::from_utf8(xattr(&m.join("mydir/a.txt"), "user.orasfs.layer").expect("layer xattr"))
             .unwrap();
     assert_eq!(digest, sha256(&raw));
+    // The raw blob is also reachable by its digest path (looked up, not listed).
+    assert!(
+        fs::read(m.join(&digest)).unwrap() == raw,
+        "{digest} is not the raw blob"
+    );
+    assert!(
+        !names(m.path()).contains(&digest),
+        "the digest path is listed"
+    );
     assert!(xattr(&m.join("mydir/a.txt"), "user.orasfs.offset").is_some());
     drop(m);
 

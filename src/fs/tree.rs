@@ -720,14 +720,15 @@ impl Tree {
             return Ok(CONTROL_DIR);
         }
         let found = match &node {
-            Node::Image(_) | Node::SubDir { .. } | Node::ControlDir => {
+            Node::Image(m) => self.lookup_image(parent, m, name),
+            Node::SubDir { .. } | Node::ControlDir => {
                 self.child(parent, name).ok_or(FsError::NotFound)
             }
             Node::Index(m) => self.lookup_index(parent, m, name),
             Node::Tag(t) => {
                 let m = self.tag_content(parent, t)?;
                 match &m.fetched.manifest {
-                    Manifest::Image(_) => self.child(parent, name).ok_or(FsError::NotFound),
+                    Manifest::Image(_) => self.lookup_image(parent, &m, name),
                     Manifest::Index(_) => self.lookup_index(parent, &m, name),
                 }
             }
@@ -743,6 +744,39 @@ impl Tree {
             Err(e) if e.is_outage() => self.child(parent, name).ok_or(e),
             other => other,
         }
+    }
+
+    /// A name in an image manifest's directory: its files, and (looked up, not listed)
+    /// `sha256:<hex>` for any of its layers or its config, the raw blob by digest, also
+    /// when the layer is shown under another name or unpacked.
+    fn lookup_image(&self, parent: Ino, m: &ManifestNode, name: &str) -> Result<Ino, FsError> {
+        if let Some(c) = self.child(parent, name) {
+            return Ok(c);
+        }
+        let (Some(digest), Manifest::Image(image)) = (
+            name.starts_with("sha256:")
+                .then(|| Digest::parse(name).ok())
+                .flatten(),
+            &m.fetched.manifest,
+        ) else {
+            return Err(FsError::NotFound);
+        };
+        let layer = image.layers.iter().find(|l| l.digest == digest);
+        let Some(desc) = layer.or((image.config.digest == digest).then_some(&image.config)) else {
+            return Err(FsError::NotFound);
+        };
+        let index = layer.map(|l| IndexHint::for_layer(&m.repo, &m.digest, l, &image.layers));
+        let node = Node::Blob {
+            blob: BlobRef {
+                repo: m.repo.clone(),
+                digest: desc.digest.clone(),
+                size: desc.size,
+            },
+            desc: Arc::new(desc.clone()),
+            mtime: m.mtime,
+            index,
+        };
+        Ok(self.add(parent, name, node))
     }
 
     /// The manifest a tag directory shows, fetched (and its children made) when the
@@ -1302,13 +1336,17 @@ impl Tree {
             .iter()
             .filter_map(|(n, c)| {
                 let child = nodes.get(*c as usize - 1);
-                // `.referrers/` is looked up by name only.
-                if let Some(Entry {
-                    node: Node::Referrers(_),
-                    ..
-                }) = child
-                {
-                    return None;
+                // `.referrers/` and blobs by digest are looked up by name only.
+                match child {
+                    Some(Entry {
+                        node: Node::Referrers(_),
+                        ..
+                    }) => return None,
+                    Some(Entry {
+                        node: Node::Blob { desc, .. },
+                        ..
+                    }) if by_digest(n, desc) => return None,
+                    _ => {}
                 }
                 let is_dir = child.map(|e| e.node.is_dir()).unwrap_or(false);
                 Some((n.clone(), *c, is_dir))
@@ -1377,6 +1415,12 @@ impl Tree {
 
 /// Tags as listed: those of the referrers tag schema (`sha256-<hex>`) are hidden, since
 /// they index other artifacts' referrers; they still resolve by name.
+/// Whether a file named `name` is a blob reached by its digest path (`sha256:<hex>`), not
+/// by a title that happens to read so.
+fn by_digest(name: &str, desc: &Descriptor) -> bool {
+    name.starts_with("sha256:") && desc.digest.to_string() == name && desc.title() != Some(name)
+}
+
 fn listed_tags(tags: &[String]) -> Vec<String> {
     tags.iter()
         .filter(|t| {
