@@ -596,3 +596,71 @@ fn a_member_open_when_its_blob_fails_the_digest_check_fails_from_then_on() {
         "the open member kept serving after its blob failed its digest check"
     );
 }
+
+/// `bytes_on_disk` of the mount's `.orasfs/stats.json`: what the cache accounts for.
+fn accounted(m: &Mount) -> u64 {
+    let s = fs::read(m.join(".orasfs/stats.json")).expect("stats.json");
+    let v: serde_json::Value = serde_json::from_slice(&s).unwrap();
+    v["cache"]["bytes_on_disk"]
+        .as_u64()
+        .or_else(|| v["bytes_on_disk"].as_u64())
+        .unwrap_or_else(|| panic!("no bytes_on_disk in {v}"))
+}
+
+/// Bytes of the files (as allocated) under `dir`, leaving out `tmp/`.
+fn allocated_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let meta = fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() && p.file_name().is_some_and(|n| n != "tmp") {
+            total += allocated_under(&p);
+        } else if meta.is_file() {
+            total += (meta.blocks() * 512).min(meta.len());
+        }
+    }
+    total
+}
+
+#[test]
+fn archive_index_files_count_against_the_cache_size() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("counted");
+    fs::create_dir_all(&d).unwrap();
+    for i in 0..24 {
+        fs::write(d.join(format!("f{i:02}")), random_bytes(MIB, 500 + i)).unwrap();
+    }
+    let blob = tar(work.path(), &["counted"], true);
+    reg.push_layers(
+        "counted/gz",
+        Some("v1"),
+        vec![LayerSpec::titled("counted", blob)
+            .media_type(TAR_GZ)
+            .annotation(UNPACK, "true")],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let source = format!("{}/counted/gz:v1", reg.addr());
+    let args = ["--cache-size", "256MiB"];
+    let m = Mount::start_with_cache(&source, cache.path(), &args).expect("mount");
+    assert_eq!(names(&m.join("counted")).len(), 24);
+    let archives = find_dir(cache.path(), "archives").expect("an archives directory");
+    let index_bytes = allocated_under(&archives);
+    assert!(index_bytes > 512 * 1024, "index files: {index_bytes} bytes");
+    let root = archives.parent().unwrap().to_path_buf();
+    // What the cache accounts for is what it holds, index files included.
+    let (held, counted) = (allocated_under(&root), accounted(&m));
+    let slack = 64 * 1024;
+    assert!(
+        counted + slack >= held && counted <= held + slack,
+        "the cache accounts {counted} bytes and holds {held} ({index_bytes} in archive indexes)"
+    );
+    drop(m);
+    // A new mount over the same cache counts them from its scan.
+    let m = Mount::start_with_cache(&source, cache.path(), &args).expect("mount again");
+    let (held, counted) = (allocated_under(&root), accounted(&m));
+    assert!(
+        counted + slack >= held && counted <= held + slack,
+        "after a remount the cache accounts {counted} bytes and holds {held}"
+    );
+}

@@ -11,7 +11,7 @@ use super::index::{Node, NodeKind};
 use super::open::{Archive, Limits};
 use super::remote::{self, ArchiveHint};
 use super::{ArchiveError, BlobBytes};
-use crate::cache::BlobRef;
+use crate::cache::{BlobCache, BlobRef};
 use crate::oci::Digest;
 use crate::source::Source;
 
@@ -48,6 +48,8 @@ pub struct Member {
 /// All archive directories of a mount.
 pub struct Views {
     dir: Option<PathBuf>,
+    /// The store whose limits the index files in `dir` count against.
+    cache: Option<Arc<BlobCache>>,
     /// Where published archive indexes are fetched from.
     src: Option<Arc<dyn Source>>,
     limits: Limits,
@@ -61,10 +63,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Views {
-    /// `dir` keeps archive indexes between mounts; `src` gives published ones.
-    pub fn new(dir: Option<PathBuf>, src: Option<Arc<dyn Source>>, limits: Limits) -> Self {
+    /// `cache` keeps archive indexes between mounts (in its archives directory, counted
+    /// against its limits); `src` gives published ones.
+    pub fn new(
+        cache: Option<Arc<BlobCache>>,
+        src: Option<Arc<dyn Source>>,
+        limits: Limits,
+    ) -> Self {
         Self {
-            dir,
+            dir: cache.as_ref().map(|c| c.archives_dir()),
+            cache,
             src,
             limits,
             views: Mutex::new(Vec::new()),
@@ -194,9 +202,18 @@ impl Views {
             let (src, hint) = (self.src.as_ref()?, hint?);
             remote::fetch(src, hint, blob).map(|f| Archive::from_published(digest, f))
         };
-        let opened = match cached.or_else(published) {
-            Some(a) => Ok(a),
-            None => Archive::open(bytes, digest, dir, self.limits),
+        let opened = match (cached, &self.cache) {
+            (Some(a), Some(c)) => {
+                c.note_use(digest);
+                Ok(a)
+            }
+            (Some(a), None) => Ok(a),
+            (None, _) => match published() {
+                Some(a) => Ok(a),
+                None => {
+                    Archive::open(bytes, digest, dir, self.limits).inspect(|_| self.admit(digest))
+                }
+            },
         };
         match opened {
             Ok(a) => {
@@ -209,6 +226,29 @@ impl Views {
                 log::warn!("archive {digest}: {e}; its directory reads fail with EIO");
                 *state = Some(Err(e.to_string()));
                 Err(e)
+            }
+        }
+    }
+
+    /// Count a new archive's index files against the cache's limits, as part of its blob;
+    /// without room they are removed (the listing in memory keeps its open window file).
+    fn admit(&self, digest: &Digest) {
+        let (Some(dir), Some(cache)) = (&self.dir, &self.cache) else {
+            return;
+        };
+        let files = [
+            super::store::idx_path(dir, digest),
+            super::store::win_path(dir, digest),
+        ];
+        let bytes: u64 = files
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        if bytes > 0 && !cache.admit_files(digest, bytes) {
+            log::info!("archive {digest}: no room in the cache for its index; not kept");
+            for p in &files {
+                let _ = std::fs::remove_file(p);
             }
         }
     }

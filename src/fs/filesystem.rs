@@ -98,7 +98,7 @@ pub struct Fs {
 impl Fs {
     pub fn new(tree: Tree, reader: BlobReader, cfg: FsConfig) -> Self {
         let archives = Views::new(
-            Some(reader.cache().root().join("archives")),
+            Some(reader.cache().clone()),
             Some(reader.source().clone()),
             Limits::default(),
         );
