@@ -268,6 +268,7 @@ pub fn archive(data: &[u8]) {
     }
     let stored = Stored {
         gzip: false,
+        zstd: false,
         blob_size: data.len() as u64,
         index: idx.clone(),
         points: Vec::new(),

@@ -293,16 +293,7 @@ fn a_fresh_mount_reads_a_tar_gz_member_from_its_nearest_checkpoint() {
     assert_eq!(names(&m.join("gz")).len(), 24);
     drop(m);
     // Keep the archive index, drop the blob's cached bytes: the next mount must fetch.
-    let root = find_dir(cache.path(), "archives")
-        .and_then(|a| a.parent().map(Path::to_path_buf))
-        .expect("an archives directory in the cache");
-    for entry in fs::read_dir(&root).unwrap() {
-        let p = entry.unwrap().path();
-        if p.file_name().is_some_and(|n| n != "archives") && p.is_dir() {
-            fs::remove_dir_all(&p).unwrap();
-            fs::create_dir_all(&p).unwrap();
-        }
-    }
+    drop_cached_blobs(cache.path());
     reg.settle();
     let before = reg.bytes_served_for(&hex);
     let m = Mount::start_with_cache(&source, cache.path(), &[]).expect("mount again");
@@ -327,6 +318,20 @@ fn a_fresh_mount_reads_a_tar_gz_member_from_its_nearest_checkpoint() {
         "read {read} bytes of a {}-byte blob for one member",
         blob.len()
     );
+}
+
+/// Empty every directory of the cache but `archives/`: blob bytes go, archive indexes stay.
+fn drop_cached_blobs(cache: &Path) {
+    let root = find_dir(cache, "archives")
+        .and_then(|a| a.parent().map(Path::to_path_buf))
+        .expect("an archives directory in the cache");
+    for entry in fs::read_dir(&root).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().is_some_and(|n| n != "archives") && p.is_dir() {
+            fs::remove_dir_all(&p).unwrap();
+            fs::create_dir_all(&p).unwrap();
+        }
+    }
 }
 
 /// The first directory named `name` under `dir`.
@@ -425,29 +430,42 @@ fn hostile_archives_stay_inside_their_directory() {
 }
 
 #[test]
-fn a_gzip_bomb_gives_eio_quickly() {
+fn gzip_and_zstd_bombs_give_eio_quickly() {
     let reg = Registry::start();
     let work = tempfile::tempdir().unwrap();
     let d = work.path().join("bomb");
     fs::create_dir_all(&d).unwrap();
     fs::write(d.join("zeros"), vec![0u8; 300 * MIB]).unwrap();
-    let blob = tar(work.path(), &["bomb"], true);
+    let gz = tar(work.path(), &["bomb"], true);
+    tar(work.path(), &["bomb"], false);
     fs::remove_file(d.join("zeros")).unwrap();
-    assert!(blob.len() < 2 * MIB, "{}", blob.len());
-    reg.push_layers(
-        "hostile/bomb",
-        Some("v1"),
-        vec![LayerSpec::titled("bomb", blob)
-            .media_type(TAR_GZ)
-            .annotation(UNPACK, "true")],
-    );
-    let m = Mount::start(&format!("{}/hostile/bomb:v1", reg.addr()), &[]).expect("mount");
-    let started = std::time::Instant::now();
-    let list = || fs::read_dir(m.join("bomb")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
-    assert_eq!(errno_of(list()), Some(libc_eio()));
-    assert_eq!(errno_of(list()), Some(libc_eio()), "a second listing");
-    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
-    assert!(m.join("bomb.tar.gz").is_file());
+    let plain = fs::File::open(work.path().join("out.tar")).unwrap();
+    let mut zst = Vec::new();
+    zstd::stream::copy_encode(plain, &mut zst, 3).unwrap();
+    for (blob, media_type, raw) in [
+        (gz, TAR_GZ, "bomb.tar.gz"),
+        (
+            zst,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "bomb.tar.zst",
+        ),
+    ] {
+        assert!(blob.len() < 2 * MIB, "{}", blob.len());
+        reg.push_layers(
+            "hostile/bomb",
+            Some("v1"),
+            vec![LayerSpec::titled("bomb", blob)
+                .media_type(media_type)
+                .annotation(UNPACK, "true")],
+        );
+        let m = Mount::start(&format!("{}/hostile/bomb:v1", reg.addr()), &[]).expect("mount");
+        let started = std::time::Instant::now();
+        let list = || fs::read_dir(m.join("bomb")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+        assert_eq!(errno_of(list()), Some(libc_eio()), "{media_type}");
+        assert_eq!(errno_of(list()), Some(libc_eio()), "a second listing");
+        assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+        assert!(m.join(raw).is_file());
+    }
 }
 
 fn libc_eio() -> i32 {
@@ -662,5 +680,76 @@ fn archive_index_files_count_against_the_cache_size() {
     assert!(
         counted + slack >= held && counted <= held + slack,
         "after a remount the cache accounts {counted} bytes and holds {held}"
+    );
+}
+
+#[test]
+fn a_tar_zstd_layer_is_unpacked_and_its_decompressed_tar_kept_in_the_cache() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("z");
+    fs::create_dir_all(d.join("sub")).unwrap();
+    let files: Vec<Vec<u8>> = (0..12).map(|i| random_bytes(MIB, 600 + i)).collect();
+    for (i, f) in files.iter().enumerate() {
+        fs::write(d.join(format!("sub/f{i:02}")), f).unwrap();
+    }
+    fs::write(d.join("small.txt"), b"zstd\n").unwrap();
+    // Two frames, as a multi-threaded or concatenating writer makes.
+    let plain = tar(work.path(), &["z"], false);
+    let half = plain.len() / 2;
+    let mut blob = zstd::encode_all(&plain[..half], 3).unwrap();
+    blob.extend(zstd::encode_all(&plain[half..], 3).unwrap());
+    let pushed = reg.push_layers(
+        "zstd/z",
+        Some("v1"),
+        vec![LayerSpec::titled("z", blob)
+            .media_type("application/vnd.oci.image.layer.v1.tar+zstd")
+            .annotation(UNPACK, "true")],
+    );
+    let hex = hex_of(&pushed.layers[0].0).to_string();
+    let source = format!("{}/zstd/z:v1", reg.addr());
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::start_with_cache(&source, cache.path(), &[]).expect("mount");
+    assert_eq!(fs::read(m.join("z/small.txt")).unwrap(), b"zstd\n");
+    assert_eq!(names(&m.join("z/sub")).len(), 12);
+    assert!(
+        fs::read(m.join("z/sub/f07")).unwrap() == files[7],
+        "f07 differs"
+    );
+    assert!(m.join("z.tar.zst").is_file());
+    drop(m);
+    // A new mount over the same cache, with the blob's cached bytes gone: listing and
+    // reading come from the kept index and decompressed tar, with no blob bytes fetched.
+    drop_cached_blobs(cache.path());
+    reg.settle();
+    let before = reg.bytes_served_for(&hex);
+    let m = Mount::start_with_cache(&source, cache.path(), &[]).expect("mount again");
+    assert!(
+        fs::read(m.join("z/sub/f11")).unwrap() == files[11],
+        "f11 differs"
+    );
+    reg.settle();
+    assert_eq!(
+        reg.bytes_served_for(&hex),
+        before,
+        "a member of a listed tar+zstd was fetched again"
+    );
+    drop(m);
+    // Without room for the decompressed tar, members are decompressed from the blob.
+    let tight = tempfile::tempdir().unwrap();
+    let m = Mount::start_with_cache(&source, tight.path(), &["--cache-size", "1MiB"])
+        .expect("mount with a tight cache");
+    assert!(
+        fs::read(m.join("z/sub/f03")).unwrap() == files[3],
+        "f03 differs"
+    );
+    assert!(
+        fs::read(m.join("z/sub/f10")).unwrap() == files[10],
+        "f10 differs"
+    );
+    let kept = find_dir(tight.path(), "archives").map(|a| allocated_under(&a));
+    assert!(
+        kept.unwrap_or(0) <= MIB as u64,
+        "{kept:?} bytes kept under a 1 MiB cap"
     );
 }

@@ -5,6 +5,7 @@
 //!   they and their directories are named.
 //! - [`tar`] reads tar headers; [`index`] turns them into a safe directory tree.
 //! - [`gzip`] inflates with checkpoints, so a member is read from the nearest one.
+//! - [`zst`] decompresses tar+zstd once, keeping the decompressed tar in the cache.
 //! - [`store`] keeps member tables and checkpoints in the cache directory, so a new mount
 //!   over the same cache lists an archive without reading it again.
 //! - [`remote`] is the archive index `orasfs index` publishes beside the block index, so
@@ -19,6 +20,7 @@ pub mod remote;
 pub mod store;
 pub mod tar;
 pub mod view;
+pub mod zst;
 
 pub use crate::names::archive::UnpackMode;
 pub use open::{Archive, MemberReader};
@@ -41,8 +43,8 @@ pub enum ArchiveError {
     Hostile(String),
     #[error("stored archive index: {0}")]
     BadIndex(String),
-    #[error("zstd archives are not unpacked")]
-    Unsupported,
+    #[error("zstd: {0}")]
+    Zstd(String),
 }
 
 /// Random access to one blob's bytes.

@@ -56,6 +56,7 @@ pub fn publish(a: &Archive, blob_size: u64) -> Result<Published, ArchiveError> {
     let points: Vec<Point> = gzip.map(|(p, _)| p.to_vec()).unwrap_or_default();
     let stored = Stored {
         gzip: gzip.is_some(),
+        zstd: a.is_zstd(),
         blob_size,
         index: index.clone(),
         points,

@@ -210,9 +210,12 @@ impl Views {
             (Some(a), None) => Ok(a),
             (None, _) => match published() {
                 Some(a) => Ok(a),
-                None => {
-                    Archive::open(bytes, digest, dir, self.limits).inspect(|_| self.admit(digest))
-                }
+                None => Archive::open(bytes, digest, dir, self.limits).map(|mut a| {
+                    if !self.admit(digest) {
+                        a.unkeep();
+                    }
+                    a
+                }),
             },
         };
         match opened {
@@ -231,14 +234,17 @@ impl Views {
     }
 
     /// Count a new archive's index files against the cache's limits, as part of its blob;
-    /// without room they are removed (the listing in memory keeps its open window file).
-    fn admit(&self, digest: &Digest) {
+    /// without room they are removed (the listing in memory keeps its open window file,
+    /// and reads a tar+zstd archive's members from the blob). False when removed.
+    fn admit(&self, digest: &Digest) -> bool {
         let (Some(dir), Some(cache)) = (&self.dir, &self.cache) else {
-            return;
+            return true;
         };
+        use super::store::{dec_path, idx_path, win_path};
         let files = [
-            super::store::idx_path(dir, digest),
-            super::store::win_path(dir, digest),
+            idx_path(dir, digest),
+            win_path(dir, digest),
+            dec_path(dir, digest),
         ];
         let bytes: u64 = files
             .iter()
@@ -250,7 +256,9 @@ impl Views {
             for p in &files {
                 let _ = std::fs::remove_file(p);
             }
+            return false;
         }
+        true
     }
 
     /// A member's table entry.

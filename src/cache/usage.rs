@@ -4,9 +4,9 @@
 //! are examined with `lstat`, and a link is at most removed, never entered.
 //!
 //! Sizes are file lengths, except for sparse partial blobs, which count the bytes they
-//! hold; the size cap uses the same measure. An archive's index files (`archives/<hex>.idx`
-//! and `.win`, the member table and gzip checkpoints of blob `<hex>`) count as part of that
-//! blob, and go with it. "Last
+//! hold; the size cap uses the same measure. An archive's index files (`archives/<hex>.idx`,
+//! `.win` and `.tar`: the member table, gzip checkpoints and decompressed tar+zstd of blob
+//! `<hex>`) count as part of that blob, and go with it. "Last
 //! used" is the newest modification time of the blob's files;
 //! see [`super::evict`] for how reads keep it current.
 
@@ -87,7 +87,7 @@ pub fn scan(root: &Path) -> Usage {
         }
     }
     for (name, meta) in entries(&root.join(ARCHIVES)) {
-        let d = [".idx", ".win"]
+        let d = [".idx", ".win", ".tar"]
             .iter()
             .find_map(|s| name.strip_suffix(s).and_then(digest_named));
         if let (Some(d), true) = (d, meta.is_file()) {
@@ -184,6 +184,7 @@ pub fn remove_blob(root: &Path, digest: &Digest) -> u64 {
         + remove_path(&partial.join(hex))
         + remove_path(&root.join(ARCHIVES).join(format!("{hex}.idx")))
         + remove_path(&root.join(ARCHIVES).join(format!("{hex}.win")))
+        + remove_path(&root.join(ARCHIVES).join(format!("{hex}.tar")))
 }
 
 /// The directory of archive indexes under a cache's `v2/` (kept by [`crate::archive`]).
