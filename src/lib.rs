@@ -10,6 +10,8 @@
 //! 6. [`fleet`] (mirrors) over [`source`] (registries and layouts): fetch what is missing.
 //! 7. [`oci`], [`names`] and [`error`]: the shared model.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod app;
 pub mod archive;
 pub mod cache;

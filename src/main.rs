@@ -1,6 +1,8 @@
 //! `orasfs`: parse the command line, set up logging, run. Invoked as `mount.orasfs`, it is
 //! the mount(8) helper.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -57,7 +59,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Mount(args) => {
-            if let Err(msg) = orasfs::app::mount::check_operands(&args) {
+            if let Err(msg) = orasfs::app::mount::check_operands(&args.operands) {
                 eprintln!("orasfs: {msg}");
                 return ExitCode::FAILURE;
             }
@@ -83,10 +85,10 @@ fn main() -> ExitCode {
                 None => orasfs::app::logging::Output::Stderr,
             };
             let logged = orasfs::app::logging::init(args.verbose, args.log_format, output);
-            let args = *args;
+            let cfg = args.config();
             let result = logged
-                .and_then(|()| orasfs::app::mount::prepare(&args))
-                .and_then(|p| orasfs::app::mount::run(&args, p, &readiness));
+                .and_then(|()| orasfs::app::mount::prepare(&cfg))
+                .and_then(|p| orasfs::app::mount::run(&cfg, p, &readiness));
             if let Err(msg) = &result {
                 if args.log_file.is_some() {
                     // The terminal gets the one-line error below; the log file gets it too.
@@ -120,11 +122,11 @@ fn main() -> ExitCode {
         Command::Stats { mountpoint } => orasfs::fs::stats::print(&mountpoint),
         Command::Index(args) => {
             let _ = orasfs::app::logging::init(
-                args.registry.verbose,
+                args.verbose,
                 Default::default(),
                 orasfs::app::logging::Output::Stderr,
             );
-            orasfs::app::index::run(&args)
+            orasfs::app::index::run(&args.config())
         }
     };
     match result {

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::read::VerifyMode;
+use crate::app::config::{Access, IndexConfig, MountConfig, RegistryConfig};
+use crate::cache::CacheConfig;
+use crate::fs::tree::TreeConfig;
+use crate::fs::FsConfig;
+use crate::read::{ReadConfig, VerifyMode};
 
 const SOURCE_HELP: &str = "\
 SOURCE forms:
@@ -94,12 +98,28 @@ pub struct IndexArgs {
     pub block_size: u64,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
-/// How to reach and log in to a registry (for commands other than `mount`).
+impl IndexArgs {
+    /// The plain configuration of the command.
+    pub fn config(&self) -> IndexConfig {
+        IndexConfig {
+            reference: self.reference.clone(),
+            embed: self.embed,
+            tag: self.tag.clone(),
+            block_size: self.block_size,
+            registry: self.registry.config(),
+        }
+    }
+}
+
+/// How to reach and log in to a registry.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
-    /// Talk plain HTTP to the registry (loopback registries do unless REF starts with
+    /// Talk plain HTTP to the registry (loopback registries do unless SOURCE starts with
     /// https://).
     #[arg(long)]
     pub plain_http: bool,
@@ -109,7 +129,10 @@ pub struct RegistryArgs {
     /// Trust this PEM CA bundle in addition to the system roots.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
-    /// Registry credentials file (Docker config.json or containers auth.json format).
+    /// Registry credentials file (Docker config.json or containers auth.json format); when
+    /// given, the only file read. Without it: $REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, then $DOCKER_CONFIG/config.json (or
+    /// ~/.docker/config.json); the first with credentials for the registry wins.
     #[arg(long, value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
     /// Registry user name, with the password read from standard input (--password-stdin).
@@ -124,12 +147,27 @@ pub struct RegistryArgs {
     /// Fail a registry response whose body stalls this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub read_timeout: Duration,
-    /// Retries of a failed registry request.
+    /// Retries of a failed registry request before the read fails with EIO.
     #[arg(long, default_value_t = 4)]
     pub retries: u32,
-    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+}
+
+impl RegistryArgs {
+    /// The plain configuration (no mirrors: those are mount flags).
+    pub fn config(&self) -> RegistryConfig {
+        RegistryConfig {
+            plain_http: self.plain_http,
+            insecure: self.insecure,
+            ca_file: self.ca_file.clone(),
+            auth_file: self.auth_file.clone(),
+            username: self.username.clone().filter(|_| self.password_stdin),
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            retries: self.retries,
+            mirrors: Default::default(),
+            mirror_cooldown: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Parse a block size: a size that is a power of two from 4 KiB to 16 MiB.
@@ -199,16 +237,8 @@ pub struct MountArgs {
     /// Cache directory [default: $XDG_CACHE_HOME/orasfs, or /var/cache/orasfs for root].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Talk plain HTTP to the registry (loopback registries do unless SOURCE starts with
-    /// https://).
-    #[arg(long)]
-    pub plain_http: bool,
-    /// Skip TLS certificate verification (unsafe).
-    #[arg(long)]
-    pub insecure: bool,
-    /// Trust this PEM CA bundle in addition to the system roots.
-    #[arg(long, value_name = "PEM")]
-    pub ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Cap the cache at SIZE (binary units: 512MiB, 20GiB); least recently used blobs are
     /// evicted first, never one an open file is reading.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -220,18 +250,6 @@ pub struct MountArgs {
     /// (disk full, read-only) (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_memory: u64,
-    /// Registry credentials file (Docker config.json or containers auth.json format); when
-    /// given, the only file read. Without it: $REGISTRY_AUTH_FILE,
-    /// $XDG_RUNTIME_DIR/containers/auth.json, then $DOCKER_CONFIG/config.json (or
-    /// ~/.docker/config.json); the first with credentials for the registry wins.
-    #[arg(long, value_name = "FILE")]
-    pub auth_file: Option<PathBuf>,
-    /// Registry user name, with the password read from standard input (--password-stdin).
-    #[arg(long, requires = "password_stdin")]
-    pub username: Option<String>,
-    /// Read the registry password (or token) from standard input.
-    #[arg(long, requires = "username")]
-    pub password_stdin: bool,
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
@@ -270,15 +288,6 @@ pub struct MountArgs {
     /// Permission bits of directories.
     #[arg(long, value_name = "OCTAL", default_value = "0555", value_parser = parse_mode)]
     pub dir_mode: u16,
-    /// Connect timeout for registry requests.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-    /// Fail a registry response whose body stalls this long.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub read_timeout: Duration,
-    /// Retries of a failed registry request before the read fails with EIO.
-    #[arg(long, default_value_t = 4)]
-    pub retries: u32,
     /// Mirrors from this containers-registries.conf(5) file only [default:
     /// ~/.config/containers/registries.conf or /etc/containers/registries.conf, plus the
     /// registries.conf.d/ drop-ins].
@@ -311,6 +320,56 @@ impl MountArgs {
     /// MOUNTPOINT.
     pub fn mountpoint(&self) -> PathBuf {
         PathBuf::from(self.operands.last().map(String::as_str).unwrap_or(""))
+    }
+
+    /// The plain configuration of the mount.
+    pub fn config(&self) -> MountConfig {
+        let mut registry = self.registry.config();
+        registry.mirrors = crate::fleet::Settings {
+            registries_conf: self.registries_conf.clone(),
+            hosts_dir: self.hosts_dir.clone(),
+            mirrors: self.mirror.clone(),
+            home: None,
+        };
+        registry.mirror_cooldown = self.mirror_cooldown;
+        let mut cache = CacheConfig::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir));
+        cache.max_size = self.cache_size;
+        cache.min_free_percent = self.cache_min_free.clamp(0.0, 100.0);
+        let mut fs = FsConfig {
+            mutable_ttl: self.metadata_ttl,
+            file_mode: self.file_mode,
+            dir_mode: self.dir_mode,
+            ..FsConfig::default()
+        };
+        fs.uid = self.uid.unwrap_or(fs.uid);
+        fs.gid = self.gid.unwrap_or(fs.gid);
+        MountConfig {
+            source: self.source().map(str::to_string),
+            mountpoint: self.mountpoint(),
+            nonempty: self.nonempty,
+            registry,
+            cache,
+            tree: TreeConfig {
+                metadata_ttl: self.metadata_ttl,
+                unpack: self.unpack,
+                ..TreeConfig::default()
+            },
+            read: ReadConfig {
+                verify: self.verify.into(),
+                max_memory: self.max_memory,
+                ..ReadConfig::default()
+            },
+            fs,
+            access: if self.allow_other {
+                Access::All
+            } else if self.allow_root {
+                Access::OwnerAndRoot
+            } else {
+                Access::Owner
+            },
+            threads: self.threads.clamp(1, 64),
+            passthrough: !self.no_passthrough,
+        }
     }
 }
 

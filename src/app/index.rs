@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use crate::app::cli::{IndexArgs, RegistryArgs};
+use crate::app::config::{IndexConfig, RegistryConfig};
+use crate::app::connect::{client, login};
 use crate::app::mount::{split_scheme, Failure};
 use crate::app::target::{self, Target};
 use crate::index::attach::{self, descriptor, Indexed, EMPTY_CONFIG};
@@ -15,11 +16,10 @@ use crate::index::publish::{Destination, LayoutDestination, RegistryDestination}
 use crate::oci::{Digest, Manifest, OCI_MANIFEST};
 use crate::source::layout::LayoutSource;
 use crate::source::registry::adapter::RegistrySource;
-use crate::source::registry::{credentials, Client, ClientConfig, Credentials};
 use crate::source::{valid_tag, Reference, Source};
 
 /// Run `orasfs index`.
-pub fn run(args: &IndexArgs) -> Result<(), Failure> {
+pub fn run(args: &IndexConfig) -> Result<(), Failure> {
     if let Some(t) = args.tag.as_deref().filter(|t| !valid_tag(t)) {
         return Err(format!("--tag {t:?} is not a valid tag"));
     }
@@ -69,36 +69,15 @@ pub fn run(args: &IndexArgs) -> Result<(), Failure> {
 /// A registry client for `orasfs index`, with the credentials the flags or files give,
 /// checked to answer.
 fn connect(
-    flags: &RegistryArgs,
+    flags: &RegistryConfig,
     registry: &str,
     plain: Option<bool>,
 ) -> Result<RegistrySource, crate::error::SourceError> {
-    let explicit = match (&flags.username, flags.password_stdin) {
-        (Some(u), true) => Some(Credentials::new(
-            u.clone(),
-            credentials::password_from_stdin().map_err(|detail| {
-                crate::error::SourceError::Protocol {
-                    what: "--password-stdin".into(),
-                    detail,
-                }
-            })?,
-            "--username and --password-stdin",
-        )),
-        _ => None,
-    };
-    let mut cfg = ClientConfig::new(registry);
-    cfg.plain_http = plain.unwrap_or(cfg.plain_http || flags.plain_http);
-    cfg.insecure = flags.insecure;
-    cfg.ca_file = flags.ca_file.clone();
-    cfg.connect_timeout = flags.connect_timeout;
-    cfg.read_timeout = flags.read_timeout;
-    cfg.retries = flags.retries;
-    cfg.credentials = credentials::resolve(registry, explicit, flags.auth_file.as_deref())
-        .map_err(|detail| crate::error::SourceError::Protocol {
-            what: format!("credentials for {registry}"),
-            detail,
-        })?;
-    let src = RegistrySource::new(Client::new(cfg)?);
+    let explicit = login(flags).map_err(|detail| crate::error::SourceError::Protocol {
+        what: "--password-stdin".into(),
+        detail,
+    })?;
+    let src = RegistrySource::new(client(flags, registry, explicit, plain)?);
     src.ping()?;
     Ok(src)
 }
@@ -106,7 +85,7 @@ fn connect(
 /// Index every data layer of the image manifest `reference` and attach the indexes to it
 /// in `dest`; returns the digest of the manifest pushed.
 fn index_and_attach(
-    args: &IndexArgs,
+    args: &IndexConfig,
     source: &dyn Source,
     repo: &str,
     reference: &Reference,

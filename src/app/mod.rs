@@ -3,6 +3,8 @@
 //! [`mountpoint`], [`stop`]), logging ([`logging`]) and `orasfs index` ([`index`]).
 
 pub mod cli;
+pub mod config;
+pub mod connect;
 pub mod daemon;
 pub mod helper;
 pub mod index;

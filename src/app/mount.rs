@@ -6,19 +6,17 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::app::cli::{default_cache_dir, MountArgs};
+use crate::app::config::{Access, MountConfig};
+use crate::app::connect::{connect, login};
 use crate::app::daemon::Readiness;
 use crate::app::target::{self, Target};
-use crate::cache::{BlobCache, CacheConfig};
-use crate::fleet::source::FleetSource;
+use crate::cache::BlobCache;
 use crate::fs::fuse::FuseFs;
-use crate::fs::tree::{RootKind, Tree, TreeConfig};
-use crate::fs::{Fs, FsConfig};
-use crate::read::{BlobReader, ReadConfig};
+use crate::fs::tree::{RootKind, Tree};
+use crate::fs::Fs;
+use crate::read::BlobReader;
 use crate::source::layout::LayoutSource;
 use crate::source::multi::MultiSource;
-use crate::source::registry::adapter::RegistrySource;
-use crate::source::registry::{Client, ClientConfig};
 use crate::source::{Reference, Source};
 
 /// Everything a mount needs, checked and ready.
@@ -34,8 +32,8 @@ pub type Failure = String;
 /// Catch a forgotten MOUNTPOINT before anything else (before the daemon forks): a lone
 /// operand that names a SOURCE — a registry reference, or an OCI layout directory — is
 /// not meant as the mountpoint of a mount of every registry.
-pub fn check_operands(args: &MountArgs) -> Result<(), Failure> {
-    let [only] = args.operands.as_slice() else {
+pub fn check_operands(operands: &[String]) -> Result<(), Failure> {
+    let [only] = operands else {
         return Ok(());
     };
     let p = Path::new(only);
@@ -176,79 +174,6 @@ pub fn unmount(p: &Path, lazy: bool) -> Result<(), Failure> {
     }
 }
 
-/// A client for one registry, configured from the flags, and checked to answer.
-/// `plain` is the scheme a SOURCE URL named (`Some(true)` for `http://`, `Some(false)` for
-/// `https://`); without one, loopback hosts and `--plain-http` mean plain HTTP.
-fn client(
-    args: &MountArgs,
-    registry: &str,
-    explicit: Option<crate::source::registry::Credentials>,
-    plain: Option<bool>,
-) -> Result<Client, crate::error::SourceError> {
-    let mut cfg = ClientConfig::new(registry);
-    cfg.plain_http = plain.unwrap_or(cfg.plain_http || args.plain_http);
-    cfg.insecure = args.insecure;
-    cfg.ca_file = args.ca_file.clone();
-    cfg.connect_timeout = args.connect_timeout;
-    cfg.read_timeout = args.read_timeout;
-    cfg.retries = args.retries;
-    cfg.credentials = crate::source::registry::credentials::resolve(
-        registry,
-        explicit,
-        args.auth_file.as_deref(),
-    )
-    .map_err(|detail| crate::error::SourceError::Protocol {
-        what: format!("credentials for {registry}"),
-        detail,
-    })?;
-    if args.insecure {
-        log::warn!("--insecure: TLS certificates of {registry} are not verified");
-    }
-    Client::new(cfg)
-}
-
-/// The registry behind the mirrors configured for it (see [`crate::fleet`]), checked to
-/// answer; refused when the configuration blocks it (or `repo`).
-fn connect(
-    args: &MountArgs,
-    registry: &str,
-    repo: Option<&str>,
-    explicit: Option<crate::source::registry::Credentials>,
-    plain: Option<bool>,
-) -> Result<FleetSource, crate::error::SourceError> {
-    let settings = crate::fleet::Settings {
-        registries_conf: args.registries_conf.clone(),
-        hosts_dir: args.hosts_dir.clone(),
-        mirrors: args.mirror.clone(),
-        home: std::env::var_os("HOME").map(std::path::PathBuf::from),
-    };
-    let refused =
-        |e: crate::fleet::FleetError| crate::error::SourceError::Unsupported(e.to_string());
-    let plan = crate::fleet::Plan::load(&settings, registry).map_err(refused)?;
-    plan.check(repo).map_err(refused)?;
-    let origin = RegistrySource::new(client(args, registry, explicit, plain)?);
-    origin.ping()?;
-    // A mirror gets its own client: its own credentials (never the origin's), the
-    // mount's timeouts, and one retry, since the next source is there to serve.
-    let make = |m: &crate::fleet::MirrorSpec| {
-        let mut cfg = ClientConfig::new(&m.host);
-        cfg.plain_http = m.plain_http.unwrap_or(cfg.plain_http);
-        cfg.insecure = m.insecure;
-        cfg.ca_file = m.ca.clone();
-        cfg.connect_timeout = args.connect_timeout;
-        cfg.read_timeout = args.read_timeout;
-        cfg.retries = args.retries.min(1);
-        cfg.credentials =
-            crate::source::registry::credentials::resolve(&m.host, None, args.auth_file.as_deref())
-                .map_err(|detail| crate::error::SourceError::Protocol {
-                    what: format!("credentials for mirror {}", m.host),
-                    detail,
-                })?;
-        Ok(RegistrySource::new(Client::new(cfg)?))
-    };
-    FleetSource::new(origin, plan, args.mirror_cooldown, &make)
-}
-
 /// Split an `https://` or `http://` prefix off a registry SOURCE: `https://` forces TLS
 /// (also for a loopback host), `http://` plain HTTP. Returns whether plain HTTP was asked
 /// for, and the SOURCE without its scheme.
@@ -268,30 +193,22 @@ pub fn split_scheme(source: &str, plain_http_flag: bool) -> Result<(Option<bool>
 }
 
 /// Validate the command line and reach the source; fails before anything is mounted.
-pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
-    let mountpoint = args.mountpoint();
-    check_mountpoint(&mountpoint, args.nonempty)?;
-    let explicit = match (&args.username, args.password_stdin) {
-        (Some(u), true) => Some(crate::source::registry::Credentials::new(
-            u.clone(),
-            crate::source::registry::credentials::password_from_stdin()?,
-            "--username and --password-stdin",
-        )),
-        _ => None,
-    };
-    let Some(source_arg) = args.source() else {
+pub fn prepare(cfg: &MountConfig) -> Result<Prepared, Failure> {
+    check_mountpoint(&cfg.mountpoint, cfg.nonempty)?;
+    let explicit = login(&cfg.registry)?;
+    let Some(source_arg) = cfg.source.as_deref() else {
         // The multi-registry root: hosts connect on first lookup, with file credentials only
         // (a password given on the command line is for one named registry).
         if explicit.is_some() {
             return Err("--username needs a SOURCE naming the registry it is for".into());
         }
-        let flags = args.clone();
+        let registry = cfg.registry.clone();
         let multi = Arc::new(MultiSource::new(Box::new(move |host: &str| {
-            Ok(Arc::new(connect(&flags, host, None, None, None)?) as Arc<dyn Source>)
+            Ok(Arc::new(connect(&registry, host, None, None, None)?) as Arc<dyn Source>)
         })));
-        return finish(args, multi, RootKind::Hosts, "orasfs");
+        return finish(cfg, multi, RootKind::Hosts, "orasfs");
     };
-    let (plain, target_arg) = split_scheme(source_arg, args.plain_http)?;
+    let (plain, target_arg) = split_scheme(source_arg, cfg.registry.plain_http)?;
     let (source, root): (Arc<dyn Source>, RootKind) = match target::parse(target_arg)? {
         Target::Layout { path, tag } => {
             let layout = LayoutSource::open(&path).map_err(|e| e.to_string())?;
@@ -306,7 +223,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
             repo,
             reference,
         } => {
-            let src = connect(args, &registry, repo.as_deref(), explicit, plain)
+            let src = connect(&cfg.registry, &registry, repo.as_deref(), explicit, plain)
                 .map_err(|e| e.to_string())?;
             let root = match (repo, reference) {
                 (None, _) => {
@@ -324,58 +241,29 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, Failure> {
             (Arc::new(src), root)
         }
     };
-    finish(args, source, root, source_arg)
+    finish(cfg, source, root, source_arg)
 }
 
 /// Build the tree, the cache and the filesystem core.
 fn finish(
-    args: &MountArgs,
+    cfg: &MountConfig,
     source: Arc<dyn Source>,
     root: RootKind,
     name: &str,
 ) -> Result<Prepared, Failure> {
-    let tree = Tree::new(
-        source,
-        root,
-        TreeConfig {
-            metadata_ttl: args.metadata_ttl,
-            unpack: args.unpack,
-            ..TreeConfig::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let mut cache_cfg = CacheConfig::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir));
-    cache_cfg.max_size = args.cache_size;
-    cache_cfg.min_free_percent = args.cache_min_free.clamp(0.0, 100.0);
-    create_private_dir(&cache_cfg.dir)?;
-    let cache = BlobCache::open(cache_cfg).map_err(|e| e.to_string())?;
-    let read_cfg = ReadConfig {
-        verify: args.verify.into(),
-        max_memory: args.max_memory,
-        ..ReadConfig::default()
-    };
-    let reader = BlobReader::new(cache, tree.source().clone(), read_cfg);
-    let mut fs_cfg = FsConfig {
-        mutable_ttl: args.metadata_ttl,
-        file_mode: args.file_mode,
-        dir_mode: args.dir_mode,
-        ..FsConfig::default()
-    };
-    if let Some(uid) = args.uid {
-        fs_cfg.uid = uid;
-    }
-    if let Some(gid) = args.gid {
-        fs_cfg.gid = gid;
-    }
+    let tree = Tree::new(source, root, cfg.tree.clone()).map_err(|e| e.to_string())?;
+    create_private_dir(&cfg.cache.dir)?;
+    let cache = BlobCache::open(cfg.cache.clone()).map_err(|e| e.to_string())?;
+    let reader = BlobReader::new(cache, tree.source().clone(), cfg.read.clone());
     Ok(Prepared {
-        fs: Fs::new(tree, reader, fs_cfg),
+        fs: Fs::new(tree, reader, cfg.fs.clone()),
         fsname: name.to_string(),
     })
 }
 
 /// Mount and serve until unmounted. SIGTERM/SIGINT unmount (lazily when the mount is busy,
 /// see [`crate::app::stop`]) and exit 0; SIGHUP drops cached tags and listings.
-pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Result<(), Failure> {
+pub fn run(cfg: &MountConfig, prepared: Prepared, readiness: &Readiness) -> Result<(), Failure> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -388,21 +276,19 @@ pub fn run(args: &MountArgs, prepared: Prepared, readiness: &Readiness) -> Resul
         MountOption::NoSuid,
         MountOption::CUSTOM(format!("max_read={}", 1 << 20)),
     ];
-    config.acl = if args.allow_other {
-        SessionACL::All
-    } else if args.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
+    config.acl = match cfg.access {
+        Access::All => SessionACL::All,
+        Access::OwnerAndRoot => SessionACL::RootAndOwner,
+        Access::Owner => SessionACL::Owner,
     };
-    config.n_threads = Some(args.threads.clamp(1, 64));
+    config.n_threads = Some(cfg.threads);
     let fs = Arc::new(prepared.fs);
-    let mountpoint = args.mountpoint();
+    let mountpoint = cfg.mountpoint.clone();
     // Resolved now, while it is a plain directory: the daemon never asks its own mount.
     let target = crate::app::mountpoint::absolute(&mountpoint);
     let (init_tx, init_rx) = std::sync::mpsc::channel();
     let mut session = fuser::Session::new(
-        FuseFs::new(fs.clone(), !args.no_passthrough).on_init(init_tx),
+        FuseFs::new(fs.clone(), cfg.passthrough).on_init(init_tx),
         &mountpoint,
         &config,
     )

@@ -283,8 +283,9 @@ pub type SpaceProbe = fn(&Path) -> Option<Space>;
 pub fn statvfs_space(path: &Path) -> Option<Space> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes only into the zeroed struct we pass; `c` is NUL-terminated.
+    // SAFETY: statvfs is a plain C struct of integers, for which all-zero is valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes only into the struct we pass; `c` is NUL-terminated.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     if rc != 0 {
         return None;

@@ -89,13 +89,13 @@ const MIB: u64 = 1024 * 1024;
 fn path(fs: &Fs, p: &str) -> Result<u64, FsError> {
     let mut ino = ROOT;
     for c in p.split('/').filter(|c| !c.is_empty()) {
-        ino = fs.lookup(ino, c)?.ino;
+        ino = fs.lookup(ino, c)?.attr.ino;
     }
     Ok(ino)
 }
 
 fn read_all(fs: &Fs, ino: u64) -> Result<Vec<u8>, FsError> {
-    let fh = fs.open(ino, false)?;
+    let fh = fs.open(ino, false)?.fh;
     let mut out = Vec::new();
     loop {
         let b = fs.read(fh, out.len() as u64, 128 * 1024)?;
@@ -172,23 +172,27 @@ fn registry_tree_repos_tags_files_and_fallbacks() {
     let a =
         w.fs.getattr(path(&w.fs, "eo/products/v1/imagery.tif").unwrap())
             .unwrap();
-    assert_eq!((a.size, a.perm, a.is_dir), (big.len() as u64, 0o444, false));
-    assert_eq!(w.fs.getattr(v1).unwrap().perm, 0o555);
+    assert_eq!(
+        (a.attr.size, a.attr.perm, a.attr.is_dir),
+        (big.len() as u64, 0o444, false)
+    );
+    assert_eq!(w.fs.getattr(v1).unwrap().attr.perm, 0o555);
     // Files carry the manifest's `created` annotation; the tag directory, which a re-push
     // can change, has the fixed epoch.
     let created =
         w.fs.getattr(path(&w.fs, "eo/products/v1/imagery.tif").unwrap())
             .unwrap()
+            .attr
             .mtime;
     assert_eq!(
         created,
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(1714564800)
     );
-    assert_eq!(w.fs.getattr(v1).unwrap().mtime, w.fs.tree().epoch());
+    assert_eq!(w.fs.getattr(v1).unwrap().attr.mtime, w.fs.tree().epoch());
     // Digest lookup works though it is not listed; unknown names do not.
     let digest = crate::oci::Digest::of(&m);
     let by_digest = path(&w.fs, &format!("eo/products/{digest}")).unwrap();
-    assert!(w.fs.getattr(by_digest).unwrap().is_dir);
+    assert!(w.fs.getattr(by_digest).unwrap().attr.is_dir);
     assert!(!names(&w.fs, path(&w.fs, "eo/products").unwrap()).contains(&digest.to_string()));
     assert!(matches!(
         path(&w.fs, "eo/products/v2"),
@@ -261,7 +265,7 @@ fn single_blob_world(size: usize, verify: VerifyMode) -> (World, Vec<u8>, u64) {
 #[test]
 fn a_small_read_of_a_large_blob_is_lazy() {
     let (w, data, ino) = single_blob_world(64 * MIB as usize, VerifyMode::Lazy);
-    let fh = w.fs.open(ino, false).unwrap();
+    let fh = w.fs.open(ino, false).unwrap().fh;
     // A 64 KiB read that straddles two blocks of a cold 64 MiB blob: at most 128 KiB.
     let off = 40 * MIB + 12345;
     assert_eq!(
@@ -334,7 +338,7 @@ fn a_verified_file_damaged_in_place_is_caught_by_its_crc() {
         .write_all_at(&[data[at as usize] ^ 0x10], at)
         .unwrap();
     let before = w.src.blob_bytes.load(Ordering::Relaxed);
-    let fh = w.fs.open(ino, false).unwrap();
+    let fh = w.fs.open(ino, false).unwrap().fh;
     let want = &data[at as usize - 100..][..200];
     // The read that detects the damage may fail (EIO); it never returns the damaged byte.
     match w.fs.read(fh, at - 100, 200) {
@@ -365,7 +369,7 @@ fn small_blobs_and_strict_mode_verify_before_the_first_byte() {
         };
         let (w, data, ino) = single_blob_world(src_size, mode);
         w.src.corrupt.store(true, Ordering::Relaxed);
-        let fh = w.fs.open(ino, false).unwrap();
+        let fh = w.fs.open(ino, false).unwrap().fh;
         assert!(
             w.fs.read(fh, 100, 10).is_err(),
             "no byte of a corrupt blob is served"
@@ -380,7 +384,7 @@ fn small_blobs_and_strict_mode_verify_before_the_first_byte() {
 fn server_without_range_support_is_served_from_the_whole_blob() {
     let (w, data, ino) = single_blob_world(7 * MIB as usize, VerifyMode::Lazy);
     w.src.ignore_ranges.store(true, Ordering::Relaxed);
-    let fh = w.fs.open(ino, false).unwrap();
+    let fh = w.fs.open(ino, false).unwrap().fh;
     assert_eq!(
         w.fs.read(fh, 3 * MIB, 10).unwrap(),
         &data[3 * MIB as usize..][..10]
@@ -433,7 +437,7 @@ fn cache_survives_a_remount_and_tampering_is_refetched() {
         let tree = Tree::new(src.clone(), root(), TreeConfig::default()).unwrap();
         let fs = fs_over(tree, &keep, ReadConfig::default());
         // Read only half, so a partial blob (not a verified one) stays behind.
-        let fh = fs.open(path(&fs, "f").unwrap(), false).unwrap();
+        let fh = fs.open(path(&fs, "f").unwrap(), false).unwrap().fh;
         assert_eq!(fs.read(fh, 0, half as u32).unwrap(), &data[..half]);
         fs.wait_idle();
     }
@@ -455,7 +459,7 @@ fn cache_survives_a_remount_and_tampering_is_refetched() {
         "temp files are swept"
     );
     let ino = path(&fs, "f").unwrap();
-    let fh = fs.open(ino, false).unwrap();
+    let fh = fs.open(ino, false).unwrap().fh;
     assert_eq!(fs.read(fh, 0, half as u32).unwrap(), &data[..half]);
     let refetched = src.blob_bytes.load(Ordering::Relaxed) - before;
     assert_eq!(
@@ -499,7 +503,7 @@ proptest! {
         // The block path even for small blobs.
         let fs = fs_over(tree, dir.path(), ReadConfig { small_blob: 0, ..ReadConfig::default() });
         let ino = path(&fs, "f").unwrap();
-        let fh = fs.open(ino, false).unwrap();
+        let fh = fs.open(ino, false).unwrap().fh;
         let streamed = std::thread::scope(|s| {
             let streamer = stream.then(|| s.spawn(|| read_all(&fs, ino).unwrap()));
             for (off, len) in reads {
@@ -539,7 +543,7 @@ fn xattrs_describe_content() {
 #[test]
 fn a_file_open_when_its_blob_fails_verification_fails_every_later_read() {
     let (w, data, ino) = single_blob_world(5 * MIB as usize + 1, VerifyMode::Lazy);
-    let early = w.fs.open(ino, false).unwrap();
+    let early = w.fs.open(ino, false).unwrap().fh;
     assert_eq!(w.fs.read(early, 0, 100).unwrap(), &data[..100]);
     w.src.corrupt.store(true, Ordering::Relaxed);
     assert_eq!(to_errno(&read_all(&w.fs, ino).unwrap_err()), libc::EIO);
@@ -661,7 +665,7 @@ fn a_block_that_fails_its_index_is_never_served_and_is_fetched_again() {
         assert_eq!(names(&w.fs, ROOT).len(), 3, "the index layer is hidden");
         let at = 5 * MIB + 100;
         *w.src.corrupt_at.lock().unwrap() = Some((t.data_digest.clone(), at));
-        let fh = w.fs.open(t.ino, false).unwrap();
+        let fh = w.fs.open(t.ino, false).unwrap().fh;
         let err = w.fs.read(fh, 5 * MIB, 65536).unwrap_err();
         assert_eq!(to_errno(&err), libc::EIO, "bound={bound}: {err}");
         let failures = &w.fs.cache().stats.block_failures;
@@ -681,7 +685,7 @@ fn a_block_that_fails_its_index_is_never_served_and_is_fetched_again() {
             libc::EIO
         );
         // The fault is gone: a new open fetches the block again and serves it.
-        let fh = w.fs.open(t.ino, false).unwrap();
+        let fh = w.fs.open(t.ino, false).unwrap().fh;
         let got = w.fs.read(fh, 5 * MIB, 65536).unwrap();
         assert!(got == t.data[5 * MIB as usize..][..65536], "bound={bound}");
         let level = w.fs.getxattr(t.ino, "user.orasfs.verified").unwrap();
@@ -701,7 +705,7 @@ fn a_block_that_fails_its_index_is_never_served_and_is_fetched_again() {
 fn a_damaged_index_is_refused_and_the_blob_read_without_it() {
     let t = indexed_world(true, true, VerifyMode::Lazy);
     let w = &t.w;
-    let fh = w.fs.open(t.ino, false).unwrap();
+    let fh = w.fs.open(t.ino, false).unwrap().fh;
     let got = w.fs.read(fh, 3 * MIB, 4096).unwrap();
     assert!(got == t.data[3 * MIB as usize..][..4096]);
     assert_eq!(
@@ -716,22 +720,22 @@ fn a_damaged_index_is_refused_and_the_blob_read_without_it() {
 fn strict_mode_reads_lazily_only_with_a_bound_index_and_require_index_refuses_the_rest() {
     // Bound index, strict: one block's worth, not the whole blob.
     let t = indexed_world(true, false, VerifyMode::Strict);
-    let fh = t.w.fs.open(t.ino, false).unwrap();
+    let fh = t.w.fs.open(t.ino, false).unwrap().fh;
     let got = t.w.fs.read(fh, 2 * MIB, 4096).unwrap();
     assert!(got == t.data[2 * MIB as usize..][..4096]);
     assert!(t.w.src.blob_bytes.load(Ordering::Relaxed) < MIB);
     // Referrer index, strict: fetched whole and verified before the first byte.
     let t = indexed_world(false, false, VerifyMode::Strict);
-    let fh = t.w.fs.open(t.ino, false).unwrap();
+    let fh = t.w.fs.open(t.ino, false).unwrap().fh;
     t.w.fs.read(fh, 2 * MIB, 4096).unwrap();
     assert!(t.w.src.blob_bytes.load(Ordering::Relaxed) >= t.data.len() as u64);
     // require-index: an indexed layer is served lazily, an unindexed one refused.
     let t = indexed_world(false, false, VerifyMode::RequireIndex);
-    let fh = t.w.fs.open(t.ino, false).unwrap();
+    let fh = t.w.fs.open(t.ino, false).unwrap().fh;
     t.w.fs.read(fh, 2 * MIB, 4096).unwrap();
     assert!(t.w.src.blob_bytes.load(Ordering::Relaxed) < MIB);
     let (w, _, ino) = single_blob_world(8 * MIB as usize, VerifyMode::RequireIndex);
-    let fh = w.fs.open(ino, false).unwrap();
+    let fh = w.fs.open(ino, false).unwrap().fh;
     let err = w.fs.read(fh, 0, 4096).unwrap_err();
     assert_eq!(to_errno(&err), libc::EACCES, "{err}");
     // Small blobs are verified whole and served, index or not.
@@ -784,7 +788,7 @@ fn looking_up_every_listed_tag_fetches_no_manifest() {
     assert_eq!(entries.len(), 300);
     for e in entries {
         let a = w.fs.lookup(ROOT, &e).unwrap();
-        assert!(a.is_dir, "{e}");
+        assert!(a.attr.is_dir, "{e}");
     }
     assert_eq!(w.src.manifest_requests.load(Ordering::Relaxed), 0);
     assert_eq!(w.src.head_requests.load(Ordering::Relaxed), 0);
@@ -879,6 +883,94 @@ fn a_moved_tag_gets_a_new_inode_and_the_kernel_is_told_to_forget_the_old() {
     assert_eq!(told.lock().unwrap().as_slice(), [(ROOT, "v1".to_string())]);
 }
 
+/// Walk `p` as the kernel does, read the file there, then forget every inode the walk
+/// was given (as the kernel does once its entries expire).
+fn read_and_forget(fs: &Fs, p: &str) -> Vec<u8> {
+    let mut held = Vec::new();
+    let mut ino = ROOT;
+    for c in p.split('/') {
+        ino = fs.lookup(ino, c).unwrap().attr.ino;
+        held.push(ino);
+    }
+    let got = read_all(fs, ino).unwrap();
+    for ino in held.into_iter().rev() {
+        fs.forget(ino, 1);
+    }
+    got
+}
+
+#[test]
+fn the_inode_table_does_not_grow_as_a_tag_moves_1000_times() {
+    let src = Arc::new(MemorySource::new());
+    let w = world_with(src.clone(), RootKind::Repository("r".into()), always_ask());
+    let mut settled = None;
+    for round in 0..1000 {
+        let text = format!("content {round}");
+        let file = titled(src.put_blob("x", text.clone().into_bytes()), "d/f.txt");
+        src.put_manifest("r", Some("v1"), image_manifest(&src, &[file]));
+        assert_eq!(read_and_forget(&w.fs, "v1/d/f.txt"), text.as_bytes());
+        let count = w.fs.tree().inode_count();
+        assert!(w.fs.tree().manifest_count() <= 64, "manifests kept");
+        match settled {
+            None => settled = Some(count),
+            Some(n) => assert_eq!(count, n, "inodes after move {round}"),
+        }
+    }
+    // What the kernel still holds stays: a file below a tag that has moved since.
+    let mut held = vec![w.fs.lookup(ROOT, "v1").unwrap().attr.ino];
+    held.push(w.fs.lookup(held[0], "d").unwrap().attr.ino);
+    held.push(w.fs.lookup(held[1], "f.txt").unwrap().attr.ino);
+    let file = titled(src.put_blob("x", b"moved".to_vec()), "d/f.txt");
+    src.put_manifest("r", Some("v1"), image_manifest(&src, &[file]));
+    assert_ne!(path(&w.fs, "v1").unwrap(), held[0]);
+    assert_eq!(read_all(&w.fs, held[2]).unwrap(), b"content 999");
+    for ino in held.iter().rev() {
+        w.fs.forget(*ino, 1);
+    }
+    for ino in held {
+        assert!(w.fs.getattr(ino).is_err(), "forgotten, unreachable, kept");
+    }
+}
+
+#[test]
+fn concurrent_lookups_of_one_name_get_one_inode() {
+    let src = Arc::new(MemorySource::new());
+    let layer = titled(src.put_blob("x", b"x".to_vec()), "f");
+    let digest = src.put_manifest("r", None, image_manifest(&src, &[layer]));
+    for t in 0..20 {
+        src.put_manifest("r", Some(&format!("t{t}")), image_manifest(&src, &[]));
+    }
+    // Each lookup asks the source (no TTL), which answers late: every thread is past its
+    // check for the name before any has added it.
+    src.metadata_delay_ms.store(20, Ordering::Relaxed);
+    let w = Arc::new(world_with(
+        src,
+        RootKind::Repository("r".into()),
+        always_ask(),
+    ));
+    let names: Vec<String> = (0..20)
+        .map(|t| format!("t{t}"))
+        .chain([digest.to_string()])
+        .collect();
+    for name in names {
+        let threads = 8;
+        let start = Arc::new(std::sync::Barrier::new(threads));
+        let got: Vec<u64> = (0..threads)
+            .map(|_| {
+                let (w, start, name) = (w.clone(), start.clone(), name.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    w.fs.lookup(ROOT, &name).unwrap().attr.ino
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert!(got.iter().all(|i| *i == got[0]), "{name}: {got:?}");
+    }
+}
+
 #[test]
 fn mtimes_are_a_function_of_content() {
     let src = Arc::new(MemorySource::new());
@@ -900,7 +992,7 @@ fn mtimes_are_a_function_of_content() {
             RootKind::Repository("r".into()),
             VerifyMode::Lazy,
         );
-        w.fs.getattr(path(&w.fs, p).unwrap()).unwrap().mtime
+        w.fs.getattr(path(&w.fs, p).unwrap()).unwrap().attr.mtime
     };
     let created = std::time::UNIX_EPOCH + std::time::Duration::new(1686775319, 79795125);
     for p in ["dated/a.txt", "dated/.manifest.json", "dated/.config.json"] {
@@ -991,6 +1083,20 @@ fn every_write_handler_answers_erofs_without_the_ro_flag() {
         }
     };
     let (cf, cd) = (c(&file), c(&root.join("d")));
+    let fifo = c(&root.join("fifo"));
+    // SAFETY: `cf` is a NUL-terminated path that outlives the call.
+    let chmod = libc_call(unsafe { libc::chmod(cf.as_ptr(), 0o777) });
+    // SAFETY: as above.
+    let truncate = libc_call(unsafe { libc::truncate(cf.as_ptr(), 0) });
+    // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
+    let mknod = libc_call(unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0) });
+    // SAFETY: NUL-terminated path and name; the value is a live 1-byte buffer.
+    let setxattr = libc_call(unsafe {
+        libc::setxattr(cd.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0)
+    });
+    // SAFETY: NUL-terminated path and name.
+    let removexattr =
+        libc_call(unsafe { libc::removexattr(cf.as_ptr(), c"user.orasfs.digest".as_ptr()) });
     let attempts: Vec<(&str, std::io::Result<()>)> = vec![
         ("mkdir", std::fs::create_dir(root.join("new"))),
         (
@@ -1002,30 +1108,11 @@ fn every_write_handler_answers_erofs_without_the_ro_flag() {
         ("rename", std::fs::rename(&file, root.join("g"))),
         ("link", std::fs::hard_link(&file, root.join("h"))),
         ("symlink", std::os::unix::fs::symlink("f", root.join("s"))),
-        (
-            "chmod",
-            libc_call(unsafe { libc::chmod(cf.as_ptr(), 0o777) }),
-        ),
-        (
-            "truncate",
-            libc_call(unsafe { libc::truncate(cf.as_ptr(), 0) }),
-        ),
-        (
-            "mknod",
-            libc_call(unsafe {
-                libc::mknod(c(&root.join("fifo")).as_ptr(), libc::S_IFIFO | 0o644, 0)
-            }),
-        ),
-        (
-            "setxattr",
-            libc_call(unsafe {
-                libc::setxattr(cd.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0)
-            }),
-        ),
-        (
-            "removexattr",
-            libc_call(unsafe { libc::removexattr(cf.as_ptr(), c"user.orasfs.digest".as_ptr()) }),
-        ),
+        ("chmod", chmod),
+        ("truncate", truncate),
+        ("mknod", mknod),
+        ("setxattr", setxattr),
+        ("removexattr", removexattr),
         (
             "open for writing",
             std::fs::OpenOptions::new()

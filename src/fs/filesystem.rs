@@ -4,7 +4,7 @@
 //! without a mount.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +29,29 @@ pub struct Attr {
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// The kernel's view of an inode, as a lookup or `getattr` answers it: the attributes and
+/// how long the kernel may keep them (and the name that led there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub attr: Attr,
+    pub ttl: Duration,
+    /// Always 0: inode numbers are never reused within a mount.
+    pub generation: u64,
+}
+
+/// What an open answers: the handle, and how the kernel is to treat the file's pages.
+#[derive(Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// Content made when opened (its size is unknown beforehand): no page cache at all.
+    pub direct_io: bool,
+    /// Every byte is verified: the kernel may keep its pages across opens.
+    pub keep_cache: bool,
+    /// The verified blob file, for the kernel to read directly (FUSE passthrough), when
+    /// passthrough is on ([`Fs::set_passthrough`]).
+    pub passthrough: Option<std::fs::File>,
 }
 
 /// One directory entry.
@@ -90,7 +113,9 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     /// Failed operations by kind, for `orasfs stats`.
-    pub errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Whether opens of verified blobs offer their file for FUSE passthrough.
+    passthrough: AtomicBool,
     /// Archive layers shown as directories.
     archives: Views,
 }
@@ -109,6 +134,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             errors: Mutex::new(Default::default()),
+            passthrough: AtomicBool::new(false),
             archives,
         }
     }
@@ -159,7 +185,7 @@ impl Fs {
     }
 
     /// How long the kernel may trust this entry: long when nothing can change it.
-    pub fn ttl(&self, ino: Ino) -> Duration {
+    fn ttl(&self, ino: Ino) -> Duration {
         match self.tree.node(ino) {
             Ok(
                 Node::Namespace { .. }
@@ -177,11 +203,6 @@ impl Fs {
         }
     }
 
-    /// Whether a file's content is made when opened (so its size is unknown beforehand).
-    pub fn is_volatile(&self, ino: Ino) -> bool {
-        matches!(self.tree.node(ino), Ok(Node::StatsFile))
-    }
-
     /// Count a failed operation for the stats.
     pub fn count_error(&self, e: &FsError) {
         *self
@@ -192,7 +213,9 @@ impl Fs {
             .or_insert(0) += 1;
     }
 
-    pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+    /// Look `name` up in `parent` for the kernel, which holds the inode until it forgets
+    /// it ([`Fs::forget`]).
+    pub fn lookup(&self, parent: Ino, name: &str) -> Result<Entry, FsError> {
         if let Some((dir, a)) = self.archive_at(parent)? {
             if Views::node(&a, dir)?.kind != NodeKind::Dir {
                 return Err(FsError::NotDir);
@@ -201,16 +224,30 @@ impl Fs {
             return self.getattr(self.archives.ino(Member { node, ..dir }));
         }
         let ino = self.tree.lookup(parent, name)?;
-        self.getattr(ino)
+        self.getattr(ino).inspect_err(|_| self.tree.forget(ino, 1))
     }
 
-    pub fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
-        if Views::owns(ino) {
-            let (m, a) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
-            return Ok(self.member_attr(ino, &Views::node(&a, m)?));
+    /// The kernel forgets `n` lookups of `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        // Archive members are numbered from their archive's table, not held here.
+        if !Views::owns(ino) {
+            self.tree.forget(ino, n);
         }
-        let node = self.tree.node(ino)?;
-        Ok(self.attr_of(ino, &node))
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Entry, FsError> {
+        let attr = if Views::owns(ino) {
+            let (m, a) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
+            self.member_attr(ino, &Views::node(&a, m)?)
+        } else {
+            let node = self.tree.node(ino)?;
+            self.attr_of(ino, &node)
+        };
+        Ok(Entry {
+            ttl: self.ttl(ino),
+            attr,
+            generation: 0,
+        })
     }
 
     /// The archive and member an inode stands for: an archive member, or an archive
@@ -329,30 +366,77 @@ impl Fs {
         self.tree.enter(ino)
     }
 
-    pub fn open(&self, ino: Ino, write: bool) -> Result<u64, FsError> {
+    /// Open a file: a handle, and how the kernel may cache it. Pages may outlive the open
+    /// only once every byte is verified, so pages of a blob that later fails its digest
+    /// are never kept.
+    pub fn open(&self, ino: Ino, write: bool) -> Result<Opened, FsError> {
         if write {
             return Err(FsError::ReadOnly);
         }
+        let plain = |fh| Opened {
+            fh,
+            direct_io: false,
+            keep_cache: false,
+            passthrough: None,
+        };
         if Views::owns(ino) {
             let (m, archive) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
             let (_, blob) = self.archives.tree_of(m.view).ok_or(FsError::NotFound)?;
             let failures = self.reader.failures(&blob.digest);
             let reader = archive.reader(m.node, failures).ok_or(FsError::IsDir)?;
-            return Ok(self.add_handle(Handle::Member {
+            return Ok(plain(self.add_handle(Handle::Member {
                 archive,
                 member: reader,
                 open: self.reader.open(&blob, None),
-            }));
+            })));
         }
-        let handle = match self.tree.node(ino)? {
-            Node::Blob { blob, index, .. } => Handle::Blob(self.reader.open(&blob, index.as_ref())),
-            Node::Inline { bytes, .. } => Handle::Inline(bytes),
-            Node::StatsFile => {
-                Handle::Inline(Arc::new(crate::fs::stats::snapshot(self).into_bytes()))
+        let opened = match self.tree.node(ino)? {
+            Node::Blob { blob, index, .. } => {
+                let fh = self.add_handle(Handle::Blob(self.reader.open(&blob, index.as_ref())));
+                let passthrough = self
+                    .passthrough
+                    .load(Ordering::Relaxed)
+                    .then(|| self.reader.passthrough_file(&blob))
+                    .flatten();
+                Opened {
+                    keep_cache: self.reader.is_verified(&blob),
+                    passthrough,
+                    ..plain(fh)
+                }
             }
+            Node::Inline { bytes, .. } => Opened {
+                keep_cache: true,
+                ..plain(self.add_handle(Handle::Inline(bytes)))
+            },
+            Node::StatsFile => Opened {
+                direct_io: true,
+                ..plain(self.add_handle(Handle::Inline(Arc::new(self.stats().into_bytes()))))
+            },
             _ => return Err(FsError::IsDir),
         };
-        Ok(self.add_handle(handle))
+        Ok(opened)
+    }
+
+    /// Offer verified blob files to the kernel on open (FUSE passthrough); set by the
+    /// adapter once the kernel has granted it, and cleared when the kernel refuses one.
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    /// The mount's counters, as `.orasfs/stats.json` shows them.
+    pub fn stats(&self) -> String {
+        let errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let source = self.tree.source();
+        crate::fs::stats::render(&crate::fs::stats::Inputs {
+            source: source.name(),
+            cache: self.cache(),
+            hosts: source.traffic(),
+            errors,
+        })
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
@@ -402,25 +486,6 @@ impl Fs {
     /// Wait until background work (read-ahead, promotion) is done.
     pub fn wait_idle(&self) {
         self.reader.wait_idle();
-    }
-
-    /// Whether every byte of a file has been checked against its digest (manifests are
-    /// checked before they are shown).
-    pub fn is_verified(&self, ino: Ino) -> bool {
-        match self.tree.node(ino) {
-            Ok(Node::Blob { blob, .. }) => self.reader.is_verified(&blob),
-            Ok(Node::Inline { .. }) => true,
-            _ => false,
-        }
-    }
-
-    /// The verified whole-blob file behind a file inode, if there is one: the kernel can
-    /// then read it directly (FUSE passthrough).
-    pub fn verified_file(&self, ino: Ino) -> Option<std::fs::File> {
-        match self.tree.node(ino).ok()? {
-            Node::Blob { blob, .. } => self.reader.passthrough_file(&blob),
-            _ => None,
-        }
     }
 
     /// Extended attributes: `user.oci.*` describe the content, `user.orasfs.verified`

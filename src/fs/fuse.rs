@@ -9,7 +9,6 @@ use fuser::{
 };
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use fuser::{BackingId, InitFlags, KernelConfig};
@@ -24,8 +23,8 @@ pub const KERNEL_READAHEAD: u32 = 128 * 1024;
 /// Adapts [`Fs`] to FUSE.
 pub struct FuseFs {
     fs: Arc<Fs>,
-    /// Hand verified blob files to the kernel (FUSE passthrough), when it allows.
-    passthrough: AtomicBool,
+    /// Ask the kernel for FUSE passthrough, so that verified blob files are read by it.
+    want_passthrough: bool,
     backing: Mutex<Backing>,
     /// Told once the kernel's INIT has been answered for: the mount is live.
     initialized: Mutex<Option<std::sync::mpsc::Sender<()>>>,
@@ -67,7 +66,7 @@ impl FuseFs {
     pub fn new(fs: Arc<Fs>, passthrough: bool) -> Self {
         Self {
             fs,
-            passthrough: AtomicBool::new(passthrough),
+            want_passthrough: passthrough,
             backing: Mutex::new(Backing::default()),
             initialized: Mutex::new(None),
         }
@@ -110,7 +109,7 @@ impl FuseFs {
             }
             Err(e) => {
                 log::warn!("FUSE passthrough unavailable ({e}); serving reads through orasfs");
-                self.passthrough.store(false, Ordering::Relaxed);
+                self.fs.set_passthrough(false);
                 None
             }
         }
@@ -203,7 +202,7 @@ impl Filesystem for FuseFs {
         if let Err(max) = config.set_max_readahead(KERNEL_READAHEAD) {
             let _ = config.set_max_readahead(max);
         }
-        if self.passthrough.load(Ordering::Relaxed) {
+        if self.want_passthrough {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(2).is_ok();
             if granted {
@@ -211,7 +210,7 @@ impl Filesystem for FuseFs {
             } else {
                 log::info!("the kernel does not offer FUSE passthrough; reads go through orasfs");
             }
-            self.passthrough.store(granted, Ordering::Relaxed);
+            self.fs.set_passthrough(granted);
         }
         Ok(())
     }
@@ -221,50 +220,49 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENOENT);
         };
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.fs.ttl(a.ino), &file_attr(&a), Generation(0)),
+            Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(e.generation)),
             Err(e) => reply.error(self.errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.fs.ttl(a.ino), &file_attr(&a)),
+            Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
             Err(e) => reply.error(self.errno(&e)),
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        match self.fs.open(ino.0, write) {
-            Ok(fh) if self.fs.is_volatile(ino.0) => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+        let opened = match self.fs.open(ino.0, write) {
+            Ok(o) => o,
+            Err(e) => return reply.error(self.errno(&e)),
+        };
+        let fh = opened.fh;
+        let mut b = self.backing();
+        let passthrough = opened
+            .passthrough
+            .and_then(|f| self.passthrough_id(&mut b, ino.0, f, &reply));
+        match passthrough {
+            Some(id) => {
+                b.by_fh.insert(fh, id.clone());
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
             }
-            Ok(fh) => {
-                let file = self
-                    .passthrough
-                    .load(Ordering::Relaxed)
-                    .then(|| self.fs.verified_file(ino.0))
-                    .flatten();
-                let mut b = self.backing();
-                match file.and_then(|f| self.passthrough_id(&mut b, ino.0, f, &reply)) {
-                    Some(id) => {
-                        b.by_fh.insert(fh, id.clone());
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                    }
-                    None => {
-                        b.plain_open(fh, ino.0);
-                        // The kernel may keep pages across opens only once they are verified:
-                        // pages of a blob that later fails its digest must not outlive that.
-                        let flags = if self.fs.is_verified(ino.0) {
-                            FopenFlags::FOPEN_KEEP_CACHE
-                        } else {
-                            FopenFlags::empty()
-                        };
-                        reply.opened(FileHandle(fh), flags);
-                    }
+            None => {
+                b.plain_open(fh, ino.0);
+                let mut flags = FopenFlags::empty();
+                if opened.direct_io {
+                    flags |= FopenFlags::FOPEN_DIRECT_IO;
                 }
+                if opened.keep_cache {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), flags);
             }
-            Err(e) => reply.error(self.errno(&e)),
         }
     }
 

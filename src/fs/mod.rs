@@ -6,6 +6,7 @@
 pub mod error;
 pub mod filesystem;
 pub mod fuse;
+pub mod inodes;
 pub mod stats;
 pub mod tree;
 

@@ -90,7 +90,7 @@ fn mount(
     let reader = BlobReader::new(BlobCache::open(cfg).unwrap(), tree.source().clone(), rcfg);
     let fs = Fs::new(tree, reader, FsConfig::default());
     let inos = (0..sizes.len())
-        .map(|k| fs.lookup(ROOT, &format!("f{k}")).unwrap().ino)
+        .map(|k| fs.lookup(ROOT, &format!("f{k}")).unwrap().attr.ino)
         .collect();
     let blobs = layers
         .iter()
@@ -131,7 +131,7 @@ fn read_through(fs: &Fs, fh: u64, step: u32) -> Vec<u8> {
 }
 
 fn read_file(fs: &Fs, ino: u64, step: u32) -> Vec<u8> {
-    let fh = fs.open(ino, false).unwrap();
+    let fh = fs.open(ino, false).unwrap().fh;
     let out = read_through(fs, fh, step);
     fs.release(fh);
     out
@@ -206,7 +206,7 @@ fn random_reads_do_not_read_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let size = 64 * MIB;
     let s = setup(dir.path(), &[size as usize], |_, _| {});
-    let fh = s.fs.open(s.inos[0], false).unwrap();
+    let fh = s.fs.open(s.inos[0], false).unwrap().fh;
     let (r0, b0) = (requests(&s), served(&s));
     // Scattered offsets, each at least 2 MiB from the last read and inside one block.
     let mut offsets: Vec<u64> = Vec::new();
@@ -334,7 +334,7 @@ fn the_size_cap_holds_and_evicted_blobs_lose_their_memory_state() {
     );
     // Its blocks are gone too: reading it again fetches it again.
     let r0 = requests(&s);
-    let fh = s.fs.open(s.inos[0], false).unwrap();
+    let fh = s.fs.open(s.inos[0], false).unwrap().fh;
     assert_eq!(s.fs.read(fh, 10, 100).unwrap(), &s.data[0][10..110]);
     assert!(requests(&s) > r0);
     assert_eq!(read_through(&s.fs, fh, 1 << 20), s.data[0]);
@@ -350,7 +350,7 @@ fn a_blob_open_for_reading_is_never_evicted() {
         c.max_size = Some(cap);
         r.small_blob = 0;
     });
-    let pinned = s.fs.open(s.inos[0], false).unwrap();
+    let pinned = s.fs.open(s.inos[0], false).unwrap().fh;
     assert_eq!(read_through(&s.fs, pinned, 128 * 1024), s.data[0]);
     s.fs.wait_idle();
     for k in 1..3 {
@@ -567,15 +567,15 @@ fn a_blob_held_in_memory_and_named_with_a_larger_size_is_eio_not_a_panic() {
         ReadConfig::default(),
     );
     let fs = Fs::new(tree, reader, FsConfig::default());
-    let ino = fs.lookup(ROOT, "honest").unwrap().ino;
+    let ino = fs.lookup(ROOT, "honest").unwrap().attr.ino;
     assert!(read_file(&fs, ino, 64 * 1024) == data, "served from memory");
     assert_eq!(
         fs.cache().stats.verified_blobs.load(Ordering::Relaxed),
         1,
         "a blob verified in memory is counted"
     );
-    let liar = fs.lookup(ROOT, "liar").unwrap().ino;
-    let fh = fs.open(liar, false).unwrap();
+    let liar = fs.lookup(ROOT, "liar").unwrap().attr.ino;
+    let fh = fs.open(liar, false).unwrap().fh;
     let err = fs.read(fh, 299_990, 1000).unwrap_err();
     assert_eq!(crate::fs::error::to_errno(&err), libc::EIO, "{err}");
 }
@@ -613,7 +613,7 @@ fn with_no_room_in_the_cache_a_whole_read_still_gets_the_digest_verdict() {
     // Read every 128 KiB piece, out of order (from the end backwards, as concurrent kernel
     // requests may land), and the piece at the end last: only that read can get the
     // verdict, and only if the unstored pieces were kept for the hash.
-    let fh = s.fs.open(s.inos[0], false).unwrap();
+    let fh = s.fs.open(s.inos[0], false).unwrap().fh;
     let step = 128 * 1024u64;
     let last = (size as u64 - 1) / step * step;
     let mut order: Vec<u64> = (0..last / step).rev().map(|k| k * step).collect();
@@ -632,8 +632,31 @@ fn with_no_room_in_the_cache_a_whole_read_still_gets_the_digest_verdict() {
     // The fault gone, a whole read is right and verified (while open: nothing is stored
     // to remember it by), still with no room.
     *s.mem.corrupt_at.lock().unwrap() = None;
-    let fh = s.fs.open(s.inos[0], false).unwrap();
+    let fh = s.fs.open(s.inos[0], false).unwrap().fh;
     assert!(read_through(&s.fs, fh, 128 * 1024) == s.data[0]);
     assert!(s.fs.reader().is_verified(&s.blobs[0]));
     s.fs.release(fh);
+}
+
+#[test]
+fn partial_blobs_held_open_stay_within_the_descriptor_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = crate::cache::OPEN_FILES * 2;
+    let sizes = vec![4 * BLOCK_SIZE as usize; n];
+    let s = setup(dir.path(), &sizes, |_, _| {});
+    // One block of each: every blob stays partial, so each has a sparse file and a map.
+    for (k, ino) in s.inos.iter().enumerate() {
+        let fh = s.fs.open(*ino, false).unwrap().fh;
+        let got = s.fs.read(fh, 0, 100).unwrap();
+        assert_eq!(got, &s.data[k][..100]);
+        s.fs.release(fh);
+    }
+    s.fs.wait_idle();
+    let open = s.fs.cache().open_files();
+    assert!(
+        (1..=crate::cache::OPEN_FILES).contains(&open),
+        "{open} partial blobs open after reading {n}"
+    );
+    // A blob whose files were closed reads back from disk.
+    assert_eq!(read_file(&s.fs, s.inos[0], 4096), s.data[0]);
 }

@@ -1,18 +1,29 @@
 //! The counters of a running mount: served as `.orasfs/stats.json` inside the mount and
 //! printed by `orasfs stats MOUNTPOINT`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use crate::fs::Fs;
+use crate::cache::BlobCache;
+use crate::source::HostTraffic;
+
+/// What the counters are made from; the filesystem gathers it.
+pub struct Inputs<'a> {
+    /// The source's name.
+    pub source: String,
+    pub cache: &'a BlobCache,
+    pub hosts: Vec<HostTraffic>,
+    /// Failed operations by kind.
+    pub errors: BTreeMap<&'static str, u64>,
+}
 
 /// The mount's counters as pretty JSON.
-pub fn snapshot(fs: &Fs) -> String {
-    let c = &fs.cache().stats;
+pub fn render(i: &Inputs) -> String {
+    let c = &i.cache.stats;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let errors = fs.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let v = serde_json::json!({
-        "source": fs.tree().source().name(),
+        "source": i.source,
         "registry": {
             "blob_requests": get(&c.fetch_requests),
             "blob_bytes": get(&c.fetched_bytes),
@@ -22,7 +33,7 @@ pub fn snapshot(fs: &Fs) -> String {
             "block_misses": get(&c.misses),
             "corrupt_blocks_refetched": get(&c.corrupt_blocks),
             "write_failures": get(&c.write_failures),
-            "bytes_on_disk": fs.cache().disk_usage(),
+            "bytes_on_disk": i.cache.disk_usage(),
             "evicted_blobs": get(&c.evicted_blobs),
             "evicted_bytes": get(&c.evicted_bytes),
             "blocks_not_stored_for_room": get(&c.store_refused),
@@ -36,8 +47,8 @@ pub fn snapshot(fs: &Fs) -> String {
             "failures": get(&c.integrity_failures),
             "block_failures": get(&c.block_failures),
         },
-        "hosts": fs.tree().source().traffic(),
-        "errors": errors,
+        "hosts": i.hosts,
+        "errors": i.errors,
     });
     let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
     s.push('\n');

@@ -9,8 +9,11 @@
 //! entered; a tag found to have moved gets a new inode, and the kernel is told to forget
 //! the old entry (see [`Tree::set_invalidator`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::BlobRef;
@@ -23,7 +26,8 @@ use crate::source::{
     valid_repo_name, valid_tag, FetchedManifest, Hosts, Reference, Source, VecSink,
 };
 
-pub type Ino = u64;
+pub use crate::fs::inodes::Ino;
+use crate::fs::inodes::Inodes;
 pub const ROOT: Ino = 1;
 /// `.orasfs/` at the root, hidden from listings.
 pub const CONTROL_DIR: Ino = 2;
@@ -134,13 +138,6 @@ impl Node {
     }
 }
 
-struct Entry {
-    node: Node,
-    parent: Ino,
-    /// Children known so far; for fixed directories (manifests) this is complete.
-    children: BTreeMap<String, Ino>,
-}
-
 /// Settings of the namespace.
 #[derive(Debug, Clone)]
 pub struct TreeConfig {
@@ -178,6 +175,14 @@ const CATALOG_FAILURE_MEMORY: Duration = Duration::from_secs(5);
 /// mount) that are not repositories are shown as namespaces: the kernel looks up `org`
 /// before `org/repo`, and only a catalog could say whether `org` leads anywhere.
 pub const PROVISIONAL_DEPTH: usize = 2;
+/// Manifests (and config times) kept by digest for reuse; each directory showing one also
+/// holds its own.
+const MAX_MANIFESTS: NonZeroUsize = match NonZeroUsize::new(if cfg!(test) { 64 } else { 4096 }) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+/// Attempts at a lookup whose inode is dropped before the kernel is given it.
+const MAX_LOOKUP_TRIES: usize = 8;
 /// Definite "no" answers kept before those past the TTL are dropped.
 const MAX_REMEMBERED_NO: usize = 10_000;
 /// Tags revalidated at once when a directory of entered tags is listed after the TTL.
@@ -247,8 +252,11 @@ type ReferrerListing = (Instant, Arc<Vec<(String, Descriptor)>>);
 pub struct Tree {
     source: Arc<dyn Source>,
     cfg: TreeConfig,
-    nodes: RwLock<Vec<Entry>>,
-    manifests: Mutex<HashMap<Digest, FetchedManifest>>,
+    /// The inode table; a directory's children are the names known so far (all of them
+    /// for directories whose content is fixed by a manifest).
+    nodes: Inodes<Node>,
+    /// Manifests by digest, the most recently used kept (a moved tag leaves its old one).
+    manifests: Mutex<LruCache<Digest, FetchedManifest>>,
     tags: Mutex<HashMap<String, Listing>>,
     resolved: Mutex<HashMap<(String, String), (Instant, Digest)>>,
     /// Catalogs by scope: the registry host in a multi-registry mount, else "".
@@ -257,7 +265,7 @@ pub struct Tree {
     /// repositories (`path`), and tags missing from their repository (`repo:tag`).
     absent: Mutex<HashMap<String, (Instant, No)>>,
     /// `created` of config blobs by digest (`None`: it has none).
-    created: Mutex<HashMap<Digest, Option<SystemTime>>>,
+    created: Mutex<LruCache<Digest, Option<SystemTime>>>,
     /// Serialises filling a tag directory's children.
     filling: Mutex<()>,
     invalidator: OnceLock<Invalidator>,
@@ -306,13 +314,13 @@ impl Tree {
         let tree = Self {
             source,
             cfg,
-            nodes: RwLock::new(Vec::new()),
-            manifests: Mutex::new(HashMap::new()),
+            nodes: Inodes::new(),
+            manifests: Mutex::new(LruCache::new(MAX_MANIFESTS)),
             tags: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
             catalog: Mutex::new(HashMap::new()),
             absent: Mutex::new(HashMap::new()),
-            created: Mutex::new(HashMap::new()),
+            created: Mutex::new(LruCache::new(MAX_MANIFESTS)),
             filling: Mutex::new(()),
             invalidator: OnceLock::new(),
             multi: matches!(root, RootKind::Hosts),
@@ -330,18 +338,11 @@ impl Tree {
                 tree.manifest_node(&repo, reference, fetched)?
             }
         };
-        tree.write().push(Entry {
-            node: root_node,
-            parent: ROOT,
-            children: BTreeMap::new(),
-        });
+        let root = tree.nodes.add_fixed(0, root_node);
         // The control directory is an orphan child of the root: it has the root as its
         // parent but is not in the root's listing.
-        tree.write().push(Entry {
-            node: Node::ControlDir,
-            parent: ROOT,
-            children: BTreeMap::new(),
-        });
+        let control = tree.nodes.add_fixed(ROOT, Node::ControlDir);
+        debug_assert_eq!((root, control), (ROOT, CONTROL_DIR));
         tree.add(CONTROL_DIR, "stats.json", Node::StatsFile);
         let root = tree.node(ROOT)?;
         tree.fill_fixed(ROOT, &root);
@@ -370,25 +371,29 @@ impl Tree {
         }
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Entry>> {
-        self.nodes.write().unwrap_or_else(|e| e.into_inner())
-    }
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Entry>> {
-        self.nodes.read().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The node behind an inode.
     pub fn node(&self, ino: Ino) -> Result<Node, FsError> {
-        let idx = ino.checked_sub(1).ok_or(FsError::NotFound)? as usize;
-        self.read()
-            .get(idx)
-            .map(|e| e.node.clone())
-            .ok_or(FsError::NotFound)
+        self.nodes.node(ino).ok_or(FsError::NotFound)
     }
 
     pub fn parent(&self, ino: Ino) -> Ino {
-        let idx = ino.saturating_sub(1) as usize;
-        self.read().get(idx).map_or(ROOT, |e| e.parent)
+        self.nodes.parent(ino).unwrap_or(ROOT)
+    }
+
+    /// The kernel forgets `n` lookups of `ino` (FUSE `forget`): an inode no name leads
+    /// to any more is dropped once none is left.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.nodes.forget(ino, n);
+    }
+
+    /// How many inodes the table holds.
+    pub fn inode_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// How many manifests are kept by digest.
+    pub fn manifest_count(&self) -> usize {
+        lock(&self.manifests).len()
     }
 
     fn warn_once(&self, key: String, msg: impl FnOnce() -> String) {
@@ -397,24 +402,28 @@ impl Tree {
         }
     }
 
-    fn add(&self, parent: Ino, name: &str, node: Node) -> Ino {
-        let mut nodes = self.write();
-        nodes.push(Entry {
-            node,
-            parent,
-            children: BTreeMap::new(),
-        });
-        let ino = nodes.len() as Ino;
-        if let Some(p) = nodes.get_mut(parent as usize - 1) {
-            p.children.insert(name.to_string(), ino);
-        }
-        ino
+    /// `name` in `parent`: the child already there, else a new inode for `node`.
+    /// `None` when `parent` itself was dropped meanwhile.
+    fn add(&self, parent: Ino, name: &str, node: Node) -> Option<Ino> {
+        self.nodes.add_or_keep(parent, name, node, |_| true)
+    }
+
+    /// `name` in `parent`: the child already there if `same` accepts it, else a new inode
+    /// for `node` in its place. Atomic, so racing lookups of one name agree.
+    fn add_unless(
+        &self,
+        parent: Ino,
+        name: &str,
+        node: Node,
+        same: impl FnOnce(&Node) -> bool,
+    ) -> Result<Ino, FsError> {
+        self.nodes
+            .add_or_keep(parent, name, node, same)
+            .ok_or(FsError::NotFound)
     }
 
     fn child(&self, parent: Ino, name: &str) -> Option<Ino> {
-        self.read()
-            .get(parent as usize - 1)
-            .and_then(|e| e.children.get(name).copied())
+        self.nodes.child(parent, name)
     }
 
     fn fetch_manifest(
@@ -435,7 +444,7 @@ impl Tree {
                     None => match self.source.manifest(repo, reference) {
                         Ok(m) => {
                             lock(&self.resolved).insert(key, (Instant::now(), m.digest.clone()));
-                            lock(&self.manifests).insert(m.digest.clone(), m.clone());
+                            lock(&self.manifests).put(m.digest.clone(), m.clone());
                             return Ok(m);
                         }
                         Err(e) if e.is_transient() => {
@@ -450,7 +459,7 @@ impl Tree {
             return Ok(m.clone());
         }
         let m = self.source.manifest(repo, &Reference::Digest(digest))?;
-        lock(&self.manifests).insert(m.digest.clone(), m.clone());
+        lock(&self.manifests).put(m.digest.clone(), m.clone());
         Ok(m)
     }
 
@@ -476,7 +485,7 @@ impl Tree {
                 .source
                 .manifest(repo, &Reference::Tag(tag.to_string()))
                 .map(|m| {
-                    lock(&self.manifests).insert(m.digest.clone(), m.clone());
+                    lock(&self.manifests).put(m.digest.clone(), m.clone());
                     m.digest
                 }),
             Err(e) => Err(e),
@@ -556,7 +565,7 @@ impl Tree {
         let created = serde_json::from_slice::<serde_json::Value>(&sink.bytes)
             .ok()
             .and_then(|v| parse_created(v.get("created")?.as_str()?));
-        lock(&self.created).insert(config.digest.clone(), created);
+        lock(&self.created).put(config.digest.clone(), created);
         Ok(created)
     }
 
@@ -622,16 +631,13 @@ impl Tree {
                 None => continue,
             };
             for d in dirs {
-                dir = match self.child(dir, d) {
-                    Some(c) => c,
-                    None => self.add(
-                        dir,
-                        d,
-                        Node::SubDir {
-                            manifest: m.clone(),
-                        },
-                    ),
+                let sub = Node::SubDir {
+                    manifest: m.clone(),
                 };
+                let Some(c) = self.add(dir, d, sub) else {
+                    return;
+                };
+                dir = c;
             }
             let hint = IndexHint::for_layer(&m.repo, &m.digest, layer, &image.layers);
             self.add(dir, file, blob(layer, Some(hint)));
@@ -655,16 +661,13 @@ impl Tree {
         };
         let mut dir = ino;
         for d in dirs {
-            dir = match self.child(dir, d) {
-                Some(c) => c,
-                None => self.add(
-                    dir,
-                    d,
-                    Node::SubDir {
-                        manifest: m.clone(),
-                    },
-                ),
+            let sub = Node::SubDir {
+                manifest: m.clone(),
             };
+            let Some(c) = self.add(dir, d, sub) else {
+                return;
+            };
+            dir = c;
         }
         let node = Node::Archive {
             blob: BlobRef {
@@ -709,9 +712,23 @@ impl Tree {
         crate::names::archive::helm_chart_name(&sink.bytes)
     }
 
-    /// Look up `name` in directory `parent`. When the source cannot answer, a name seen
+    /// Look up `name` in directory `parent` for the kernel, which then holds the inode
+    /// until it forgets it ([`Tree::forget`]). When the source cannot answer, a name seen
     /// before keeps its last known meaning.
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Ino, FsError> {
+        // The inode found may be dropped before it is held (a tag replaced and its old
+        // directory forgotten in between); then the name is looked up again.
+        for _ in 0..MAX_LOOKUP_TRIES {
+            let ino = self.find(parent, name)?;
+            if self.nodes.hold(ino) {
+                return Ok(ino);
+            }
+        }
+        Err(FsError::NotFound)
+    }
+
+    /// What `name` in `parent` is now.
+    fn find(&self, parent: Ino, name: &str) -> Result<Ino, FsError> {
         let node = self.node(parent)?;
         if !node.is_dir() {
             return Err(FsError::NotDir);
@@ -776,7 +793,7 @@ impl Tree {
             mtime: m.mtime,
             index,
         };
-        Ok(self.add(parent, name, node))
+        self.add(parent, name, node).ok_or(FsError::NotFound)
     }
 
     /// The manifest a tag directory shows, fetched (and its children made) when the
@@ -826,8 +843,28 @@ impl Tree {
         // An index that names itself (directly or in a cycle) just shows the same content
         // one level down; each level costs a lookup, so no loop runs unbounded.
         let fetched = self.fetch_manifest(&m.repo, &reference)?;
-        let node = self.manifest_node(&m.repo, reference, fetched)?;
-        let ino = self.add(parent, name, node.clone());
+        self.add_manifest(parent, name, &m.repo, reference, fetched)
+    }
+
+    /// A directory showing a manifest reached by digest: the one already at `name` when it
+    /// shows the same digest, else a new one. Filled whichever it is, so that a lookup
+    /// racing the one that made it does not answer before its files are there.
+    fn add_manifest(
+        &self,
+        parent: Ino,
+        name: &str,
+        repo: &str,
+        reference: Reference,
+        fetched: FetchedManifest,
+    ) -> Result<Ino, FsError> {
+        let digest = fetched.digest.clone();
+        let node = self.manifest_node(repo, reference, fetched)?;
+        let ino = self.add_unless(
+            parent,
+            name,
+            node.clone(),
+            |n| matches!(n, Node::Image(m) | Node::Index(m) if m.digest == digest),
+        )?;
         self.fill_fixed(ino, &node);
         Ok(ino)
     }
@@ -882,10 +919,7 @@ impl Tree {
             });
             return Err(FsError::NotFound);
         }
-        let node = self.manifest_node(&m.repo, reference, fetched)?;
-        let ino = self.add(parent, name, node.clone());
-        self.fill_fixed(ino, &node);
-        Ok(ino)
+        self.add_manifest(parent, name, &m.repo, reference, fetched)
     }
 
     /// Tags of a repository, from a listing no older than the TTL; the last listing while
@@ -1027,13 +1061,10 @@ impl Tree {
                 FsError::NotFound
             });
         }
-        Ok(self.add(
-            parent,
-            name,
-            Node::Namespace {
-                prefix: name.to_string(),
-            },
-        ))
+        let host = Node::Namespace {
+            prefix: name.to_string(),
+        };
+        self.add(parent, name, host).ok_or(FsError::NotFound)
     }
 
     /// A tag or `sha256:` digest inside a repository directory. A tag costs no request
@@ -1055,10 +1086,7 @@ impl Tree {
                     }
                 }
             }
-            let node = self.manifest_node(repo, reference, fetched)?;
-            let ino = self.add(parent, name, node.clone());
-            self.fill_fixed(ino, &node);
-            return Ok(ino);
+            return self.add_manifest(parent, name, repo, reference, fetched);
         }
         if !valid_tag(name) {
             return Err(FsError::NotFound);
@@ -1072,6 +1100,7 @@ impl Tree {
                 format!("{repo}: tag {name:?} hides the namespace {repo}/{name}; the tag wins")
             });
         }
+        let mut moved_to = None;
         if let Some(c) = self.child(parent, name) {
             if let Ok(Node::Tag(t)) = self.node(c) {
                 let Some(shown) = t.manifest() else {
@@ -1082,12 +1111,23 @@ impl Tree {
                     return Ok(c);
                 }
                 // The tag moved: a fresh inode, and the kernel forgets the old entry (it
-                // may hold it, and the files below it, for their whole TTL).
+                // may hold it, and the files below it, for their whole TTL). The old
+                // inode is dropped once the kernel has forgotten it.
                 log::info!("{repo}:{name} moved from {} to {now}", shown.digest);
                 self.invalidate(parent, name);
+                moved_to = Some(now);
             }
         }
-        Ok(self.add(parent, name, Node::Tag(Arc::new(TagNode::new(repo, name)))))
+        let fresh = Node::Tag(Arc::new(TagNode::new(repo, name)));
+        // A tag directory another lookup made meanwhile is kept, unless it still shows
+        // where the tag was before it moved.
+        self.add_unless(parent, name, fresh, |n| match n {
+            Node::Tag(t) => match (t.manifest(), &moved_to) {
+                (Some(shown), Some(now)) => shown.digest == *now,
+                _ => true,
+            },
+            _ => false,
+        })
     }
 
     /// Ask the source whether a tag missing from the listing exists (pushed since): a
@@ -1203,12 +1243,10 @@ impl Tree {
         if !self.valid_path(&path) || self.path_kind(&path)? == PathKind::Absent {
             return Err(FsError::NotFound);
         }
-        if let Some(c) = self.child(parent, name) {
-            if matches!(self.node(c), Ok(Node::Namespace { .. })) {
-                return Ok(c);
-            }
-        }
-        Ok(self.add(parent, name, Node::Namespace { prefix: path }))
+        let namespace = Node::Namespace { prefix: path };
+        self.add_unless(parent, name, namespace, |n| {
+            matches!(n, Node::Namespace { .. })
+        })
     }
 
     /// The entries of a directory: `(name, ino, is_dir)`.
@@ -1261,7 +1299,7 @@ impl Tree {
         };
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            match self.lookup(ino, &name) {
+            match self.find(ino, &name) {
                 Ok(c) => out.push((name, c, self.node(c).map(|n| n.is_dir()).unwrap_or(true))),
                 Err(e) => log::warn!("skipping {name:?} in listing: {e}"),
             }
@@ -1274,15 +1312,12 @@ impl Tree {
     /// such lookup would otherwise ask the registry on its own, one round trip after
     /// another. Failures are left for the lookups to report.
     fn revalidate_entered(&self, ino: Ino) {
+        let children = self.nodes.children(ino);
         let stale: Vec<(String, String)> = {
-            let nodes = self.read();
             let resolved = lock(&self.resolved);
-            let Some(e) = nodes.get(ino as usize - 1) else {
-                return;
-            };
-            e.children
-                .values()
-                .filter_map(|c| match &nodes.get(*c as usize - 1)?.node {
+            children
+                .iter()
+                .filter_map(|(_, _, node)| match node {
                     Node::Tag(t) if t.manifest().is_some() => {
                         let key = (t.repo.clone(), t.tag.clone());
                         let fresh = resolved
@@ -1328,29 +1363,16 @@ impl Tree {
     }
 
     fn fixed_children(&self, ino: Ino) -> Vec<(String, Ino, bool)> {
-        let nodes = self.read();
-        let Some(e) = nodes.get(ino as usize - 1) else {
-            return Vec::new();
-        };
-        e.children
-            .iter()
-            .filter_map(|(n, c)| {
-                let child = nodes.get(*c as usize - 1);
-                // `.referrers/` and blobs by digest are looked up by name only.
-                match child {
-                    Some(Entry {
-                        node: Node::Referrers(_),
-                        ..
-                    }) => return None,
-                    Some(Entry {
-                        node: Node::Blob { desc, .. },
-                        ..
-                    }) if by_digest(n, desc) => return None,
-                    _ => {}
-                }
-                let is_dir = child.map(|e| e.node.is_dir()).unwrap_or(false);
-                Some((n.clone(), *c, is_dir))
+        self.nodes
+            .children(ino)
+            .into_iter()
+            // `.referrers/` and blobs by digest are looked up by name only.
+            .filter(|(name, _, node)| match node {
+                Node::Referrers(_) => false,
+                Node::Blob { desc, .. } => !by_digest(name, desc),
+                _ => true,
             })
+            .map(|(name, c, node)| (name, c, node.is_dir()))
             .collect()
     }
 
@@ -1391,22 +1413,12 @@ impl Tree {
         lock(&self.catalog).clear();
         lock(&self.referrers).clear();
         lock(&self.absent).clear();
-        let entries: Vec<(Ino, String)> = self
-            .read()
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| {
-                matches!(
-                    e.node,
-                    Node::Namespace { .. } | Node::Repo { .. } | Node::Hosts | Node::Referrers(_)
-                )
-            })
-            .flat_map(|(i, e)| {
-                e.children
-                    .keys()
-                    .map(move |name| (i as Ino + 1, name.clone()))
-            })
-            .collect();
+        let entries = self.nodes.names_in(|n| {
+            matches!(
+                n,
+                Node::Namespace { .. } | Node::Repo { .. } | Node::Hosts | Node::Referrers(_)
+            )
+        });
         for (parent, name) in entries {
             self.invalidate(parent, &name);
         }

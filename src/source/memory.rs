@@ -48,11 +48,21 @@ pub struct MemorySource {
     pub refuse_unknown: AtomicBool,
     /// Tag digests asked for without the manifest (HEAD requests).
     pub head_requests: AtomicU64,
+    /// Answer tag listings and manifests this many milliseconds late, as a registry across
+    /// a network does (tests of races between lookups).
+    pub metadata_delay_ms: AtomicU64,
 }
 
 impl MemorySource {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn delay(&self) {
+        let ms = self.metadata_delay_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -94,13 +104,6 @@ impl MemorySource {
             tags.insert(t.to_string(), digest.clone());
         }
         digest
-    }
-
-    /// Remove a tag.
-    pub fn untag(&self, repo: &str, tag: &str) {
-        if let Some(tags) = self.store().repos.get_mut(repo) {
-            tags.remove(tag);
-        }
     }
 
     fn metadata_check(&self) -> Result<(), SourceError> {
@@ -145,6 +148,7 @@ impl Source for MemorySource {
 
     fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
         self.tag_requests.fetch_add(1, Ordering::Relaxed);
+        self.delay();
         self.metadata_check()?;
         self.store()
             .repos
@@ -155,6 +159,7 @@ impl Source for MemorySource {
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
+        self.delay();
         self.metadata_check()?;
         let not_found = || self.missing(reference.qualify(repo));
         let digest = match reference {
