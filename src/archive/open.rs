@@ -319,9 +319,12 @@ impl Archive {
         }
         let index = builder.finish(stream_len);
         match &end {
-            End::Garbage(why) if index.is_empty() => {
+            End::Garbage(why) | End::Truncated(why) if index.is_empty() => {
                 if let Some((_, WindowSink::File(_, p))) = &gz {
                     let _ = std::fs::remove_file(p);
+                }
+                if let (Some(Decoded::File(_)), Some(d)) = (&zstd, dir) {
+                    let _ = std::fs::remove_file(store::dec_path(d, digest));
                 }
                 return Err(ArchiveError::NotTar(why.clone()));
             }

@@ -432,6 +432,11 @@ pub fn index_stream(
     }
     match listed.and_then(|a| publish(&a, size)) {
         Ok(p) => Some(p),
+        // ORAS pushes plain files as `…layer.v1.tar` too: not being a tar is no news.
+        Err(e @ ArchiveError::NotTar(_)) => {
+            log::debug!("{digest}: no archive index ({e})");
+            None
+        }
         Err(e) => {
             log::warn!("{digest}: no archive index ({e})");
             None
