@@ -255,8 +255,10 @@ fn a_plain_tar_member_is_read_as_a_range() {
     assert_eq!(names(&m.join("big")).len(), 17);
     reg.settle();
     let listed = reg.bytes_served_for(&hex);
+    // 18 headers, each read as (at most two of) the read path's 16 KiB blocks; no
+    // member data.
     assert!(
-        listed < (blob_len / 2) as u64,
+        listed <= 18 * 32 * 1024,
         "listing fetched {listed} of {blob_len} bytes"
     );
     assert!(fs::read(m.join("big/part07-target")).unwrap() == target);

@@ -31,10 +31,12 @@ impl Default for Limits {
     }
 }
 
-/// Plain-tar header reads are batched into reads of this size; when headers come close
-/// together (small members), into reads of `DENSE_BATCH`, since nearly every byte is
-/// fetched anyway and fewer, larger requests list faster.
-const HEADER_BATCH: u32 = 64 * 1024;
+/// Plain-tar headers: when they come close together (the last skip was under
+/// `DENSE_GAP`: small members), they are read in batches of `DENSE_BATCH`, since nearly
+/// every byte is fetched anyway and fewer, larger requests list faster; when members are
+/// larger, each header is read alone, as the rest of the read path's block it lies in, so
+/// that member data is not fetched to list the archive.
+const DENSE_GAP: u64 = 64 * 1024;
 const DENSE_BATCH: u32 = 4 << 20;
 
 /// A listed archive.
@@ -139,6 +141,8 @@ struct PlainStream<'a> {
     blob: &'a dyn BlobBytes,
     buf: Vec<u8>,
     base: u64,
+    /// The end of the last range the walk asked for.
+    asked_end: Option<u64>,
 }
 
 impl TarStream for PlainStream<'_> {
@@ -149,12 +153,22 @@ impl TarStream for PlainStream<'_> {
         }
         let have = pos >= self.base && end <= self.base + self.buf.len() as u64;
         if !have {
-            let dense = pos >= self.base && pos - self.base < DENSE_BATCH as u64 / 2;
-            let batch = if dense { DENSE_BATCH } else { HEADER_BATCH };
+            // The member data the walk just skipped predicts the next skips.
+            // (Nothing known at the start: one block, which holds several small headers.)
+            let dense = self
+                .asked_end
+                .is_some_and(|e| pos.saturating_sub(e) < DENSE_GAP);
+            let block = crate::cache::block::BLOCK_SIZE;
+            let batch = if dense {
+                DENSE_BATCH
+            } else {
+                (block - pos % block) as u32
+            };
             let want = (out.len() as u32).max(batch);
             self.buf = self.blob.read_at(pos, want)?;
             self.base = pos;
         }
+        self.asked_end = Some(end);
         let from = (pos - self.base) as usize;
         let n = ((end - pos) as usize).min(self.buf.len().saturating_sub(from));
         out[..n].copy_from_slice(&self.buf[from..from + n]);
@@ -304,6 +318,7 @@ impl Archive {
                 blob,
                 buf: Vec::new(),
                 base: 0,
+                asked_end: None,
             };
             (walk(&mut s, &mut builder)?, Some(blob.size()), None)
         };
