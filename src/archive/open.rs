@@ -38,7 +38,7 @@ impl Default for Limits {
 /// next one's offset), so each lone header costs a round trip: reading 1 MiB through
 /// takes about as long as one request on loopback, and on a slower link a round trip
 /// costs more bytes still. Measured (docs/benchmarks.md): 2,000 members of 100 KiB read
-/// header by header fetched 31 MiB instead of 200 but took 10.4 s instead of 3.2 s.
+/// header by header fetched 31 MiB instead of 200 but took 10.4 s instead of 2.2 s.
 const DENSE_GAP: u64 = 1 << 20;
 const DENSE_BATCH: u32 = 4 << 20;
 
