@@ -329,7 +329,7 @@ impl Source for FleetSource {
             m.traffic.count(relay.received);
             match r {
                 Ok(()) => return Ok(()),
-                Err(e @ SourceError::Io { .. }) => return Err(e),
+                Err(e @ SourceError::Sink { .. }) => return Err(e),
                 Err(e) => self.failed(m, &format!("blob {digest}"), &e),
             }
             if relay.done() {
