@@ -12,6 +12,10 @@ and measures, cold then warm:
 - read: reading the 1 MiB member in the middle;
 - the registry's bytes for each (from its log).
 
+Then `orasfs index` publishes each layer's archive index, and the orasfs view is measured
+once more on an empty cache ("indexed"): bytes are every blob byte the registry served
+(the archive index's head and windows, and the member's compressed span).
+
 Cold: a fresh orasfs cache, no ratarmount index, page caches dropped. Warm: new mounts
 over the same orasfs cache and the ratarmount index the cold run left, page caches
 dropped. Needs: docker-registry, ratarmount (pip), a release build of orasfs.
@@ -132,6 +136,24 @@ def case(reg, work, source, digest, member, files, kind, temperature, cache, rin
     return rows
 
 
+def indexed(reg, work, source, member, files, kind):
+    """The orasfs view on an empty cache, with an archive index from `orasfs index`."""
+    drop_caches()
+    cache = tempfile.mkdtemp(prefix="cache-indexed-", dir=work)
+    before = reg.bytes_served("")  # every blob GET
+    m = run.Mount(source, cache, work)
+    try:
+        t_list, n = timed(lambda: find_files(os.path.join(m.mnt, "data")))
+        assert n == files, f"orasfs listed {n} files"
+        listed = reg.bytes_served("")
+        t_read, got = timed(lambda: read_file(os.path.join(m.mnt, member)))
+        assert got == 1 << 20
+        read = reg.bytes_served("")
+    finally:
+        m.close()
+    return ("orasfs view", kind, "indexed, empty", t_list, listed - before, t_read, read - listed)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=2000)
@@ -162,6 +184,8 @@ def main():
             for temperature in ["cold", "warm"]:
                 rows += case(reg, work, source, digest, member, args.files, kind, temperature,
                              cache, rindex)
+            subprocess.run([run.BIN, "index", source], check=True, stdout=subprocess.DEVNULL)
+            rows.append(indexed(reg, work, source, member, args.files, kind))
     finally:
         for m in list(run.OPEN_MOUNTS):
             m.close()

@@ -256,7 +256,7 @@ pub fn archive(data: &[u8]) {
         );
         match n.kind {
             NodeKind::File if read < 16 << 20 => {
-                let r = a.reader(id).expect("a file has a reader");
+                let r = a.reader(id, 0).expect("a file has a reader");
                 if let Ok(bytes) = a.read(&blob, &r, 0, 65536) {
                     assert!(bytes.len() as u64 <= n.size.min(65536));
                     read += bytes.len() as u64;
@@ -268,6 +268,7 @@ pub fn archive(data: &[u8]) {
     }
     let stored = Stored {
         gzip: false,
+        zstd: false,
         blob_size: data.len() as u64,
         index: idx.clone(),
         points: Vec::new(),

@@ -121,6 +121,15 @@ if r.status_code not in (200, 201):
     );
     let digest = xattr(&m.join("mydir/a.txt"), "user.orasfs.layer").expect("layer xattr");
     assert_eq!(digest, sha256(&raw));
+    // The raw blob is also reachable by its digest path (looked up, not listed).
+    assert!(
+        fs::read(m.join(&digest)).unwrap() == raw,
+        "{digest} is not the raw blob"
+    );
+    assert!(
+        !names(m.path()).contains(&digest),
+        "the digest path is listed"
+    );
     assert!(xattr(&m.join("mydir/a.txt"), "user.orasfs.offset").is_some());
     drop(m);
 
@@ -228,8 +237,10 @@ fn a_plain_tar_member_is_read_as_a_range() {
     assert_eq!(names(&m.join("big")).len(), 17);
     reg.settle();
     let listed = reg.bytes_served_for(&hex);
+    // 18 headers, each read as (at most two of) the read path's 16 KiB blocks; no
+    // member data.
     assert!(
-        listed < (blob_len / 2) as u64,
+        listed <= 18 * 32 * 1024,
         "listing fetched {listed} of {blob_len} bytes"
     );
     assert!(fs::read(m.join("big/part07-target")).unwrap() == target);
@@ -266,16 +277,7 @@ fn a_fresh_mount_reads_a_tar_gz_member_from_its_nearest_checkpoint() {
     assert_eq!(names(&m.join("gz")).len(), 24);
     drop(m);
     // Keep the archive index, drop the blob's cached bytes: the next mount must fetch.
-    let root = find_dir(cache.path(), "archives")
-        .and_then(|a| a.parent().map(Path::to_path_buf))
-        .expect("an archives directory in the cache");
-    for entry in fs::read_dir(&root).unwrap() {
-        let p = entry.unwrap().path();
-        if p.file_name().is_some_and(|n| n != "archives") && p.is_dir() {
-            fs::remove_dir_all(&p).unwrap();
-            fs::create_dir_all(&p).unwrap();
-        }
-    }
+    drop_cached_blobs(cache.path());
     reg.settle();
     let before = reg.bytes_served_for(&hex);
     let m = Mount::start_with_cache(&source, cache.path(), &[]).expect("mount again");
@@ -300,6 +302,20 @@ fn a_fresh_mount_reads_a_tar_gz_member_from_its_nearest_checkpoint() {
         "read {read} bytes of a {}-byte blob for one member",
         blob.len()
     );
+}
+
+/// Empty every directory of the cache but `archives/`: blob bytes go, archive indexes stay.
+fn drop_cached_blobs(cache: &Path) {
+    let root = find_dir(cache, "archives")
+        .and_then(|a| a.parent().map(Path::to_path_buf))
+        .expect("an archives directory in the cache");
+    for entry in fs::read_dir(&root).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().is_some_and(|n| n != "archives") && p.is_dir() {
+            fs::remove_dir_all(&p).unwrap();
+            fs::create_dir_all(&p).unwrap();
+        }
+    }
 }
 
 /// The first directory named `name` under `dir`.
@@ -398,31 +414,326 @@ fn hostile_archives_stay_inside_their_directory() {
 }
 
 #[test]
-fn a_gzip_bomb_gives_eio_quickly() {
+fn gzip_and_zstd_bombs_give_eio_quickly() {
     let reg = Registry::start();
     let work = tempfile::tempdir().unwrap();
     let d = work.path().join("bomb");
     fs::create_dir_all(&d).unwrap();
     fs::write(d.join("zeros"), vec![0u8; 300 * MIB]).unwrap();
-    let blob = tar(work.path(), &["bomb"], true);
+    let gz = tar(work.path(), &["bomb"], true);
+    tar(work.path(), &["bomb"], false);
     fs::remove_file(d.join("zeros")).unwrap();
-    assert!(blob.len() < 2 * MIB, "{}", blob.len());
-    reg.push_layers(
-        "hostile/bomb",
-        Some("v1"),
-        vec![LayerSpec::titled("bomb", blob)
-            .media_type(TAR_GZ)
-            .annotation(UNPACK, "true")],
-    );
-    let m = Mount::start(&format!("{}/hostile/bomb:v1", reg.addr()), &[]).expect("mount");
-    let started = std::time::Instant::now();
-    let list = || fs::read_dir(m.join("bomb")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
-    assert_eq!(errno_of(list()), Some(libc_eio()));
-    assert_eq!(errno_of(list()), Some(libc_eio()), "a second listing");
-    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
-    assert!(m.join("bomb.tar.gz").is_file());
+    let plain = fs::File::open(work.path().join("out.tar")).unwrap();
+    let mut zst = Vec::new();
+    zstd::stream::copy_encode(plain, &mut zst, 3).unwrap();
+    for (blob, media_type, raw) in [
+        (gz, TAR_GZ, "bomb.tar.gz"),
+        (
+            zst,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "bomb.tar.zst",
+        ),
+    ] {
+        assert!(blob.len() < 2 * MIB, "{}", blob.len());
+        reg.push_layers(
+            "hostile/bomb",
+            Some("v1"),
+            vec![LayerSpec::titled("bomb", blob)
+                .media_type(media_type)
+                .annotation(UNPACK, "true")],
+        );
+        let m = Mount::start(&format!("{}/hostile/bomb:v1", reg.addr()), &[]).expect("mount");
+        let started = std::time::Instant::now();
+        let list = || fs::read_dir(m.join("bomb")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+        assert_eq!(errno_of(list()), Some(libc_eio()), "{media_type}");
+        assert_eq!(errno_of(list()), Some(libc_eio()), "a second listing");
+        assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+        assert!(m.join(raw).is_file());
+    }
 }
 
 fn libc_eio() -> i32 {
     5
+}
+
+/// Bytes the registry wrote for every blob GET so far.
+fn blob_bytes_served(reg: &Registry) -> u64 {
+    reg.requests()
+        .iter()
+        .filter(|v| v["http.request.method"] == "GET")
+        .filter(|v| {
+            v["http.request.uri"]
+                .as_str()
+                .is_some_and(|u| u.contains("/blobs/"))
+        })
+        .map(|v| v["http.response.written"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// `orasfs index ARGS`, which must succeed.
+fn orasfs_index(args: &[&str]) {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orasfs"))
+        .arg("index")
+        .args(args)
+        .env("HOME", home.path())
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .expect("run orasfs index");
+    assert!(
+        out.status.success(),
+        "orasfs index {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn with_a_published_archive_index_an_empty_cache_lists_a_tar_gz_from_a_fraction_of_it() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("big");
+    fs::create_dir_all(&d).unwrap();
+    // 64 MiB of incompressible members, 2 MiB each.
+    let files: Vec<Vec<u8>> = (0..32).map(|i| random_bytes(2 * MIB, 300 + i)).collect();
+    for (i, f) in files.iter().enumerate() {
+        fs::write(d.join(format!("m{i:02}")), f).unwrap();
+    }
+    let blob = tar(work.path(), &["big"], true);
+    let blob_len = blob.len() as u64;
+    let pushed = reg.push_layers(
+        "lazy/indexed",
+        Some("v1"),
+        vec![LayerSpec::titled("big", blob)
+            .media_type(TAR_GZ)
+            .annotation(UNPACK, "true")],
+    );
+    let hex = hex_of(&pushed.layers[0].0).to_string();
+    let source = format!("{}/lazy/indexed:v1", reg.addr());
+    for (mode, args) in [("referrer", vec![source.as_str()]), ("embedded", vec![])] {
+        let mount_src = if args.is_empty() {
+            orasfs_index(&["--embed", "--tag", "v1-embedded", &source]);
+            format!("{}/lazy/indexed:v1-embedded", reg.addr())
+        } else {
+            orasfs_index(&args);
+            source.clone()
+        };
+        reg.settle();
+        let (before_all, before_data) = (blob_bytes_served(&reg), reg.bytes_served_for(&hex));
+        let cache = tempfile::tempdir().unwrap();
+        let m = Mount::start_with_cache(&mount_src, cache.path(), &[]).expect("mount");
+        let mut listed = names(&m.join("big"));
+        listed.sort();
+        assert_eq!(listed.len(), 32, "{mode}: {listed:?}");
+        reg.settle();
+        let listing = blob_bytes_served(&reg) - before_all;
+        assert_eq!(
+            reg.bytes_served_for(&hex),
+            before_data,
+            "{mode}: listing read the data blob\n{}",
+            m.stderr()
+        );
+        assert!(
+            (listing as f64) < 0.05 * blob_len as f64,
+            "{mode}: listing fetched {listing} bytes of a {blob_len}-byte blob"
+        );
+        // One member: its compressed span from the nearest checkpoint, and one window.
+        let got = fs::read(m.join("big/m20")).unwrap();
+        assert!(got == files[20], "{mode}: m20 differs");
+        reg.settle();
+        let read = blob_bytes_served(&reg) - before_all - listing;
+        assert!(
+            read <= 4 * MIB as u64,
+            "{mode}: reading a 2 MiB member fetched {read} bytes"
+        );
+        eprintln!(
+            "{mode}: listing {listing} bytes ({:.3}% of {blob_len}); member read {read} bytes",
+            100.0 * listing as f64 / blob_len as f64
+        );
+    }
+}
+
+#[test]
+fn a_member_open_when_its_blob_fails_the_digest_check_fails_from_then_on() {
+    use std::os::unix::fs::FileExt;
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("bad");
+    fs::create_dir_all(&d).unwrap();
+    let a = random_bytes(4 * MIB, 400);
+    fs::write(d.join("a.bin"), &a).unwrap();
+    fs::write(d.join("b.bin"), random_bytes(4 * MIB, 401)).unwrap();
+    let blob = tar(work.path(), &["bad"], false);
+    let pushed = reg.push_layers(
+        "bad/tar",
+        Some("v1"),
+        vec![LayerSpec::titled("bad", blob.clone())
+            .media_type(TAR)
+            .annotation(UNPACK, "true")],
+    );
+    // The registry now serves one wrong byte inside b.bin (its blob file is changed in
+    // place; docker-registry does not check what it serves).
+    let hex = hex_of(&pushed.layers[0].0).to_string();
+    let stored = reg.blob_data_path(&hex);
+    let mut bytes = fs::read(&stored).unwrap();
+    let at = bytes.len() - 2 * MIB;
+    bytes[at] ^= 0xff;
+    fs::write(&stored, &bytes).unwrap();
+
+    let m = Mount::start(&format!("{}/bad/tar:v1", reg.addr()), &[]).expect("mount");
+    let member = fs::File::open(m.join("bad/a.bin")).unwrap();
+    let mut first = vec![0u8; 4096];
+    member.read_exact_at(&mut first, 0).unwrap();
+    assert_eq!(first, a[..4096], "a.bin's first bytes");
+    // Reading the whole raw blob completes its digest check, which fails.
+    let whole = fs::read(m.join("bad.tar"));
+    assert!(whole.is_err(), "a blob with a wrong byte was read whole");
+    // The member opened before the failure refuses every later read, also of bytes
+    // that are right.
+    let mut later = vec![0u8; 4096];
+    let r = member.read_exact_at(&mut later, 3 * MIB as u64 + 12_288);
+    assert_eq!(
+        errno_of(r),
+        Some(libc_eio()),
+        "the open member kept serving after its blob failed its digest check"
+    );
+}
+
+/// `bytes_on_disk` of the mount's `.orasfs/stats.json`: what the cache accounts for.
+fn accounted(m: &Mount) -> u64 {
+    let s = fs::read(m.join(".orasfs/stats.json")).expect("stats.json");
+    let v: serde_json::Value = serde_json::from_slice(&s).unwrap();
+    v["cache"]["bytes_on_disk"]
+        .as_u64()
+        .or_else(|| v["bytes_on_disk"].as_u64())
+        .unwrap_or_else(|| panic!("no bytes_on_disk in {v}"))
+}
+
+/// Bytes of the files (as allocated) under `dir`, leaving out `tmp/`.
+fn allocated_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let meta = fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() && p.file_name().is_some_and(|n| n != "tmp") {
+            total += allocated_under(&p);
+        } else if meta.is_file() {
+            total += (meta.blocks() * 512).min(meta.len());
+        }
+    }
+    total
+}
+
+#[test]
+fn archive_index_files_count_against_the_cache_size() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("counted");
+    fs::create_dir_all(&d).unwrap();
+    for i in 0..24 {
+        fs::write(d.join(format!("f{i:02}")), random_bytes(MIB, 500 + i)).unwrap();
+    }
+    let blob = tar(work.path(), &["counted"], true);
+    reg.push_layers(
+        "counted/gz",
+        Some("v1"),
+        vec![LayerSpec::titled("counted", blob)
+            .media_type(TAR_GZ)
+            .annotation(UNPACK, "true")],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let source = format!("{}/counted/gz:v1", reg.addr());
+    let args = ["--cache-size", "256MiB"];
+    let m = Mount::start_with_cache(&source, cache.path(), &args).expect("mount");
+    assert_eq!(names(&m.join("counted")).len(), 24);
+    let archives = find_dir(cache.path(), "archives").expect("an archives directory");
+    let index_bytes = allocated_under(&archives);
+    assert!(index_bytes > 512 * 1024, "index files: {index_bytes} bytes");
+    let root = archives.parent().unwrap().to_path_buf();
+    // What the cache accounts for is what it holds, index files included.
+    let (held, counted) = (allocated_under(&root), accounted(&m));
+    let slack = 64 * 1024;
+    assert!(
+        counted + slack >= held && counted <= held + slack,
+        "the cache accounts {counted} bytes and holds {held} ({index_bytes} in archive indexes)"
+    );
+    drop(m);
+    // A new mount over the same cache counts them from its scan.
+    let m = Mount::start_with_cache(&source, cache.path(), &args).expect("mount again");
+    let (held, counted) = (allocated_under(&root), accounted(&m));
+    assert!(
+        counted + slack >= held && counted <= held + slack,
+        "after a remount the cache accounts {counted} bytes and holds {held}"
+    );
+}
+
+#[test]
+fn a_tar_zstd_layer_is_unpacked_and_its_decompressed_tar_kept_in_the_cache() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("z");
+    fs::create_dir_all(d.join("sub")).unwrap();
+    let files: Vec<Vec<u8>> = (0..12).map(|i| random_bytes(MIB, 600 + i)).collect();
+    for (i, f) in files.iter().enumerate() {
+        fs::write(d.join(format!("sub/f{i:02}")), f).unwrap();
+    }
+    fs::write(d.join("small.txt"), b"zstd\n").unwrap();
+    // Two frames, as a multi-threaded or concatenating writer makes.
+    let plain = tar(work.path(), &["z"], false);
+    let half = plain.len() / 2;
+    let mut blob = zstd::encode_all(&plain[..half], 3).unwrap();
+    blob.extend(zstd::encode_all(&plain[half..], 3).unwrap());
+    let pushed = reg.push_layers(
+        "zstd/z",
+        Some("v1"),
+        vec![LayerSpec::titled("z", blob)
+            .media_type("application/vnd.oci.image.layer.v1.tar+zstd")
+            .annotation(UNPACK, "true")],
+    );
+    let hex = hex_of(&pushed.layers[0].0).to_string();
+    let source = format!("{}/zstd/z:v1", reg.addr());
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::start_with_cache(&source, cache.path(), &[]).expect("mount");
+    assert_eq!(fs::read(m.join("z/small.txt")).unwrap(), b"zstd\n");
+    assert_eq!(names(&m.join("z/sub")).len(), 12);
+    assert!(
+        fs::read(m.join("z/sub/f07")).unwrap() == files[7],
+        "f07 differs"
+    );
+    assert!(m.join("z.tar.zst").is_file());
+    drop(m);
+    // A new mount over the same cache, with the blob's cached bytes gone: listing and
+    // reading come from the kept index and decompressed tar, with no blob bytes fetched.
+    drop_cached_blobs(cache.path());
+    reg.settle();
+    let before = reg.bytes_served_for(&hex);
+    let m = Mount::start_with_cache(&source, cache.path(), &[]).expect("mount again");
+    assert!(
+        fs::read(m.join("z/sub/f11")).unwrap() == files[11],
+        "f11 differs"
+    );
+    reg.settle();
+    assert_eq!(
+        reg.bytes_served_for(&hex),
+        before,
+        "a member of a listed tar+zstd was fetched again"
+    );
+    drop(m);
+    // Without room for the decompressed tar, members are decompressed from the blob.
+    let tight = tempfile::tempdir().unwrap();
+    let m = Mount::start_with_cache(&source, tight.path(), &["--cache-size", "1MiB"])
+        .expect("mount with a tight cache");
+    assert!(
+        fs::read(m.join("z/sub/f03")).unwrap() == files[3],
+        "f03 differs"
+    );
+    assert!(
+        fs::read(m.join("z/sub/f10")).unwrap() == files[10],
+        "f10 differs"
+    );
+    let kept = find_dir(tight.path(), "archives").map(|a| allocated_under(&a));
+    assert!(
+        kept.unwrap_or(0) <= MIB as u64,
+        "{kept:?} bytes kept under a 1 MiB cap"
+    );
 }

@@ -102,12 +102,21 @@ fn index_and_attach(
     };
     dest.check_writable().map_err(|e| e.to_string())?;
     let mut indexed: Vec<Indexed> = Vec::new();
-    for layer in m.layers.iter().filter(|l| l.media_type != MEDIA_TYPE) {
+    let data = |l: &&crate::oci::Descriptor| {
+        l.media_type != MEDIA_TYPE && !crate::archive::remote::is_archive_index(l)
+    };
+    for layer in m.layers.iter().filter(data) {
         if indexed.iter().any(|i| i.layer == layer.digest) {
             continue;
         }
         let started = Instant::now();
-        let index = build::index_layer(source, repo, layer, args.block_size)
+        // A tar-family layer also gets its member table and gzip checkpoints, listed
+        // from the same stream.
+        let list = |rx| crate::archive::remote::index_stream(&layer.digest, layer.size, rx);
+        let side = crate::names::archive::tar_family(&layer.media_type)
+            .is_some()
+            .then_some(&list as build::SideIndex<'_>);
+        let (index, archive) = build::index_layer(source, repo, layer, args.block_size, side)
             .map_err(|e| format!("{what}: {e}"))?;
         let took = started.elapsed().as_secs_f64();
         eprintln!(
@@ -118,9 +127,18 @@ fn index_and_attach(
             index.digest,
             index.bytes.len()
         );
+        if let Some(a) = &archive {
+            eprintln!(
+                "{}: archive index {} ({} bytes)",
+                layer.digest,
+                Digest::of(&a.bytes),
+                a.bytes.len()
+            );
+        }
         indexed.push(Indexed {
             layer: layer.digest.clone(),
             index,
+            archive,
         });
     }
     if indexed.is_empty() {
@@ -130,6 +148,10 @@ fn index_and_attach(
     for i in &indexed {
         dest.put_blob(&i.index.digest, &i.index.bytes)
             .map_err(push)?;
+        if let Some(a) = &i.archive {
+            dest.put_blob(&Digest::of(&a.bytes), &a.bytes)
+                .map_err(push)?;
+        }
     }
     let media_type = m.media_type.as_deref().unwrap_or(OCI_MANIFEST);
     if args.embed {

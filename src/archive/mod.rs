@@ -5,17 +5,22 @@
 //!   they and their directories are named.
 //! - [`tar`] reads tar headers; [`index`] turns them into a safe directory tree.
 //! - [`gzip`] inflates with checkpoints, so a member is read from the nearest one.
+//! - [`zst`] decompresses tar+zstd once, keeping the decompressed tar in the cache.
 //! - [`store`] keeps member tables and checkpoints in the cache directory, so a new mount
 //!   over the same cache lists an archive without reading it again.
+//! - [`remote`] is the archive index `orasfs index` publishes beside the block index, so
+//!   that an empty cache lists an archive from the registry without reading the blob.
 //! - [`open`] ties them together: [`Archive`] lists an archive and reads its members
 //!   through [`BlobBytes`], random access to a blob's bytes.
 
 pub mod gzip;
 pub mod index;
 pub mod open;
+pub mod remote;
 pub mod store;
 pub mod tar;
 pub mod view;
+pub mod zst;
 
 pub use crate::names::archive::UnpackMode;
 pub use open::{Archive, MemberReader};
@@ -38,8 +43,8 @@ pub enum ArchiveError {
     Hostile(String),
     #[error("stored archive index: {0}")]
     BadIndex(String),
-    #[error("zstd archives are not unpacked")]
-    Unsupported,
+    #[error("zstd: {0}")]
+    Zstd(String),
 }
 
 /// Random access to one blob's bytes.
@@ -48,6 +53,11 @@ pub trait BlobBytes {
     fn size(&self) -> u64;
     /// Up to `len` bytes at `offset` (fewer only at the end of the blob).
     fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, ArchiveError>;
+    /// How often the blob has failed its digest check after bytes of it were served: a
+    /// member opened before a failure refuses every later read.
+    fn failures(&self) -> u64 {
+        0
+    }
 }
 
 /// [`BlobBytes`] over the read path. Each read opens the blob afresh, so the read path's
@@ -67,6 +77,10 @@ impl BlobBytes for ReadBlob<'_> {
         self.reader
             .read(&open, offset, len)
             .map_err(|e| ArchiveError::Read(e.to_string()))
+    }
+
+    fn failures(&self) -> u64 {
+        self.reader.failures(&self.blob.digest)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Archive indexes in the cache directory: `<hex>.idx` holds the member table and the
 //! checkpoint list under one CRC32C; `<hex>.win` holds the checkpoints' 32 KiB windows,
-//! one slot each, read one at a time (each checked against its own CRC). Both are written
+//! one slot each, read one at a time (each checked against its own CRC); `<hex>.tar` is
+//! the decompressed stream of a tar+zstd blob. Both are written
 //! to temporary names and renamed, so a reader sees a whole index or none; a file that
 //! fails its checks is ignored and the archive is indexed again.
 
@@ -28,6 +29,8 @@ pub struct Point {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     pub gzip: bool,
+    /// tar+zstd: the decompressed tar is kept beside, as `<hex>.tar` ([`dec_path`]).
+    pub zstd: bool,
     pub blob_size: u64,
     pub index: Index,
     pub points: Vec<Point>,
@@ -37,6 +40,8 @@ pub struct Stored {
 pub enum Windows {
     File(File),
     Memory(Vec<Vec<u8>>),
+    /// Fetched from a published index when needed (checked there against its sha256).
+    Remote(super::remote::RemoteWindows),
 }
 
 impl Windows {
@@ -54,6 +59,7 @@ impl Windows {
                     .map_err(|e| ArchiveError::BadIndex(format!("window {i}: {e}")))?;
                 buf
             }
+            Windows::Remote(r) => r.get(i, p)?,
         };
         if crc32c::crc32c(&w) != p.window_crc || w.len() != p.window_len as usize {
             return Err(ArchiveError::BadIndex(format!("window {i} fails its CRC")));
@@ -70,6 +76,11 @@ pub fn win_path(dir: &Path, d: &Digest) -> PathBuf {
     dir.join(format!("{}.win", d.hex()))
 }
 
+/// The decompressed tar of a tar+zstd blob.
+pub fn dec_path(dir: &Path, d: &Digest) -> PathBuf {
+    dir.join(format!("{}.tar", d.hex()))
+}
+
 /// A unique temporary name beside `path`.
 pub fn temp_beside(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,7 +95,7 @@ impl Stored {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
-        out.push(self.gzip as u8);
+        out.push(if self.zstd { 2 } else { self.gzip as u8 });
         out.extend_from_slice(&self.blob_size.to_le_bytes());
         self.index.encode(&mut out);
         out.extend_from_slice(&(self.points.len() as u64).to_le_bytes());
@@ -110,7 +121,12 @@ impl Stored {
             return Err(bad("CRC mismatch"));
         }
         let mut r = Reader::new(&body[MAGIC.len()..]);
-        let gzip = r.u8()? != 0;
+        let (gzip, zstd) = match r.u8()? {
+            0 => (false, false),
+            1 => (true, false),
+            2 => (false, true),
+            k => return Err(bad(&format!("compression {k}"))),
+        };
         let blob_size = r.u64()?;
         let index = Index::decode(&mut r)?;
         let count = r.u64()? as usize;
@@ -141,6 +157,7 @@ impl Stored {
         }
         Ok(Self {
             gzip,
+            zstd,
             blob_size,
             index,
             points,

@@ -93,7 +93,7 @@ fn path_of(a: &Archive, rel: &str) -> Option<u32> {
 }
 
 fn read_all(a: &Archive, blob: &MemBlob, id: u32, piece: u32) -> Vec<u8> {
-    let r = a.reader(id).unwrap();
+    let r = a.reader(id, 0).unwrap();
     let mut out = Vec::new();
     loop {
         let got = a.read(blob, &r, out.len() as u64, piece).unwrap();
@@ -135,7 +135,7 @@ fn tar_gz_members_read_back_from_checkpoints_and_the_stored_index() {
     assert_eq!(b.index, a.index);
     let (rel, bytes) = files.iter().last().unwrap();
     let id = path_of(&b, rel).unwrap();
-    let r = b.reader(id).unwrap();
+    let r = b.reader(id, 0).unwrap();
     let mid = bytes.len() as u64 / 2;
     let got = b.read(&fresh, &r, mid, 4096).unwrap();
     assert_eq!(got, bytes[mid as usize..mid as usize + 4096]);

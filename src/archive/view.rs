@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use super::index::{Node, NodeKind};
 use super::open::{Archive, Limits};
+use super::remote::{self, ArchiveHint};
 use super::{ArchiveError, BlobBytes};
-use crate::cache::BlobRef;
+use crate::cache::{BlobCache, BlobRef};
 use crate::oci::Digest;
+use crate::source::Source;
 
 /// Set in the inode numbers of archive members (the tree's placeholders use bit 63).
 pub const VIEW_BIT: u64 = 1 << 62;
@@ -26,6 +28,8 @@ struct View {
     top: Option<String>,
     /// The node shown as the directory, once listed.
     root: std::sync::OnceLock<u32>,
+    /// Where a published archive index may be.
+    hint: Option<ArchiveHint>,
 }
 
 /// The listing of one blob, made once.
@@ -44,6 +48,10 @@ pub struct Member {
 /// All archive directories of a mount.
 pub struct Views {
     dir: Option<PathBuf>,
+    /// The store whose limits the index files in `dir` count against.
+    cache: Option<Arc<BlobCache>>,
+    /// Where published archive indexes are fetched from.
+    src: Option<Arc<dyn Source>>,
     limits: Limits,
     views: Mutex<Vec<View>>,
     by_tree: Mutex<HashMap<u64, u32>>,
@@ -55,10 +63,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Views {
-    /// `dir` keeps archive indexes between mounts.
-    pub fn new(dir: Option<PathBuf>, limits: Limits) -> Self {
+    /// `cache` keeps archive indexes between mounts (in its archives directory, counted
+    /// against its limits); `src` gives published ones.
+    pub fn new(
+        cache: Option<Arc<BlobCache>>,
+        src: Option<Arc<dyn Source>>,
+        limits: Limits,
+    ) -> Self {
         Self {
-            dir,
+            dir: cache.as_ref().map(|c| c.archives_dir()),
+            cache,
+            src,
             limits,
             views: Mutex::new(Vec::new()),
             by_tree: Mutex::new(HashMap::new()),
@@ -106,6 +121,7 @@ impl Views {
         tree_ino: u64,
         blob: &BlobRef,
         top: Option<&str>,
+        hint: Option<&ArchiveHint>,
     ) -> Result<u32, ArchiveError> {
         if let Some(v) = lock(&self.by_tree).get(&tree_ino) {
             return Ok(*v);
@@ -129,6 +145,7 @@ impl Views {
             slot,
             top: top.map(str::to_string),
             root: std::sync::OnceLock::new(),
+            hint: hint.cloned(),
         });
         by_tree.insert(tree_ino, n);
         Ok(n)
@@ -144,14 +161,14 @@ impl Views {
     /// The listed archive of a view, listing it now if needed. A failure to fetch is
     /// tried again next time; an archive found hostile or unreadable stays failed.
     pub fn archive(&self, view: u32, bytes: &dyn BlobBytes) -> Result<Arc<Archive>, ArchiveError> {
-        let (slot, digest) = {
+        let (slot, blob, hint) = {
             let views = lock(&self.views);
             let v = views
                 .get(view as usize)
                 .ok_or_else(|| ArchiveError::BadIndex(format!("no view {view}")))?;
-            (v.slot.clone(), v.blob.digest.clone())
+            (v.slot.clone(), v.blob.clone(), v.hint.clone())
         };
-        let a = self.listed(&slot, &digest, bytes)?;
+        let a = self.listed(&slot, &blob, hint.as_ref(), bytes)?;
         if let Some(v) = lock(&self.views).get(view as usize) {
             v.root.get_or_init(|| {
                 v.top
@@ -167,16 +184,41 @@ impl Views {
     fn listed(
         &self,
         slot: &Slot,
-        digest: &Digest,
+        blob: &BlobRef,
+        hint: Option<&ArchiveHint>,
         bytes: &dyn BlobBytes,
     ) -> Result<Arc<Archive>, ArchiveError> {
+        let digest = &blob.digest;
         let mut state = lock(&slot.state);
         match state.as_ref() {
             Some(Ok(a)) => return Ok(a.clone()),
             Some(Err(e)) => return Err(ArchiveError::Hostile(e.clone())),
             None => {}
         }
-        match Archive::open(bytes, digest, self.dir.as_deref(), self.limits) {
+        // The cache's own index first, then a published one, then the blob itself.
+        let dir = self.dir.as_deref();
+        let cached = dir.and_then(|d| Archive::from_cache(d, digest, blob.size));
+        let published = || {
+            let (src, hint) = (self.src.as_ref()?, hint?);
+            remote::fetch(src, hint, blob).map(|f| Archive::from_published(digest, f))
+        };
+        let opened = match (cached, &self.cache) {
+            (Some(a), Some(c)) => {
+                c.note_use(digest);
+                Ok(a)
+            }
+            (Some(a), None) => Ok(a),
+            (None, _) => match published() {
+                Some(a) => Ok(a),
+                None => Archive::open(bytes, digest, dir, self.limits).map(|mut a| {
+                    if !self.admit(digest) {
+                        a.unkeep();
+                    }
+                    a
+                }),
+            },
+        };
+        match opened {
             Ok(a) => {
                 let a = Arc::new(a);
                 *state = Some(Ok(a.clone()));
@@ -189,6 +231,34 @@ impl Views {
                 Err(e)
             }
         }
+    }
+
+    /// Count a new archive's index files against the cache's limits, as part of its blob;
+    /// without room they are removed (the listing in memory keeps its open window file,
+    /// and reads a tar+zstd archive's members from the blob). False when removed.
+    fn admit(&self, digest: &Digest) -> bool {
+        let (Some(dir), Some(cache)) = (&self.dir, &self.cache) else {
+            return true;
+        };
+        use super::store::{dec_path, idx_path, win_path};
+        let files = [
+            idx_path(dir, digest),
+            win_path(dir, digest),
+            dec_path(dir, digest),
+        ];
+        let bytes: u64 = files
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        if bytes > 0 && !cache.admit_files(digest, bytes) {
+            log::info!("archive {digest}: no room in the cache for its index; not kept");
+            for p in &files {
+                let _ = std::fs::remove_file(p);
+            }
+            return false;
+        }
+        true
     }
 
     /// A member's table entry.

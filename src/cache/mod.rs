@@ -520,6 +520,19 @@ impl BlobCache {
         self.ledger.forget(d);
     }
 
+    /// Account `bytes` of files already written for blob `d` outside the store's own
+    /// (an archive's index, in [`Self::archives_dir`]), evicting other blobs as the
+    /// limits require. False when there is no room: the caller removes the files.
+    pub fn admit_files(&self, d: &Digest, bytes: u64) -> bool {
+        self.make_room(Some(d), bytes, Mode::Evict)
+    }
+
+    /// Where archive indexes are kept; their files count against the limits as part of
+    /// their blob ([`Self::admit_files`]) and are evicted with it.
+    pub fn archives_dir(&self) -> PathBuf {
+        self.root.join(usage::ARCHIVES)
+    }
+
     /// Bytes the ledger holds for one blob (tests).
     pub fn ledger_bytes(&self, d: &Digest) -> u64 {
         self.ledger.bytes_of(d)

@@ -4,7 +4,9 @@
 //! are examined with `lstat`, and a link is at most removed, never entered.
 //!
 //! Sizes are file lengths, except for sparse partial blobs, which count the bytes they
-//! hold; the size cap uses the same measure. "Last
+//! hold; the size cap uses the same measure. An archive's index files (`archives/<hex>.idx`,
+//! `.win` and `.tar`: the member table, gzip checkpoints and decompressed tar+zstd of blob
+//! `<hex>`) count as part of that blob, and go with it. "Last
 //! used" is the newest modification time of the blob's files;
 //! see [`super::evict`] for how reads keep it current.
 
@@ -81,6 +83,14 @@ pub fn scan(root: &Path) -> Usage {
             add(b, allocated(&meta), &meta);
             b.partial = true;
         } else if let Some(d) = name.strip_suffix(".map").and_then(digest_named) {
+            add(entry(&mut blobs, d), meta.len(), &meta);
+        }
+    }
+    for (name, meta) in entries(&root.join(ARCHIVES)) {
+        let d = [".idx", ".win", ".tar"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).and_then(digest_named));
+        if let (Some(d), true) = (d, meta.is_file()) {
             add(entry(&mut blobs, d), meta.len(), &meta);
         }
     }
@@ -172,7 +182,13 @@ pub fn remove_blob(root: &Path, digest: &Digest) -> u64 {
         + remove_path(&blobs.join(format!("{hex}.crc")))
         + remove_path(&partial.join(format!("{hex}.map")))
         + remove_path(&partial.join(hex))
+        + remove_path(&root.join(ARCHIVES).join(format!("{hex}.idx")))
+        + remove_path(&root.join(ARCHIVES).join(format!("{hex}.win")))
+        + remove_path(&root.join(ARCHIVES).join(format!("{hex}.tar")))
 }
+
+/// The directory of archive indexes under a cache's `v2/` (kept by [`crate::archive`]).
+pub const ARCHIVES: &str = "archives";
 
 /// Record a use of a blob: set the modification time of its verified file's sidecar (or,
 /// for a partial blob, its block map) to now. The blob file itself is left alone, so its
@@ -249,12 +265,24 @@ mod tests {
         fs::write(blobs.join(c.hex()), vec![0; 3]).unwrap();
         fs::write(blobs.join("README"), vec![0; 5]).unwrap();
         fs::write(root.join("tmp/x.crc"), vec![0; 9]).unwrap();
+        // An archive's index files belong to its blob.
+        fs::create_dir_all(root.join(ARCHIVES)).unwrap();
+        fs::write(
+            root.join(ARCHIVES).join(format!("{}.idx", a.hex())),
+            [0; 11],
+        )
+        .unwrap();
+        fs::write(
+            root.join(ARCHIVES).join(format!("{}.win", a.hex())),
+            [0; 13],
+        )
+        .unwrap();
         let u = scan(&root);
         let by: BTreeMap<_, _> = u.blobs.iter().map(|b| (b.digest.clone(), b)).collect();
         assert_eq!(by.len(), 3);
         assert_eq!(
             (by[&a].bytes, by[&a].verified, by[&a].partial),
-            (120, true, false)
+            (120 + 11 + 13, true, false)
         );
         assert_eq!(
             (by[&b].bytes, by[&b].verified, by[&b].partial),
@@ -264,8 +292,13 @@ mod tests {
             (by[&c].bytes, by[&c].verified, by[&c].partial),
             (3, false, false)
         );
-        assert_eq!(u.total, 120 + held + 7 + 3 + 5 + 9);
+        assert_eq!(u.total, 120 + 24 + held + 7 + 3 + 5 + 9);
         assert_eq!(remove_blob(&root, &b), held + 7);
+        assert_eq!(remove_blob(&root, &a), 120 + 24);
+        assert!(!root
+            .join(ARCHIVES)
+            .join(format!("{}.win", a.hex()))
+            .exists());
         assert!(!partial.join(b.hex()).exists());
         assert_eq!(scan(Path::new("/nonexistent/orasfs/v2")).blobs.len(), 0);
     }

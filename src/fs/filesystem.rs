@@ -123,7 +123,8 @@ pub struct Fs {
 impl Fs {
     pub fn new(tree: Tree, reader: BlobReader, cfg: FsConfig) -> Self {
         let archives = Views::new(
-            Some(reader.cache().root().join("archives")),
+            Some(reader.cache().clone()),
+            Some(reader.source().clone()),
             Limits::default(),
         );
         Self {
@@ -256,9 +257,12 @@ impl Fs {
             let m = Views::member(ino);
             let (_, blob) = self.archives.tree_of(m.view).ok_or(FsError::NotFound)?;
             (m, blob)
-        } else if let Ok(Node::Archive { blob, desc, .. }) = self.tree.node(ino) {
+        } else if let Ok(Node::Archive {
+            blob, desc, hint, ..
+        }) = self.tree.node(ino)
+        {
             let top = crate::names::archive::oras_top(&desc);
-            let view = self.archives.view_of(ino, &blob, top)?;
+            let view = self.archives.view_of(ino, &blob, top, Some(&hint))?;
             (Member { view, node: 0 }, blob)
         } else {
             return Ok(None);
@@ -377,8 +381,9 @@ impl Fs {
         };
         if Views::owns(ino) {
             let (m, archive) = self.archive_at(ino)?.ok_or(FsError::NotFound)?;
-            let reader = archive.reader(m.node).ok_or(FsError::IsDir)?;
             let (_, blob) = self.archives.tree_of(m.view).ok_or(FsError::NotFound)?;
+            let failures = self.reader.failures(&blob.digest);
+            let reader = archive.reader(m.node, failures).ok_or(FsError::IsDir)?;
             return Ok(plain(self.add_handle(Handle::Member {
                 archive,
                 member: reader,

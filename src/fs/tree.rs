@@ -79,6 +79,8 @@ pub enum Node {
         blob: BlobRef,
         desc: Arc<Descriptor>,
         mtime: SystemTime,
+        /// Where `orasfs index` may have published its member table.
+        hint: crate::archive::remote::ArchiveHint,
     },
     /// `.orasfs/` at the mount root: not listed, reachable by name.
     ControlDir,
@@ -610,7 +612,7 @@ impl Tree {
             .zip(&image.layers)
         {
             // Block indexes serve the layers they index; they are not files of their own.
-            if is_index_layer(layer) {
+            if is_index_layer(layer) || crate::archive::remote::is_archive_index(layer) {
                 continue;
             }
             if let Some((title, why)) = &placement.refused {
@@ -640,7 +642,7 @@ impl Tree {
             let hint = IndexHint::for_layer(&m.repo, &m.digest, layer, &image.layers);
             self.add(dir, file, blob(layer, Some(hint)));
             if let Some(path) = &placement.dir {
-                self.add_archive_dir(ino, m, path, layer);
+                self.add_archive_dir(ino, m, path, layer, &image.layers);
             }
         }
     }
@@ -652,6 +654,7 @@ impl Tree {
         m: &Arc<ManifestNode>,
         path: &[String],
         layer: &Descriptor,
+        layers: &[Descriptor],
     ) {
         let Some((name, dirs)) = path.split_last() else {
             return;
@@ -674,6 +677,7 @@ impl Tree {
             },
             desc: Arc::new(layer.clone()),
             mtime: m.mtime,
+            hint: crate::archive::remote::ArchiveHint::for_layer(&m.repo, &m.digest, layer, layers),
         };
         self.add(dir, name, node);
     }
@@ -733,14 +737,15 @@ impl Tree {
             return Ok(CONTROL_DIR);
         }
         let found = match &node {
-            Node::Image(_) | Node::SubDir { .. } | Node::ControlDir => {
+            Node::Image(m) => self.lookup_image(parent, m, name),
+            Node::SubDir { .. } | Node::ControlDir => {
                 self.child(parent, name).ok_or(FsError::NotFound)
             }
             Node::Index(m) => self.lookup_index(parent, m, name),
             Node::Tag(t) => {
                 let m = self.tag_content(parent, t)?;
                 match &m.fetched.manifest {
-                    Manifest::Image(_) => self.child(parent, name).ok_or(FsError::NotFound),
+                    Manifest::Image(_) => self.lookup_image(parent, &m, name),
                     Manifest::Index(_) => self.lookup_index(parent, &m, name),
                 }
             }
@@ -756,6 +761,39 @@ impl Tree {
             Err(e) if e.is_outage() => self.child(parent, name).ok_or(e),
             other => other,
         }
+    }
+
+    /// A name in an image manifest's directory: its files, and (looked up, not listed)
+    /// `sha256:<hex>` for any of its layers or its config, the raw blob by digest, also
+    /// when the layer is shown under another name or unpacked.
+    fn lookup_image(&self, parent: Ino, m: &ManifestNode, name: &str) -> Result<Ino, FsError> {
+        if let Some(c) = self.child(parent, name) {
+            return Ok(c);
+        }
+        let (Some(digest), Manifest::Image(image)) = (
+            name.starts_with("sha256:")
+                .then(|| Digest::parse(name).ok())
+                .flatten(),
+            &m.fetched.manifest,
+        ) else {
+            return Err(FsError::NotFound);
+        };
+        let layer = image.layers.iter().find(|l| l.digest == digest);
+        let Some(desc) = layer.or((image.config.digest == digest).then_some(&image.config)) else {
+            return Err(FsError::NotFound);
+        };
+        let index = layer.map(|l| IndexHint::for_layer(&m.repo, &m.digest, l, &image.layers));
+        let node = Node::Blob {
+            blob: BlobRef {
+                repo: m.repo.clone(),
+                digest: desc.digest.clone(),
+                size: desc.size,
+            },
+            desc: Arc::new(desc.clone()),
+            mtime: m.mtime,
+            index,
+        };
+        self.add(parent, name, node).ok_or(FsError::NotFound)
     }
 
     /// The manifest a tag directory shows, fetched (and its children made) when the
@@ -1328,8 +1366,12 @@ impl Tree {
         self.nodes
             .children(ino)
             .into_iter()
-            // `.referrers/` is looked up by name only.
-            .filter(|(_, _, node)| !matches!(node, Node::Referrers(_)))
+            // `.referrers/` and blobs by digest are looked up by name only.
+            .filter(|(name, _, node)| match node {
+                Node::Referrers(_) => false,
+                Node::Blob { desc, .. } => !by_digest(name, desc),
+                _ => true,
+            })
             .map(|(name, c, node)| (name, c, node.is_dir()))
             .collect()
     }
@@ -1385,6 +1427,12 @@ impl Tree {
 
 /// Tags as listed: those of the referrers tag schema (`sha256-<hex>`) are hidden, since
 /// they index other artifacts' referrers; they still resolve by name.
+/// Whether a file named `name` is a blob reached by its digest path (`sha256:<hex>`), not
+/// by a title that happens to read so.
+fn by_digest(name: &str, desc: &Descriptor) -> bool {
+    name.starts_with("sha256:") && desc.digest.to_string() == name && desc.title() != Some(name)
+}
+
 fn listed_tags(tags: &[String]) -> Vec<String> {
     tags.iter()
         .filter(|t| {

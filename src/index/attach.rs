@@ -14,17 +14,35 @@ use serde_json::{json, Map, Value};
 
 use super::build::Built;
 use super::format::{ANNOTATION_BLOB, ANNOTATION_INDEX, ANNOTATION_ROOT, MEDIA_TYPE};
+
 use crate::oci::{Digest, OCI_INDEX, OCI_MANIFEST};
 
 /// The OCI empty descriptor's media type and content (`{}`).
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 pub const EMPTY_CONFIG: &[u8] = b"{}";
 
+/// The media type of an archive index (member table and gzip checkpoints of a
+/// tar-family layer; the format is `crate::archive::remote`'s), attached beside the
+/// block index.
+pub const ARCHIVE_MEDIA_TYPE: &str = "application/vnd.orasfs.archive-index.v1";
+/// On a data layer (embedded mode): the digest of its archive index, and its root.
+pub const ANNOTATION_ARCHIVE_DIGEST: &str = "io.orasfs.archive.digest";
+pub const ANNOTATION_ARCHIVE_ROOT: &str = "io.orasfs.archive.root";
+
+/// An archive index made for a layer: its bytes and root (what the annotations bind).
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub bytes: Vec<u8>,
+    pub root: Digest,
+}
+
 /// One data layer and the index made for it.
 #[derive(Debug, Clone)]
 pub struct Indexed {
     pub layer: Digest,
     pub index: Built,
+    /// The archive index of a tar-family layer.
+    pub archive: Option<Published>,
 }
 
 /// A descriptor as JSON.
@@ -49,6 +67,33 @@ fn index_layer(i: &Indexed) -> Value {
     Value::Object(d)
 }
 
+/// The descriptor of an archive index blob, as a layer: it names the data blob and the
+/// root of its head.
+fn archive_layer(layer: &Digest, a: &Published) -> Value {
+    let mut d = descriptor(
+        ARCHIVE_MEDIA_TYPE,
+        &Digest::of(&a.bytes),
+        a.bytes.len() as u64,
+    );
+    d.insert(
+        "annotations".into(),
+        json!({
+            ANNOTATION_BLOB: layer.to_string(),
+            ANNOTATION_ROOT: a.root.to_string(),
+        }),
+    );
+    Value::Object(d)
+}
+
+/// Every index layer of `indexes`: block indexes, then archive indexes.
+fn index_layers(indexes: &[Indexed]) -> Vec<Value> {
+    let blocks = indexes.iter().map(index_layer);
+    let archives = indexes
+        .iter()
+        .filter_map(|i| i.archive.as_ref().map(|a| archive_layer(&i.layer, a)));
+    blocks.chain(archives).collect()
+}
+
 /// The referrer artifact manifest holding `indexes`, with `subject` as its subject.
 pub fn referrer_manifest(subject: Map<String, Value>, indexes: &[Indexed]) -> Vec<u8> {
     let config = descriptor(
@@ -61,7 +106,7 @@ pub fn referrer_manifest(subject: Map<String, Value>, indexes: &[Indexed]) -> Ve
         "mediaType": OCI_MANIFEST,
         "artifactType": MEDIA_TYPE,
         "config": config,
-        "layers": indexes.iter().map(index_layer).collect::<Vec<_>>(),
+        "layers": index_layers(indexes),
         "subject": subject,
     });
     doc.to_string().into_bytes()
@@ -94,7 +139,10 @@ pub fn embed(manifest: &[u8], indexes: &[Indexed]) -> Result<Vec<u8>, EmbedError
         .get_mut("layers")
         .and_then(Value::as_array_mut)
         .ok_or_else(|| bad("the manifest has no layers"))?;
-    layers.retain(|l| l.get("mediaType").and_then(Value::as_str) != Some(MEDIA_TYPE));
+    layers.retain(|l| {
+        let mt = l.get("mediaType").and_then(Value::as_str);
+        mt != Some(MEDIA_TYPE) && mt != Some(ARCHIVE_MEDIA_TYPE)
+    });
     for layer in layers.iter_mut() {
         let Some(l) = layer.as_object_mut() else {
             return Err(bad("a layer is not a JSON object"));
@@ -114,8 +162,15 @@ pub fn embed(manifest: &[u8], indexes: &[Indexed]) -> Result<Vec<u8>, EmbedError
             json!(found.index.digest.to_string()),
         );
         ann.insert(ANNOTATION_ROOT.into(), json!(found.index.root.to_string()));
+        if let Some(a) = &found.archive {
+            ann.insert(
+                ANNOTATION_ARCHIVE_DIGEST.into(),
+                json!(Digest::of(&a.bytes).to_string()),
+            );
+            ann.insert(ANNOTATION_ARCHIVE_ROOT.into(), json!(a.root.to_string()));
+        }
     }
-    layers.extend(indexes.iter().map(index_layer));
+    layers.extend(index_layers(indexes));
     Ok(doc.to_string().into_bytes())
 }
 
@@ -168,6 +223,7 @@ mod tests {
                 bytes,
                 root,
             },
+            archive: None,
         }
     }
 

@@ -1,13 +1,16 @@
 //! Index one blob by streaming it once from a [`Source`]: the block hashes (on the thread
 //! that reads) and the whole-blob sha256 (on a second thread) run side by side, so that
 //! indexing goes about as fast as hashing the blob once. Both are sha256 over every byte;
-//! on one thread indexing would take twice as long.
+//! on one thread indexing would take twice as long. A caller may list the layer on a
+//! third thread from the same stream ([`SideIndex`]: `orasfs index` makes an archive's
+//! member table and gzip checkpoints so), so a layer is read once for both.
 
 use std::io;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use sha2::{Digest as _, Sha256};
 
+use super::attach::Published;
 use super::format::Builder;
 use crate::error::SourceError;
 use crate::oci::{Descriptor, Digest};
@@ -18,6 +21,10 @@ use crate::source::{BlobSink, BodyKind, Source};
 const BATCH: usize = 4 << 20;
 /// Batches in flight: bounds memory to a few batches.
 const DEPTH: usize = 4;
+
+/// A second index made from the same stream: called on its own thread with the blob's
+/// bytes in order, in batches; it must read the receiver until it closes (or drop it).
+pub type SideIndex<'a> = &'a (dyn Fn(Receiver<Vec<u8>>) -> Option<Published> + Sync);
 
 /// An index blob made for one data blob.
 #[derive(Debug, Clone)]
@@ -45,6 +52,8 @@ struct Fanout<'a> {
     blocks: &'a mut Builder,
     batch: Vec<u8>,
     to_whole: SyncSender<Vec<u8>>,
+    /// A copy of each batch for the archive lister, while it reads.
+    to_archive: Option<SyncSender<Vec<u8>>>,
     /// Batches the hashing thread is done with, to fill again: fresh multi-MiB buffers
     /// would cost a page fault per 4 KiB.
     recycled: Receiver<Vec<u8>>,
@@ -63,6 +72,11 @@ impl Fanout<'_> {
             Err(_) => Vec::with_capacity(BATCH),
         };
         let full = std::mem::replace(&mut self.batch, next);
+        if let Some(tx) = &self.to_archive {
+            if tx.send(full.clone()).is_err() {
+                self.to_archive = None; // the lister is done (or gave up)
+            }
+        }
         self.to_whole
             .send(full)
             .map_err(|_| io::Error::other("the hashing thread stopped"))
@@ -91,18 +105,22 @@ impl BlobSink for Fanout<'_> {
     }
 }
 
-/// Stream `layer` of `repo` once and build its index with `block_size` blocks. The index
-/// is made only if the bytes read match the layer's digest.
+/// Stream `layer` of `repo` once and build its index with `block_size` blocks, and the
+/// `side` index if one is given. Both are returned only if the bytes read match the
+/// layer's digest.
 pub fn index_layer(
     source: &dyn Source,
     repo: &str,
     layer: &Descriptor,
     block_size: u64,
-) -> Result<Built, BuildError> {
+    side: Option<SideIndex<'_>>,
+) -> Result<(Built, Option<Published>), BuildError> {
     let (to_whole, whole_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    let (to_archive, archive_rx) = sync_channel::<Vec<u8>>(DEPTH);
     let (give_back, recycled) = sync_channel::<Vec<u8>>(DEPTH + 2);
     let mut builder = Builder::blocks_only(&layer.digest, layer.size, block_size);
-    let (fetched, whole) = std::thread::scope(|s| {
+    let (fetched, whole, listed) = std::thread::scope(|s| {
+        let lister = side.map(|f| s.spawn(move || f(archive_rx)));
         let whole = s.spawn(move || {
             let mut h = Sha256::new();
             for batch in whole_rx {
@@ -115,6 +133,7 @@ pub fn index_layer(
             blocks: &mut builder,
             batch: Vec::with_capacity(BATCH),
             to_whole,
+            to_archive: side.is_some().then_some(to_archive),
             recycled,
         };
         let fetched = source
@@ -123,8 +142,9 @@ pub fn index_layer(
                 sink.flush()
                     .map_err(|e| SourceError::sink(format!("blob {}", layer.digest), e))
             });
-        drop(sink); // closes the channel: the thread finishes
-        (fetched, whole.join())
+        drop(sink); // closes the channels: the threads finish
+        let listed = lister.and_then(|t| t.join().ok().flatten());
+        (fetched, whole.join(), listed)
     });
     fetched?;
     let blob_err = |detail: String| BuildError::Blob {
@@ -135,11 +155,14 @@ pub fn index_layer(
     let (bytes, root) = builder
         .finish_with(whole)
         .map_err(|e| blob_err(e.to_string()))?;
-    Ok(Built {
-        digest: Digest::of(&bytes),
-        bytes,
-        root,
-    })
+    Ok((
+        Built {
+            digest: Digest::of(&bytes),
+            bytes,
+            root,
+        },
+        listed,
+    ))
 }
 
 #[cfg(test)]
@@ -154,7 +177,8 @@ mod tests {
         let digest = Digest::of(&data);
         let src = MemorySource::new();
         let layer = src.put_blob("application/octet-stream", data.clone());
-        let built = index_layer(&src, "r", &layer, 16384).unwrap();
+        let (built, archive) = index_layer(&src, "r", &layer, 16384, None).unwrap();
+        assert!(archive.is_none(), "not a tar-family layer");
         let mut plain = Builder::new(&digest, data.len() as u64, 16384);
         plain.update(&data);
         let (bytes, root) = plain.finish().unwrap();
@@ -168,6 +192,6 @@ mod tests {
             size: data.len() as u64 - 1,
             ..layer.clone()
         };
-        assert!(index_layer(&src, "r", &short, 16384).is_err());
+        assert!(index_layer(&src, "r", &short, 16384, None).is_err());
     }
 }
