@@ -85,5 +85,11 @@ pub fn connect(
         c.credentials = resolve(cfg, &m.host, None)?;
         Ok(RegistrySource::new(Client::new(c)?))
     };
-    FleetSource::new(origin, plan, cfg.mirror_cooldown, &make)
+    FleetSource::new(
+        origin,
+        plan,
+        cfg.mirror_cooldown,
+        cfg.mirror_fill_wait,
+        &make,
+    )
 }

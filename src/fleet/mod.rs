@@ -10,6 +10,7 @@
 //! Listings (tags, catalog, referrers) always go to the origin.
 
 pub mod config;
+pub mod fill;
 pub mod hosts;
 pub mod source;
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::fill::{Fills, Probe, Verdict, PROBE_ABOVE};
 use super::{MirrorSpec, Plan};
 use crate::error::SourceError;
 use crate::oci::{Descriptor, Digest};
@@ -61,6 +62,7 @@ pub struct FleetSource {
     plan: Plan,
     mirrors: Vec<Mirror>,
     cooldown: Duration,
+    fills: Fills,
 }
 
 impl std::fmt::Debug for FleetSource {
@@ -76,11 +78,14 @@ impl std::fmt::Debug for FleetSource {
 }
 
 impl FleetSource {
-    /// The origin and a client for every mirror host the plan names.
+    /// The origin and a client for every mirror host the plan names. A mirror that failed
+    /// is skipped for `cooldown`; one that is filling a blob is waited for up to
+    /// `fill_wait` (see [`super::fill`]).
     pub fn new(
         origin: RegistrySource,
         plan: Plan,
         cooldown: Duration,
+        fill_wait: Duration,
         make: MakeMirror<'_>,
     ) -> Result<Self, SourceError> {
         let mut mirrors: Vec<Mirror> = Vec::new();
@@ -112,6 +117,7 @@ impl FleetSource {
             plan,
             mirrors,
             cooldown,
+            fills: Fills::new(fill_wait, cooldown),
         })
     }
 
@@ -170,6 +176,25 @@ impl FleetSource {
             m.host,
             self.cooldown
         );
+    }
+
+    /// Ask `m` for the first byte of a blob, to learn whether it holds the blob (`206`) or
+    /// is still fetching it (`200` with the whole blob, dropped at its headers).
+    fn probe(
+        &self,
+        m: &Mirror,
+        mrepo: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Probe, SourceError> {
+        let mut sink = ProbeSink::default();
+        let r = m.src.fetch_blob(mrepo, digest, size, Some(0..1), &mut sink);
+        m.traffic.count(sink.received);
+        match r {
+            _ if sink.whole => Ok(Probe::Whole),
+            Ok(()) => Ok(Probe::Ranged),
+            Err(e) => Err(e),
+        }
     }
 
     /// A manifest from the mirrors allowed to serve it, else from the origin.
@@ -292,6 +317,31 @@ impl BlobSink for Relay<'_> {
     }
 }
 
+/// Takes a one-byte range; refuses a whole blob at its first byte, which drops the
+/// answer (and closes its connection) before its body is read.
+#[derive(Default)]
+struct ProbeSink {
+    whole: bool,
+    received: u64,
+}
+
+impl BlobSink for ProbeSink {
+    fn begin(&mut self, kind: BodyKind) -> std::io::Result<()> {
+        if kind == BodyKind::Whole {
+            self.whole = true;
+            return Err(std::io::Error::other(
+                "the mirror answered a range with the whole blob",
+            ));
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.received += bytes.len() as u64;
+        Ok(())
+    }
+}
+
 impl Source for FleetSource {
     fn name(&self) -> String {
         self.origin.name()
@@ -324,6 +374,20 @@ impl Source for FleetSource {
     ) -> Result<(), SourceError> {
         let mut relay = Relay::new(sink, range, size);
         for (m, mrepo) in self.candidates(repo, |_| true)? {
+            if size > PROBE_ABOVE {
+                let what = format!("blob {digest}");
+                match self
+                    .fills
+                    .check(&m.host, digest, || self.probe(m, &mrepo, digest, size))
+                {
+                    Ok(Verdict::Ready) => {}
+                    Ok(Verdict::Skip) => continue,
+                    Err(e) => {
+                        self.failed(m, &what, &e);
+                        continue;
+                    }
+                }
+            }
             let asked = relay.attempt();
             let r = m.src.fetch_blob(&mrepo, digest, size, asked, &mut relay);
             m.traffic.count(relay.received);

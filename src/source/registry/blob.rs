@@ -75,6 +75,7 @@ impl Client {
             let mut delivered = 0u64; // bytes of `want` (or of the whole blob) given to sink
             let mut cuts = 0u32;
             let mut stale = 0u32;
+            let mut ignored_range = false;
             loop {
                 // After a cut, ask for what is left of what this fetch delivers.
                 let (base, total) = match kind {
@@ -173,11 +174,7 @@ impl Client {
                         // The whole blob. Either we asked for it, or the server ignored Range.
                         match kind {
                             None if range.is_some() => {
-                                log::debug!(
-                                    "{what}: the server ignored Range and sent the whole blob; \
-                                     not asking it for ranges of this blob again"
-                                );
-                                self.mark_ignores_range(&key);
+                                ignored_range = true;
                                 kind = Some(BodyKind::Whole);
                             }
                             None => kind = Some(BodyKind::Whole),
@@ -205,6 +202,15 @@ impl Client {
                         path: what.clone(),
                         source: e,
                     })?;
+                }
+                // Remembered only once the sink took the whole body: a sink that refuses
+                // it (a mirror still filling, see `fleet::fill`) asks for ranges later.
+                if std::mem::take(&mut ignored_range) {
+                    log::debug!(
+                        "{what}: the server ignored Range and sent the whole blob; \
+                         not asking it for ranges of this blob again"
+                    );
+                    self.mark_ignores_range(&key);
                 }
                 let mut cut = None;
                 loop {
