@@ -61,6 +61,9 @@ pub struct FleetSource {
     origin_traffic: Counters,
     plan: Plan,
     mirrors: Vec<Mirror>,
+    /// Hosts that replace the origin for some repositories (registries.conf `location`,
+    /// hosts.toml `server`).
+    moved: Vec<Mirror>,
     cooldown: Duration,
     fills: Fills,
 }
@@ -88,18 +91,23 @@ impl FleetSource {
         fill_wait: Duration,
         make: MakeMirror<'_>,
     ) -> Result<Self, SourceError> {
-        let mut mirrors: Vec<Mirror> = Vec::new();
-        for spec in plan.all() {
-            if mirrors.iter().any(|m| m.host == spec.host) {
-                continue;
+        let clients = |specs: &mut dyn Iterator<Item = &MirrorSpec>| {
+            let mut out: Vec<Mirror> = Vec::new();
+            for spec in specs {
+                if out.iter().any(|m| m.host == spec.host) {
+                    continue;
+                }
+                out.push(Mirror {
+                    host: spec.host.clone(),
+                    src: make(spec)?,
+                    cool_until: Mutex::new(None),
+                    traffic: Counters::default(),
+                });
             }
-            mirrors.push(Mirror {
-                host: spec.host.clone(),
-                src: make(spec)?,
-                cool_until: Mutex::new(None),
-                traffic: Counters::default(),
-            });
-        }
+            Ok::<_, SourceError>(out)
+        };
+        let mirrors = clients(&mut plan.all())?;
+        let moved = clients(&mut plan.locations())?;
         if !mirrors.is_empty() {
             log::info!(
                 "mirrors of {}: {}",
@@ -116,14 +124,37 @@ impl FleetSource {
             origin_traffic: Counters::default(),
             plan,
             mirrors,
+            moved,
             cooldown,
             fills: Fills::new(fill_wait, cooldown),
         })
     }
 
-    /// The origin alone.
+    /// The registry that serves the whole SOURCE registry: the origin, or the host the
+    /// configuration moves it to.
     pub fn origin(&self) -> &RegistrySource {
-        &self.origin
+        self.upstream(None).0
+    }
+
+    /// Check that the registry behind the mirrors for `repo` answers.
+    pub fn ping(&self, repo: Option<&str>) -> Result<(), SourceError> {
+        self.upstream(repo).0.ping()
+    }
+
+    /// Who is asked after the mirrors for `repo` (the whole registry for `None`), the
+    /// repository name there, and its counters.
+    fn upstream(&self, repo: Option<&str>) -> (&RegistrySource, String, &Counters) {
+        let moved = self.plan.relocate(repo).and_then(|(spec, r)| {
+            let m = self.moved.iter().find(|m| m.host == spec.host)?;
+            Some((&m.src, r, &m.traffic))
+        });
+        moved.unwrap_or_else(|| {
+            (
+                &self.origin,
+                repo.unwrap_or_default().to_string(),
+                &self.origin_traffic,
+            )
+        })
     }
 
     /// The mirrors that may serve `repo` now (not cooling down) and pass `allowed`, in
@@ -220,9 +251,9 @@ impl FleetSource {
                 Err(e) => self.failed(m, &reference.qualify(&mrepo), &e),
             }
         }
-        let r = self.origin.manifest(repo, reference);
-        self.origin_traffic
-            .count(r.as_ref().map_or(0, |f| f.bytes.len() as u64));
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        let r = up.manifest(&urepo, reference);
+        traffic.count(r.as_ref().map_or(0, |f| f.bytes.len() as u64));
         r
     }
 }
@@ -348,16 +379,18 @@ impl Source for FleetSource {
     }
 
     fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
-        self.origin_traffic.count(0);
-        self.origin.catalog()
+        let (up, _, traffic) = self.upstream(None);
+        traffic.count(0);
+        up.catalog()
     }
 
     fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
         self.plan
             .route(repo)
             .map_err(|e| SourceError::Unsupported(e.to_string()))?;
-        self.origin_traffic.count(0);
-        self.origin.tags(repo)
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        traffic.count(0);
+        up.tags(&urepo)
     }
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
@@ -401,10 +434,9 @@ impl Source for FleetSource {
             }
         }
         let asked = relay.attempt();
-        let r = self
-            .origin
-            .fetch_blob(repo, digest, size, asked, &mut relay);
-        self.origin_traffic.count(relay.received);
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        let r = up.fetch_blob(&urepo, digest, size, asked, &mut relay);
+        traffic.count(relay.received);
         r
     }
 
@@ -418,17 +450,24 @@ impl Source for FleetSource {
                 Err(e) => self.failed(m, &format!("{mrepo}:{tag}"), &e),
             }
         }
-        self.origin_traffic.count(0);
-        self.origin.tag_digest(repo, tag)
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        traffic.count(0);
+        up.tag_digest(&urepo, tag)
     }
 
     fn referrers(&self, repo: &str, digest: &Digest) -> Result<Vec<Descriptor>, SourceError> {
-        self.origin_traffic.count(0);
-        self.origin.referrers(repo, digest)
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        traffic.count(0);
+        up.referrers(&urepo, digest)
     }
 
     fn traffic(&self) -> Vec<HostTraffic> {
         std::iter::once(self.origin_traffic.snapshot(&self.origin.name(), "origin"))
+            .chain(
+                self.moved
+                    .iter()
+                    .map(|m| m.traffic.snapshot(&m.host, "origin")),
+            )
             .chain(
                 self.mirrors
                     .iter()
