@@ -35,7 +35,6 @@ pub mod verified;
 use std::collections::HashMap;
 use std::fs;
 use std::hash::Hash;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -215,13 +214,12 @@ impl BlobCache {
                 .into_iter()
                 .map(|b| (b.digest, b.bytes, b.last_used)),
         );
-        let cap = NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN);
         let cache = Arc::new(Self {
             cfg,
             root,
-            partials: Mutex::new(LruCache::new(cap)),
+            partials: Mutex::new(LruCache::unbounded()),
             opening: Mutex::new(()),
-            verified: Mutex::new(LruCache::new(cap)),
+            verified: Mutex::new(LruCache::unbounded()),
             trusted: Mutex::new(HashMap::new()),
             ledger,
             stats: CacheStats::default(),

@@ -637,3 +637,26 @@ fn with_no_room_in_the_cache_a_whole_read_still_gets_the_digest_verdict() {
     assert!(s.fs.reader().is_verified(&s.blobs[0]));
     s.fs.release(fh);
 }
+
+#[test]
+fn partial_blobs_held_open_stay_within_the_descriptor_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = crate::cache::OPEN_FILES * 2;
+    let sizes = vec![4 * BLOCK_SIZE as usize; n];
+    let s = setup(dir.path(), &sizes, |_, _| {});
+    // One block of each: every blob stays partial, so each has a sparse file and a map.
+    for (k, ino) in s.inos.iter().enumerate() {
+        let fh = s.fs.open(*ino, false).unwrap().fh;
+        let got = s.fs.read(fh, 0, 100).unwrap();
+        assert_eq!(got, &s.data[k][..100]);
+        s.fs.release(fh);
+    }
+    s.fs.wait_idle();
+    let open = s.fs.cache().open_files();
+    assert!(
+        (1..=crate::cache::OPEN_FILES).contains(&open),
+        "{open} partial blobs open after reading {n}"
+    );
+    // A blob whose files were closed reads back from disk.
+    assert_eq!(read_file(&s.fs, s.inos[0], 4096), s.data[0]);
+}

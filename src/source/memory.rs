@@ -106,13 +106,6 @@ impl MemorySource {
         digest
     }
 
-    /// Remove a tag.
-    pub fn untag(&self, repo: &str, tag: &str) {
-        if let Some(tags) = self.store().repos.get_mut(repo) {
-            tags.remove(tag);
-        }
-    }
-
     fn metadata_check(&self) -> Result<(), SourceError> {
         if self.metadata_down.load(Ordering::Relaxed) {
             return Err(SourceError::Unreachable {

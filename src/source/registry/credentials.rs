@@ -122,17 +122,6 @@ pub fn search_path(auth_file: Option<&Path>, env: &Env) -> Vec<Candidate> {
     out
 }
 
-/// A short description of where credentials were looked for, for "authentication
-/// required" messages.
-pub fn searched_description(auth_file: Option<&Path>) -> String {
-    match auth_file {
-        Some(f) => format!("--auth-file {}", f.display()),
-        None => "--auth-file, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, \
-                 $DOCKER_CONFIG/config.json or ~/.docker/config.json"
-            .to_string(),
-    }
-}
-
 /// Look through `candidates` in order.
 pub fn resolve_in(registry: &str, candidates: &[Candidate]) -> Result<Option<Credentials>, String> {
     for c in candidates {
