@@ -7,7 +7,9 @@
 //! mirror may serve them. Manifests by tag come from a mirror only where its
 //! configuration allows (`pull-from-mirror = "all"|"tag-only"`, capability `resolve`),
 //! manifests by digest only where it allows digest pulls (`all`, `digest-only`, `pull`).
-//! Listings (tags, catalog, referrers) always go to the origin.
+//! Listings (tags, catalog, referrers) always go to the origin, which a registries.conf
+//! `location` or a hosts.toml `server` may move to another host. A pull-through cache
+//! still fetching a blob is waited for ([`fill`]).
 
 pub mod config;
 pub mod fill;
