@@ -10,6 +10,9 @@
 //! the old entry (see [`Tree::set_invalidator`]).
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -170,6 +173,12 @@ const CATALOG_FAILURE_MEMORY: Duration = Duration::from_secs(5);
 /// mount) that are not repositories are shown as namespaces: the kernel looks up `org`
 /// before `org/repo`, and only a catalog could say whether `org` leads anywhere.
 pub const PROVISIONAL_DEPTH: usize = 2;
+/// Manifests (and config times) kept by digest for reuse; each directory showing one also
+/// holds its own.
+const MAX_MANIFESTS: NonZeroUsize = match NonZeroUsize::new(if cfg!(test) { 64 } else { 4096 }) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
 /// Attempts at a lookup whose inode is dropped before the kernel is given it.
 const MAX_LOOKUP_TRIES: usize = 8;
 /// Definite "no" answers kept before those past the TTL are dropped.
@@ -244,7 +253,8 @@ pub struct Tree {
     /// The inode table; a directory's children are the names known so far (all of them
     /// for directories whose content is fixed by a manifest).
     nodes: Inodes<Node>,
-    manifests: Mutex<HashMap<Digest, FetchedManifest>>,
+    /// Manifests by digest, the most recently used kept (a moved tag leaves its old one).
+    manifests: Mutex<LruCache<Digest, FetchedManifest>>,
     tags: Mutex<HashMap<String, Listing>>,
     resolved: Mutex<HashMap<(String, String), (Instant, Digest)>>,
     /// Catalogs by scope: the registry host in a multi-registry mount, else "".
@@ -253,7 +263,7 @@ pub struct Tree {
     /// repositories (`path`), and tags missing from their repository (`repo:tag`).
     absent: Mutex<HashMap<String, (Instant, No)>>,
     /// `created` of config blobs by digest (`None`: it has none).
-    created: Mutex<HashMap<Digest, Option<SystemTime>>>,
+    created: Mutex<LruCache<Digest, Option<SystemTime>>>,
     /// Serialises filling a tag directory's children.
     filling: Mutex<()>,
     invalidator: OnceLock<Invalidator>,
@@ -303,12 +313,12 @@ impl Tree {
             source,
             cfg,
             nodes: Inodes::new(),
-            manifests: Mutex::new(HashMap::new()),
+            manifests: Mutex::new(LruCache::new(MAX_MANIFESTS)),
             tags: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
             catalog: Mutex::new(HashMap::new()),
             absent: Mutex::new(HashMap::new()),
-            created: Mutex::new(HashMap::new()),
+            created: Mutex::new(LruCache::new(MAX_MANIFESTS)),
             filling: Mutex::new(()),
             invalidator: OnceLock::new(),
             multi: matches!(root, RootKind::Hosts),
@@ -379,6 +389,11 @@ impl Tree {
         self.nodes.len()
     }
 
+    /// How many manifests are kept by digest.
+    pub fn manifest_count(&self) -> usize {
+        lock(&self.manifests).len()
+    }
+
     fn warn_once(&self, key: String, msg: impl FnOnce() -> String) {
         if lock(&self.warned).insert(key) {
             log::warn!("{}", msg());
@@ -427,7 +442,7 @@ impl Tree {
                     None => match self.source.manifest(repo, reference) {
                         Ok(m) => {
                             lock(&self.resolved).insert(key, (Instant::now(), m.digest.clone()));
-                            lock(&self.manifests).insert(m.digest.clone(), m.clone());
+                            lock(&self.manifests).put(m.digest.clone(), m.clone());
                             return Ok(m);
                         }
                         Err(e) if e.is_transient() => {
@@ -442,7 +457,7 @@ impl Tree {
             return Ok(m.clone());
         }
         let m = self.source.manifest(repo, &Reference::Digest(digest))?;
-        lock(&self.manifests).insert(m.digest.clone(), m.clone());
+        lock(&self.manifests).put(m.digest.clone(), m.clone());
         Ok(m)
     }
 
@@ -468,7 +483,7 @@ impl Tree {
                 .source
                 .manifest(repo, &Reference::Tag(tag.to_string()))
                 .map(|m| {
-                    lock(&self.manifests).insert(m.digest.clone(), m.clone());
+                    lock(&self.manifests).put(m.digest.clone(), m.clone());
                     m.digest
                 }),
             Err(e) => Err(e),
@@ -548,7 +563,7 @@ impl Tree {
         let created = serde_json::from_slice::<serde_json::Value>(&sink.bytes)
             .ok()
             .and_then(|v| parse_created(v.get("created")?.as_str()?));
-        lock(&self.created).insert(config.digest.clone(), created);
+        lock(&self.created).put(config.digest.clone(), created);
         Ok(created)
     }
 
