@@ -344,6 +344,53 @@ fn warm(mirror: &Distribution, repo: &str, digest: &str) {
     }
 }
 
+/// A pull-through cache that loses its copy of a blob (its cache expired) answers ranges
+/// with the whole blob again, each answer streamed from the origin while it fills anew:
+/// orasfs drops those answers and waits for the cache, so the origin sends the blob about
+/// once more, not once per request.
+#[test]
+fn a_mirror_that_lost_a_blob_is_waited_for_again() {
+    const SIZE: usize = 128 * MIB;
+    let (origin, mirror) = origin_and_mirror();
+    let body = noise(SIZE, 51);
+    let digest = sha256(&body);
+    Pusher::anonymous(&origin.url("")).push_artifact("fleet/lost", "v1", &[("big.bin", &body)]);
+    let m = mount(
+        &format!("{}/fleet/lost:v1", origin.addr()),
+        &with_mirror(&mirror).arg("-v"),
+    )
+    .unwrap_or_else(|f| panic!("mount: {}", f.stderr));
+    let mut f = fs::File::open(m.join("big.bin")).unwrap();
+    let mut got = vec![0u8; MIB];
+    f.read_exact(&mut got).unwrap();
+    let before = blob_bytes(&origin, &digest);
+    let data = mirror
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&digest[7..9])
+        .join(&digest[7..])
+        .join("data");
+    fs::remove_file(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+    f.read_to_end(&mut got).unwrap();
+    assert!(sha256(&got) == digest, "the right bytes");
+    let again = blob_bytes(&origin, &digest) - before;
+    let log = m.finish();
+    eprintln!(
+        "after the mirror lost the blob the origin sent {again} bytes of it ({:.3} copies): \
+         {:?}",
+        again as f64 / SIZE as f64,
+        origin_gets(&origin, &digest)
+    );
+    assert!(
+        log.contains("answered a range of blob"),
+        "the mirror answered a range with the whole blob: {log}"
+    );
+    assert!(
+        (again as f64) < 1.5 * SIZE as f64,
+        "the origin sent the blob about once more: {again}"
+    );
+}
+
 /// The mirror is stopped in the middle of reading a file: the rest comes from the origin,
 /// with the right bytes and no error to the reader. Started again, the mirror serves
 /// reads once the cool-down is over.

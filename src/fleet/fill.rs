@@ -94,6 +94,16 @@ impl Fills {
         self.changed.notify_all();
     }
 
+    /// Forget that `host` held `digest`: it answered a range with the whole blob again (it
+    /// lost its copy and is filling anew); the next read asks it first.
+    pub fn forget(&self, host: &str, digest: &Digest) {
+        let key = (host.to_string(), digest.clone());
+        let mut g = self.lock();
+        if matches!(g.get(&key), Some(State::Ready)) {
+            g.remove(&key);
+        }
+    }
+
     /// Whether `host` may serve `digest` now, asking it with `probe` (at most one reader
     /// at a time per pair) until it answers [`Probe::Ranged`] or the fill wait is over.
     /// A failing probe is returned for the caller to skip the mirror.

@@ -275,6 +275,10 @@ struct Relay<'a> {
     skip: u64,
     /// Bytes the current attempt received.
     received: u64,
+    /// Refuse a whole blob sent for a range (from a mirror known to serve ranges).
+    ranges_only: bool,
+    /// The current attempt was refused for that.
+    refused: bool,
 }
 
 impl<'a> Relay<'a> {
@@ -289,6 +293,8 @@ impl<'a> Relay<'a> {
             asked: None,
             skip: 0,
             received: 0,
+            ranges_only: false,
+            refused: false,
         }
     }
 
@@ -303,10 +309,13 @@ impl<'a> Relay<'a> {
         self.kind.is_some() && self.first + self.delivered >= self.end()
     }
 
-    /// Start an attempt: the range it should ask for.
-    fn attempt(&mut self) -> Option<Range<u64>> {
+    /// Start an attempt: the range it should ask for. With `ranges_only`, a whole blob
+    /// sent for that range is refused at its first byte.
+    fn attempt(&mut self, ranges_only: bool) -> Option<Range<u64>> {
         self.received = 0;
         self.skip = 0;
+        self.ranges_only = ranges_only;
+        self.refused = false;
         self.asked = match self.kind {
             None => self.range.clone(),
             Some(_) => Some(self.first + self.delivered..self.end()),
@@ -317,6 +326,12 @@ impl<'a> Relay<'a> {
 
 impl BlobSink for Relay<'_> {
     fn begin(&mut self, kind: BodyKind) -> std::io::Result<()> {
+        if kind == BodyKind::Whole && self.ranges_only && self.asked.is_some() {
+            self.refused = true;
+            return Err(std::io::Error::other(
+                "a mirror answered a range with the whole blob",
+            ));
+        }
         let start = match kind {
             BodyKind::Range => self.asked.as_ref().map_or(0, |r| r.start),
             BodyKind::Whole => 0,
@@ -421,9 +436,21 @@ impl Source for FleetSource {
                     }
                 }
             }
-            let asked = relay.attempt();
+            // A mirror that answered 206 before and now sends a whole blob for a range has
+            // lost its copy and is filling again: each such answer would cost the origin
+            // a copy. Dropped; the next source serves this read, the next read waits.
+            let asked = relay.attempt(size > PROBE_ABOVE);
             let r = m.src.fetch_blob(&mrepo, digest, size, asked, &mut relay);
             m.traffic.count(relay.received);
+            if relay.refused {
+                log::info!(
+                    "mirror {} answered a range of blob {digest} with the whole blob; asking \
+                     it again before reading it from there",
+                    m.host
+                );
+                self.fills.forget(&m.host, digest);
+                continue;
+            }
             match r {
                 Ok(()) => return Ok(()),
                 Err(e @ SourceError::Io { .. }) => return Err(e),
@@ -433,7 +460,7 @@ impl Source for FleetSource {
                 return Ok(());
             }
         }
-        let asked = relay.attempt();
+        let asked = relay.attempt(false);
         let (up, urepo, traffic) = self.upstream(Some(repo));
         let r = up.fetch_blob(&urepo, digest, size, asked, &mut relay);
         traffic.count(relay.received);
@@ -489,11 +516,14 @@ mod tests {
         let blob: Vec<u8> = (0..100u8).collect();
         let mut sink = VecSink::with_limit(1000);
         let mut r = Relay::new(&mut sink, Some(10..50), 100);
-        assert_eq!(r.attempt(), Some(10..50));
+        assert_eq!(r.attempt(false), Some(10..50));
         r.begin(BodyKind::Range).unwrap();
         r.data(&blob[10..25]).unwrap();
         assert!(!r.done());
-        assert_eq!(r.attempt(), Some(25..50));
+        // A source that must serve ranges sends the whole blob: refused, nothing passed.
+        assert_eq!(r.attempt(true), Some(25..50));
+        assert!(r.begin(BodyKind::Whole).is_err() && r.refused);
+        assert_eq!(r.attempt(false), Some(25..50));
         r.begin(BodyKind::Whole).unwrap();
         r.data(&blob[..]).unwrap();
         // The whole blob was more than the range: the first source's kind rules.

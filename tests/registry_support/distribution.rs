@@ -156,6 +156,11 @@ impl Distribution {
         Ok(d)
     }
 
+    /// Where its filesystem storage is (`docker/registry/v2/...` under it).
+    pub fn storage(&self) -> PathBuf {
+        self._dir.path().join("storage")
+    }
+
     /// Kill the registry (its storage stays); [`Distribution::restart`] brings it back.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
