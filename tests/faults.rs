@@ -412,6 +412,55 @@ fn protocol_faults_fail_cleanly_and_never_give_wrong_bytes() {
     }
 }
 
+/// `--retries N` is the whole budget of one request: with every answer for a blob failing
+/// (503s and bodies cut mid-way taking turns), each fetch the daemon makes costs exactly
+/// N + 1 GETs, and the read fails with EIO; once the faults are gone the same mount reads.
+/// (With a budget per step, each resumption after a cut had N retries of its own for
+/// 503s: 2(N + 1) GETs here.)
+#[test]
+fn a_request_is_tried_retries_plus_one_times_whatever_fails() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr());
+    let data = random_bytes(200_000, 70);
+    let pushed = reg.push_artifact("faults/budget", "v1", &[("a.bin", &data)]);
+    let retries = 2;
+    let m = Launch::new(&format!("{}/faults/budget:v1", proxy.addr()))
+        .args(&["--retries", &retries.to_string()])
+        .mount()
+        .expect("mount");
+    let blob_requests = || {
+        let stats = fs::read_to_string(m.join(".orasfs/stats.json")).expect("stats");
+        let v: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+        v["registry"]["blob_requests"]
+            .as_u64()
+            .expect("blob_requests")
+    };
+    let path = blob_path(&pushed.layers[0].0);
+    for i in 0..40 {
+        proxy.add(Rule::get(
+            &path,
+            match i % 2 {
+                0 => Fault::Status {
+                    code: 503,
+                    retry_after: Some("0".into()),
+                },
+                _ => Fault::Truncate { after: 1000 },
+            },
+        ));
+    }
+    proxy.add(Rule::get(&path, Fault::Truncate { after: 1000 }).always());
+    let before = blob_requests();
+    let e = read_all(&m.join("a.bin")).expect_err("every answer fails");
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    let fetches = blob_requests() - before;
+    let gets = proxy.requests_to(&path).len() as u64;
+    eprintln!("{fetches} fetches, {gets} GETs with --retries {retries}");
+    assert!(fetches > 0);
+    assert_eq!(gets, fetches * (retries + 1), "GETs per fetch");
+    proxy.clear();
+    assert_reads_right(&m.join("a.bin"), &data);
+}
+
 /// A manifest answer cut off mid-body (connection reset) is retried like any other
 /// transient failure: the mount comes up and lists the artifact.
 #[test]

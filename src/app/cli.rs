@@ -147,7 +147,9 @@ pub struct RegistryArgs {
     /// Fail a registry response whose body stalls this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub read_timeout: Duration,
-    /// Retries of a failed registry request before the read fails with EIO.
+    /// Times one registry request is tried again after transient failures (connection
+    /// errors, 5xx/429/408, a body cut short), all of them together; then the read fails
+    /// with EIO.
     #[arg(long, default_value_t = 4)]
     pub retries: u32,
 }

@@ -33,15 +33,17 @@ impl Readiness {
     /// The mount is live and answering.
     pub fn ready(&self) {
         notify_systemd("READY=1");
-        if let Some(mut p) = self.take() {
-            crate::app::logging::detach_terminal();
-            let _ = p.write_all(b"OK\n");
-            detach_stdio(self.log_file.as_deref());
-        }
+        // Leave the caller's session before saying so: once the parent has read "OK", the
+        // caller may look and must find the daemon on its own.
         if self.new_session {
             // SAFETY: setsid has no preconditions; it fails only for a group leader, which
             // a forked child is not.
             unsafe { libc::setsid() };
+        }
+        if let Some(mut p) = self.take() {
+            crate::app::logging::detach_terminal();
+            let _ = p.write_all(b"OK\n");
+            detach_stdio(self.log_file.as_deref());
         }
     }
 

@@ -193,10 +193,7 @@ impl FileStamp {
 }
 
 pub fn io_err(path: &Path, source: io::Error) -> CacheError {
-    CacheError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    CacheError::io(path.display().to_string(), source)
 }
 
 #[cfg(test)]

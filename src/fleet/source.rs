@@ -453,7 +453,7 @@ impl Source for FleetSource {
             }
             match r {
                 Ok(()) => return Ok(()),
-                Err(e @ SourceError::Io { .. }) => return Err(e),
+                Err(e @ SourceError::Sink { .. }) => return Err(e),
                 Err(e) => self.failed(m, &format!("blob {digest}"), &e),
             }
             if relay.done() {

@@ -34,13 +34,25 @@ impl FsError {
             FsError::NotFound => "not_found",
             FsError::NotDir | FsError::IsDir | FsError::BadHandle | FsError::NoAttr => "usage",
             FsError::ReadOnly => "read_only",
-            FsError::Source(SourceError::Unauthorized { .. }) => "unauthorized",
-            FsError::Source(_) | FsError::Cache(CacheError::Source(_)) => "registry",
-            FsError::Cache(CacheError::Integrity { .. }) => "integrity",
-            FsError::Cache(CacheError::Refused(_)) => "refused",
-            FsError::Cache(_) => "cache",
+            FsError::Source(s) => source_kind(s),
+            // A shared fetch counts as what failed in the reader that made it.
+            FsError::Cache(c) => match c.origin() {
+                CacheError::Source(s) => source_kind(s),
+                CacheError::Integrity { .. } => "integrity",
+                CacheError::Refused(_) => "refused",
+                CacheError::Io { .. } | CacheError::Shared { .. } => "cache",
+            },
             FsError::Archive(_) => "archive",
         }
+    }
+}
+
+fn source_kind(s: &SourceError) -> &'static str {
+    match s {
+        SourceError::Unauthorized { .. } => "unauthorized",
+        // The bytes arrived; taking them in failed.
+        SourceError::Sink { .. } => "cache",
+        _ => "registry",
     }
 }
 
@@ -53,9 +65,16 @@ pub fn to_errno(e: &FsError) -> i32 {
         FsError::ReadOnly => libc::EROFS,
         FsError::BadHandle => libc::EBADF,
         FsError::NoAttr => libc::ENODATA,
-        FsError::Source(s) | FsError::Cache(CacheError::Source(s)) => source_errno(s),
-        FsError::Cache(CacheError::Refused(_)) => libc::EACCES,
-        FsError::Cache(_) | FsError::Archive(_) => libc::EIO,
+        FsError::Source(s) => source_errno(s),
+        // Every reader of a shared fetch gets the errno of the reader that made it.
+        FsError::Cache(c) => match c.origin() {
+            CacheError::Source(s) => source_errno(s),
+            CacheError::Refused(_) => libc::EACCES,
+            CacheError::Integrity { .. } | CacheError::Io { .. } | CacheError::Shared { .. } => {
+                libc::EIO
+            }
+        },
+        FsError::Archive(_) => libc::EIO,
     }
 }
 
@@ -74,19 +93,24 @@ impl FsError {
     /// 429), as opposed to a definite answer such as "not found" or "refused". Only an
     /// outage lets the tree fall back on what it saw before.
     pub fn is_outage(&self) -> bool {
-        match self {
-            FsError::Source(s) | FsError::Cache(CacheError::Source(s)) => s.is_transient(),
-            _ => false,
-        }
+        self.source_error().is_some_and(SourceError::is_transient)
     }
 
     /// Whether the error was already logged where it arose (an outage is logged once).
     pub fn logged(&self) -> bool {
-        matches!(
-            self,
-            FsError::Source(SourceError::Down { .. })
-                | FsError::Cache(CacheError::Source(SourceError::Down { .. }))
-        )
+        matches!(self.source_error(), Some(SourceError::Down { .. }))
+    }
+
+    /// The source's error this one carries, if any (through a shared fetch too).
+    fn source_error(&self) -> Option<&SourceError> {
+        match self {
+            FsError::Source(s) => Some(s),
+            FsError::Cache(c) => match c.origin() {
+                CacheError::Source(s) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 }
 
@@ -107,5 +131,41 @@ mod tests {
             detail: "x".into(),
         };
         assert_eq!(to_errno(&FsError::Cache(integrity)), libc::EIO);
+    }
+
+    /// A fetch shared by several readers answers each with the errno and kind of what
+    /// failed in the reader that made it.
+    #[test]
+    fn a_shared_fetch_keeps_the_errno_and_kind_of_its_cause() {
+        let shared = |cause: SourceError| {
+            FsError::Cache(CacheError::Shared {
+                digest: Digest::of(b""),
+                cause: Box::new(CacheError::Source(cause)),
+            })
+        };
+        let refused = shared(SourceError::Unauthorized {
+            registry: "r".into(),
+            hint: "h".into(),
+        });
+        assert_eq!(to_errno(&refused), libc::EACCES);
+        assert_eq!(refused.kind(), "unauthorized");
+        let missing = shared(SourceError::NotFound("x".into()));
+        assert_eq!(to_errno(&missing), libc::ENOENT);
+        let down = shared(SourceError::Status {
+            url: "u".into(),
+            status: 503,
+        });
+        assert_eq!(to_errno(&down), libc::EIO);
+        assert!(down.is_outage());
+    }
+
+    /// A cache that could not take the bytes is the cache's failure, not the source's.
+    #[test]
+    fn a_sink_failure_counts_as_the_cache_and_a_read_failure_as_the_source() {
+        let sink = SourceError::sink("blob", std::io::Error::other("disk full"));
+        let io = SourceError::io("layout file", std::io::Error::other("bad sector"));
+        assert_eq!(FsError::Source(sink.clone()).kind(), "cache");
+        assert_eq!(FsError::Cache(CacheError::Source(sink)).kind(), "cache");
+        assert_eq!(FsError::Source(io).kind(), "registry");
     }
 }

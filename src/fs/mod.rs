@@ -15,4 +15,6 @@ pub use filesystem::{Attr, DirEntry, Fs, FsConfig};
 #[cfg(test)]
 mod core_tests;
 #[cfg(test)]
+mod read_fault_tests;
+#[cfg(test)]
 mod read_tests;

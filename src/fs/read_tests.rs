@@ -2,7 +2,6 @@
 //! read-ahead, through the filesystem core against the in-memory source (which counts
 //! requests and bytes).
 
-use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,8 +16,9 @@ use crate::fs::tree::{RootKind, Tree, TreeConfig, ROOT};
 use crate::fs::{Fs, FsConfig};
 use crate::oci::{Descriptor, Digest, ANNOTATION_TITLE, OCI_MANIFEST};
 use crate::read::{BlobReader, ReadConfig};
+use crate::source::failing::{FailingSource, Fault};
 use crate::source::memory::MemorySource;
-use crate::source::{BlobSink, FetchedManifest, Reference, Source};
+use crate::source::{Reference, Source};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -241,50 +241,23 @@ fn random_reads_do_not_read_ahead() {
     s.fs.release(fh);
 }
 
-/// A source whose read-ahead requests all fail (foreground reads succeed).
-struct FailingReadAhead(Arc<MemorySource>);
-
-impl Source for FailingReadAhead {
-    fn name(&self) -> String {
-        self.0.name()
-    }
-    fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
-        self.0.catalog()
-    }
-    fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
-        self.0.tags(repo)
-    }
-    fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
-        self.0.manifest(repo, reference)
-    }
-    fn fetch_blob(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        size: u64,
-        range: Option<Range<u64>>,
-        sink: &mut dyn BlobSink,
-    ) -> Result<(), SourceError> {
-        if std::thread::current()
-            .name()
-            .is_some_and(|n| n.starts_with("orasfs-read-"))
-        {
-            return Err(SourceError::Status {
-                url: "memory://read-ahead".into(),
-                status: 503,
-            });
-        }
-        self.0.fetch_blob(repo, digest, size, range, sink)
-    }
-}
-
 #[test]
 fn a_failing_read_ahead_never_fails_a_read() {
     let dir = tempfile::tempdir().unwrap();
     let mem = Arc::new(MemorySource::new());
+    // Every read-ahead request fails; foreground reads succeed.
+    let failing = FailingSource::new(mem.clone());
+    failing.add(
+        Fault::blob(SourceError::Status {
+            url: "memory://read-ahead".into(),
+            status: 503,
+        })
+        .on_threads("orasfs-read-")
+        .always(),
+    );
     let s = mount(
-        mem.clone(),
-        Arc::new(FailingReadAhead(mem)),
+        mem,
+        Arc::new(failing),
         dir.path(),
         &[20 * MIB as usize],
         |_, _| {},

@@ -120,10 +120,8 @@ pub fn index_layer(
         let fetched = source
             .fetch_blob(repo, &layer.digest, layer.size, None, &mut sink)
             .and_then(|()| {
-                sink.flush().map_err(|e| SourceError::Io {
-                    path: format!("blob {}", layer.digest),
-                    source: e,
-                })
+                sink.flush()
+                    .map_err(|e| SourceError::sink(format!("blob {}", layer.digest), e))
             });
         drop(sink); // closes the channel: the thread finishes
         (fetched, whole.join())

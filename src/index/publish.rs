@@ -119,14 +119,14 @@ impl LayoutDestination {
             .raw_os_error()
             .map(std::io::Error::from_raw_os_error)
             .unwrap_or(e);
-        SourceError::Io {
-            path: format!(
+        SourceError::io(
+            format!(
                 "OCI layout {}: cannot write {}",
                 self.root.display(),
                 what.display()
             ),
-            source: e,
-        }
+            e,
+        )
     }
 
     /// Write `bytes` to `path` through a temporary file in the same directory and a

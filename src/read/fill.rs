@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::index::BlobIndex;
 use super::state::BlobState;
-use super::Inner;
+use super::{Fetcher, Inner};
 use crate::cache::block::{block_len, BLOCK_SIZE};
 use crate::cache::{CacheStats, Partial};
 use crate::error::{CacheError, SourceError};
@@ -29,6 +29,8 @@ pub(super) struct FillSink<'a> {
     unreleased: Range<u64>,
     /// Keep the bytes of these blocks for the caller.
     keep: Range<u64>,
+    /// Whose fetch this is: a reader's failure is shared with the readers waiting for it.
+    fetcher: Fetcher,
     pub kept: BTreeMap<u64, Vec<u8>>,
     /// The block being assembled, and its number.
     next: u64,
@@ -49,7 +51,7 @@ impl<'a> FillSink<'a> {
         state: &'a Arc<BlobState>,
         partial: Option<Arc<Partial>>,
         claimed: Range<u64>,
-        keep: bool,
+        fetcher: Fetcher,
         generation: u64,
         index: Option<Arc<BlobIndex>>,
     ) -> Self {
@@ -59,7 +61,11 @@ impl<'a> FillSink<'a> {
             inner,
             state,
             partial,
-            keep: if keep { claimed.clone() } else { 0..0 },
+            keep: match fetcher {
+                Fetcher::Reader { keep: true } => claimed.clone(),
+                _ => 0..0,
+            },
+            fetcher,
             unreleased: claimed.clone(),
             next: claimed.start,
             claimed,
@@ -83,7 +89,8 @@ impl<'a> FillSink<'a> {
         }
     }
 
-    /// Conclude: check the body was complete, and release what was claimed but never came.
+    /// Conclude: check the body was complete, and release what was claimed but never came
+    /// (with the error, for the readers waiting for it, if this is a reader's fetch).
     pub fn finish(mut self, fetched: Result<(), SourceError>) -> Result<FillSink<'a>, CacheError> {
         let r = fetched.map_err(CacheError::from).and_then(|()| {
             if self.kind.is_none() {
@@ -98,6 +105,12 @@ impl<'a> FillSink<'a> {
                 None => Ok(()),
             }
         });
+        if let (Err(e), Fetcher::Reader { .. }) = (&r, self.fetcher) {
+            let rest = std::mem::replace(&mut self.unreleased, 0..0);
+            if !rest.is_empty() {
+                self.state.release_failed(rest, e);
+            }
+        }
         self.release_rest();
         r.map(|()| self)
     }

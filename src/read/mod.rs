@@ -63,8 +63,11 @@ use state::{runs, BlobState};
 pub const WORKERS: usize = 8;
 /// Blocks a foreground read hashes from disk before leaving the rest to a worker.
 pub const FOREGROUND_HASH: u64 = 64;
-/// How many times a read fetches blocks itself whose fetch by another reader failed.
+/// How many times a read fetches blocks itself that another fetch gave up without an
+/// error to share (read-ahead failed, or the store could not take them).
 const TAKEOVERS: usize = 3;
+/// A foreground read that keeps what it fetches.
+const READER: Fetcher = Fetcher::Reader { keep: true };
 
 /// When bytes are checked against the digest before they are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +115,17 @@ impl Default for ReadConfig {
             max_memory: 64 * 1024 * 1024,
         }
     }
+}
+
+/// Who a fetch is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetcher {
+    /// A read that waits for the bytes, and keeps them to serve (`keep`). Its failure
+    /// answers the readers that waited for the same blocks: one fetch, one errno.
+    Reader { keep: bool },
+    /// Read-ahead: nobody asked for these bytes yet. A failure is not passed on: a reader
+    /// waiting for the blocks fetches them itself.
+    Ahead,
 }
 
 /// Whether a hashing call may wait for another hasher.
@@ -460,7 +474,7 @@ impl Inner {
                     state.release(blocks);
                     return;
                 }
-                if let Err(e) = self.fetch_run(&state, p, blocks, false, generation) {
+                if let Err(e) = self.fetch_run(&state, p, blocks, Fetcher::Ahead, generation) {
                     CacheStats::add(&self.stats().prefetch_failures, 1);
                     log::debug!(
                         "read-ahead of {n} blocks of {} failed: {e}",
@@ -607,10 +621,10 @@ impl Inner {
                 break;
             }
             if attempt == TAKEOVERS {
-                return Err(CacheError::SharedFetch(format!(
-                    "{}: blocks fetched by other readers kept failing",
-                    state.blob.digest
-                )));
+                return Err(CacheError::io(
+                    state.blob.digest.to_string(),
+                    std::io::Error::other("blocks fetched by other readers never landed"),
+                ));
             }
             let (mine, theirs) = {
                 let (mut mine, mut theirs) = (Vec::new(), Vec::new());
@@ -625,7 +639,7 @@ impl Inner {
             let max = (self.cfg.max_request / BLOCK_SIZE).max(1);
             let fetched = self.fetch_runs(state, p, runs(&mine, max), generation)?;
             got.extend(fetched);
-            state.wait(&theirs);
+            state.wait(&theirs)?;
         }
         CacheStats::add(&self.stats().misses, misses);
         Ok(range.filter_map(|i| got.remove(&i)).collect())
@@ -642,7 +656,7 @@ impl Inner {
         if runs.len() <= 1 {
             let mut out = BTreeMap::new();
             for r in runs {
-                out.extend(self.fetch_run(state, p.clone(), r, true, generation)?);
+                out.extend(self.fetch_run(state, p.clone(), r, READER, generation)?);
             }
             return Ok(out);
         }
@@ -651,7 +665,7 @@ impl Inner {
                 .into_iter()
                 .map(|r| {
                     let p = p.clone();
-                    scope.spawn(move || self.fetch_run(state, p, r, true, generation))
+                    scope.spawn(move || self.fetch_run(state, p, r, READER, generation))
                 })
                 .collect();
             let mut out = BTreeMap::new();
@@ -663,8 +677,9 @@ impl Inner {
                         first_err.get_or_insert(e);
                     }
                     Err(_) => {
-                        first_err.get_or_insert(CacheError::SharedFetch(
-                            "a fetch thread panicked".into(),
+                        first_err.get_or_insert(CacheError::io(
+                            state.blob.digest.to_string(),
+                            std::io::Error::other("a fetch thread panicked"),
                         ));
                     }
                 }
@@ -682,7 +697,7 @@ impl Inner {
         state: &Arc<BlobState>,
         p: Option<Arc<crate::cache::Partial>>,
         blocks: Range<u64>,
-        keep: bool,
+        fetcher: Fetcher,
         generation: u64,
     ) -> Result<BTreeMap<u64, Vec<u8>>, CacheError> {
         let blob = &state.blob;
@@ -696,11 +711,14 @@ impl Inner {
         };
         if let Some(ix) = &index {
             if let Err(e) = ix.prepare(self.src.as_ref(), self.stats(), blocks.clone()) {
-                state.release(blocks);
+                match fetcher {
+                    Fetcher::Reader { .. } => state.release_failed(blocks, &e),
+                    Fetcher::Ahead => state.release(blocks),
+                }
                 return Err(e);
             }
         }
-        let mut sink = FillSink::new(self, state, p, blocks, keep, generation, index);
+        let mut sink = FillSink::new(self, state, p, blocks, fetcher, generation, index);
         CacheStats::add(&self.stats().fetch_requests, 1);
         let fetched = self.src.fetch_blob(
             &blob.repo,
@@ -905,13 +923,13 @@ impl Inner {
         }
         if !lock(&self.uncached).contains(&blob.digest) {
             if blob.size > self.cfg.max_memory {
-                return Err(CacheError::Io {
-                    path: self.cache.root().display().to_string(),
-                    source: std::io::Error::other(format!(
+                return Err(CacheError::io(
+                    self.cache.root().display().to_string(),
+                    std::io::Error::other(format!(
                         "cannot store {} and it is larger than --max-memory",
                         blob.digest
                     )),
-                });
+                ));
             }
             let n = self.stats().write_failures.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() || n == 0 {
@@ -935,16 +953,18 @@ impl Inner {
         let count = block_count(blob.size);
         // A blob that fits the memory bound is also kept in memory while it is fetched,
         // so that if the store refuses its blocks (no room) it need not be fetched again.
-        let keep = blob.size <= self.cfg.max_memory;
+        let fetcher = Fetcher::Reader {
+            keep: blob.size <= self.cfg.max_memory,
+        };
         for _ in 0..=TAKEOVERS {
             let generation = state.generation();
             let p = state.partial(&self.cache);
             let (mine, theirs) = state.claim(p.as_deref(), 0..count);
             let mut kept = BTreeMap::new();
             for r in runs(&mine, count) {
-                kept.extend(self.fetch_run(state, p.clone(), r, keep, generation)?);
+                kept.extend(self.fetch_run(state, p.clone(), r, fetcher, generation)?);
             }
-            state.wait(&theirs);
+            state.wait(&theirs)?;
             self.advance_hash(state, None, HashWait::Yes)?;
             let stored = p.as_ref().is_some_and(|p| p.present() == count);
             if state.is_verified() && !stored && kept.len() as u64 == count {

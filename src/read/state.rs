@@ -2,7 +2,7 @@
 //! blocks are being fetched right now (single-flight per block), and how far its sha256
 //! has got.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -31,12 +31,21 @@ impl HashProgress {
     }
 }
 
+/// Blocks being fetched, and why the last reader's fetch of a block failed.
+#[derive(Default)]
+struct Flight {
+    /// Blocks some fetch has claimed and not yet finished.
+    claimed: HashSet<u64>,
+    /// Blocks a reader's fetch gave up, with its error: a reader that waited for them gets
+    /// the same error. Cleared when the block is claimed again.
+    failed: HashMap<u64, Arc<CacheError>>,
+}
+
 /// The read path's state of one blob, shared by its open files, reads and read-ahead.
 pub(super) struct BlobState {
     pub blob: BlobRef,
     partial: Mutex<Option<Arc<Partial>>>,
-    /// Blocks some fetch has claimed and not yet finished.
-    flight: Mutex<HashSet<u64>>,
+    flight: Mutex<Flight>,
     landed: Condvar,
     pub hash: Mutex<HashProgress>,
     /// Every byte was hashed and matched the digest (whether or not it could be stored).
@@ -61,7 +70,7 @@ impl BlobState {
         Self {
             blob,
             partial: Mutex::new(None),
-            flight: Mutex::new(HashSet::new()),
+            flight: Mutex::default(),
             landed: Condvar::new(),
             hash: Mutex::new(HashProgress::new()),
             verified: AtomicBool::new(false),
@@ -122,7 +131,8 @@ impl BlobState {
             if p.is_some_and(|p| p.has(i)) {
                 continue;
             }
-            if flight.insert(i) {
+            if flight.claimed.insert(i) {
+                flight.failed.remove(&i);
                 mine.push(i);
             } else {
                 theirs.push(i);
@@ -135,17 +145,39 @@ impl BlobState {
     pub fn release(&self, blocks: impl IntoIterator<Item = u64>) {
         let mut flight = lock(&self.flight);
         for i in blocks {
-            flight.remove(&i);
+            flight.claimed.remove(&i);
         }
         drop(flight);
         self.landed.notify_all();
     }
 
-    /// Wait until none of `blocks` is in flight.
-    pub fn wait(&self, blocks: &[u64]) {
+    /// A reader's fetch of claimed blocks failed with `e`: release them, and let the
+    /// readers waiting for them fail with the same error.
+    pub fn release_failed(&self, blocks: Range<u64>, e: &CacheError) {
+        let e = Arc::new(e.clone());
         let mut flight = lock(&self.flight);
-        while blocks.iter().any(|i| flight.contains(i)) {
+        for i in blocks {
+            flight.claimed.remove(&i);
+            flight.failed.insert(i, e.clone());
+        }
+        drop(flight);
+        self.landed.notify_all();
+    }
+
+    /// Wait until none of `blocks` is in flight. Fails with the error of a reader whose
+    /// fetch of one of them failed ([`CacheError::Shared`]); a block given up otherwise
+    /// (by read-ahead) is the caller's to fetch.
+    pub fn wait(&self, blocks: &[u64]) -> Result<(), CacheError> {
+        let mut flight = lock(&self.flight);
+        while blocks.iter().any(|i| flight.claimed.contains(i)) {
             flight = self.landed.wait(flight).unwrap_or_else(|e| e.into_inner());
+        }
+        match blocks.iter().find_map(|i| flight.failed.get(i)) {
+            Some(e) => Err(CacheError::Shared {
+                digest: self.blob.digest.clone(),
+                cause: Box::new(CacheError::clone(e)),
+            }),
+            None => Ok(()),
         }
     }
 

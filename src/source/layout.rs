@@ -165,17 +165,16 @@ impl Source for LayoutSource {
         sink: &mut dyn BlobSink,
     ) -> Result<(), SourceError> {
         let path = self.blob_path(digest)?;
-        let io = |e: std::io::Error| SourceError::Io {
-            path: path.display().to_string(),
-            source: e,
-        };
+        let io = |e| SourceError::io(path.display().to_string(), e);
+        let what = format!("blob {digest} in {}", self.name());
+        let sink_failed = |e| SourceError::sink(what.clone(), e);
         let mut file = File::open(&path).map_err(io)?;
         let (kind, range) = match range {
             Some(r) => (BodyKind::Range, r),
             None => (BodyKind::Whole, 0..size),
         };
         file.seek(SeekFrom::Start(range.start)).map_err(io)?;
-        sink.begin(kind).map_err(io)?;
+        sink.begin(kind).map_err(sink_failed)?;
         let mut left = range.end.saturating_sub(range.start);
         let mut buf = vec![0u8; 256 * 1024];
         while left > 0 {
@@ -183,11 +182,11 @@ impl Source for LayoutSource {
             let n = file.read(&mut buf[..want]).map_err(io)?;
             if n == 0 {
                 return Err(SourceError::Protocol {
-                    what: format!("blob {digest} in {}", self.name()),
+                    what,
                     detail: "file is shorter than its descriptor says".into(),
                 });
             }
-            sink.data(&buf[..n]).map_err(io)?;
+            sink.data(&buf[..n]).map_err(sink_failed)?;
             left -= n as u64;
         }
         Ok(())
@@ -214,5 +213,53 @@ impl Source for LayoutSource {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::failing::RefusingSink;
+    use crate::source::VecSink;
+
+    /// A failure to take the bytes in is a `Sink` error, a failure to read the layout an
+    /// `Io` error: the two are told apart.
+    #[test]
+    fn a_sink_failure_is_not_a_layout_read_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(
+            root.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("index.json"),
+            br#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+        let bytes = b"hello, layout".to_vec();
+        let good = Digest::of(&bytes);
+        std::fs::write(root.join("blobs/sha256").join(good.hex()), &bytes).unwrap();
+        // A blob that cannot be read: a directory where its file should be.
+        let unreadable = Digest::of(b"other");
+        std::fs::create_dir(root.join("blobs/sha256").join(unreadable.hex())).unwrap();
+        let layout = LayoutSource::open(root).unwrap();
+
+        let mut sink = VecSink::with_limit(100);
+        layout.fetch_blob("", &good, 13, None, &mut sink).unwrap();
+        assert_eq!(sink.bytes, bytes);
+        let e = layout
+            .fetch_blob("", &good, 13, None, &mut RefusingSink)
+            .unwrap_err();
+        assert!(
+            matches!(&e, SourceError::Sink { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
+            "{e:?}"
+        );
+        let e = layout
+            .fetch_blob("", &unreadable, 5, None, &mut VecSink::with_limit(100))
+            .unwrap_err();
+        assert!(matches!(e, SourceError::Io { .. }), "{e:?}");
     }
 }

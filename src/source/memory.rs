@@ -1,5 +1,6 @@
 //! An in-memory [`Source`] for fast, deterministic tests of the layers above it. It counts
-//! the requests and bytes it serves, and can be told to ignore ranges or corrupt bytes.
+//! the requests and bytes it serves, and can be told to ignore ranges or corrupt bytes
+//! (blob fetches that fail are injected by [`super::failing`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -32,8 +33,6 @@ pub struct MemorySource {
     pub ignore_ranges: AtomicBool,
     /// Flip the first byte of every blob body served.
     pub corrupt: AtomicBool,
-    /// Fail every blob fetch with a 503.
-    pub down: AtomicBool,
     /// Flip the byte at this offset of this blob in every body that holds it.
     pub corrupt_at: Mutex<Option<(Digest, u64)>>,
     /// Referrers by subject digest.
@@ -210,12 +209,6 @@ impl Source for MemorySource {
         sink: &mut dyn BlobSink,
     ) -> Result<(), SourceError> {
         self.blob_requests.fetch_add(1, Ordering::Relaxed);
-        if self.down.load(Ordering::Relaxed) {
-            return Err(SourceError::Status {
-                url: format!("memory://{digest}"),
-                status: 503,
-            });
-        }
         let blob = self
             .blob(digest)
             .ok_or_else(|| SourceError::NotFound(format!("blob {digest}")))?;
@@ -249,11 +242,8 @@ impl Source for MemorySource {
         }
         self.blob_bytes
             .fetch_add(body.len() as u64, Ordering::Relaxed);
-        let io = |e| SourceError::Io {
-            path: format!("memory://{digest}"),
-            source: e,
-        };
-        sink.begin(kind).map_err(io)?;
-        sink.data(&body).map_err(io)
+        let sink_failed = |e| SourceError::sink(format!("memory://{digest}"), e);
+        sink.begin(kind).map_err(sink_failed)?;
+        sink.data(&body).map_err(sink_failed)
     }
 }

@@ -1,9 +1,11 @@
 //! Where artifacts come from: the [`Source`] trait and its implementations — an HTTP
-//! registry, an OCI image layout on disk, and an in-memory store for tests.
+//! registry, an OCI image layout on disk, an in-memory store for tests, and a wrapper that
+//! injects failures for tests.
 //!
 //! A source hands out verified manifests and raw blob bytes. It knows nothing of files,
 //! names or caches; the cache layer above it verifies blob bytes.
 
+pub mod failing;
 pub mod layout;
 pub mod memory;
 pub mod multi;

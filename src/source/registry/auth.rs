@@ -15,7 +15,8 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use url::Url;
 
 use super::headers::{self, Challenge};
-use super::{backoff, describe_origin, lock, read_capped, Client};
+use super::retry::Budget;
+use super::{describe_origin, lock, read_capped, Client};
 use crate::error::SourceError;
 
 /// A cached bearer token. No `Debug`: it is a secret.
@@ -88,11 +89,13 @@ impl Client {
         self.unauthorized(&format!("access to {what} was denied"))
     }
 
-    /// Answer a 401: get a token for `scope`, or switch to Basic credentials.
+    /// Answer a 401: get a token for `scope` (the token request's retries come out of the
+    /// request's `budget`), or switch to Basic credentials.
     pub(super) async fn authenticate(
         &self,
         resp: &Response,
         scope: &str,
+        budget: &mut Budget,
     ) -> Result<(), SourceError> {
         let challenges: Vec<Challenge> = resp
             .headers()
@@ -127,7 +130,8 @@ impl Client {
                 } else {
                     scope
                 };
-                self.fetch_token(realm, service.as_deref(), scope).await
+                self.fetch_token(realm, service.as_deref(), scope, budget)
+                    .await
             }
         }
     }
@@ -137,6 +141,7 @@ impl Client {
         realm: &str,
         service: Option<&str>,
         scope: &str,
+        budget: &mut Budget,
     ) -> Result<(), SourceError> {
         let url = Url::parse(realm)
             .ok()
@@ -180,18 +185,18 @@ impl Client {
                     form.push(("scope", scope));
                 }
                 let resp = self
-                    .send_token_request(|| self.http.post(url.clone()).form(&form))
+                    .send_token_request(|| self.http.post(url.clone()).form(&form), budget)
                     .await?;
                 match resp.status() {
                     // A token service without the OAuth2 endpoint: the token as a password.
                     StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
                         log::debug!("token service has no OAuth2 endpoint; using GET");
-                        self.send_token_request(get).await?
+                        self.send_token_request(get, budget).await?
                     }
                     _ => resp,
                 }
             }
-            None => self.send_token_request(get).await?,
+            None => self.send_token_request(get, budget).await?,
         };
         match answer.status() {
             s if s.is_success() => {}
@@ -241,41 +246,38 @@ impl Client {
         Ok(())
     }
 
-    /// Send a token request, retrying transport failures and 5xx/429 answers.
+    /// Send a token request, retrying transport failures and transient answers from
+    /// `budget`.
     async fn send_token_request(
         &self,
         build: impl Fn() -> RequestBuilder,
+        budget: &mut Budget,
     ) -> Result<Response, SourceError> {
-        let mut attempt = 0u32;
+        let what = "token service";
         loop {
-            let transient = match build().send().await {
-                Ok(r)
-                    if r.status().is_server_error()
-                        || r.status() == StatusCode::TOO_MANY_REQUESTS =>
-                {
-                    if attempt >= self.cfg.retries {
-                        return Ok(r);
+            let wait = match build().send().await {
+                Ok(r) => {
+                    let failure = SourceError::Status {
+                        url: what.into(),
+                        status: r.status().as_u16(),
+                    };
+                    match budget.retry(what, &failure, None) {
+                        Some(wait) => wait,
+                        None => return Ok(r),
                     }
-                    format!("HTTP {}", r.status())
                 }
-                Ok(r) => return Ok(r),
                 Err(e) => {
-                    let err = self.unreachable(&e);
-                    if attempt >= self.cfg.retries {
-                        return Err(SourceError::Unreachable {
-                            target: "token service".into(),
-                            detail: err.to_string(),
-                        });
+                    let err = SourceError::Unreachable {
+                        target: what.into(),
+                        detail: self.unreachable(&e).to_string(),
+                    };
+                    match budget.retry(what, &err, None) {
+                        Some(wait) => wait,
+                        None => return Err(err),
                     }
-                    err.to_string()
                 }
             };
-            log::warn!(
-                "token service: {transient}; retrying (attempt {})",
-                attempt + 1
-            );
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
+            tokio::time::sleep(wait).await;
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP side of talking to a registry (distribution spec v2): requests with retries,
 //! backoff and redirects, manifests, paginated listings and referrers. Authentication
-//! lives in [`auth`], blob streaming in [`blob`], credential sources in [`credentials`].
+//! lives in [`auth`], blob streaming in [`blob`], the one retry budget of a request in
+//! [`retry`], credential sources in [`credentials`].
 //!
 //! The client runs its own small tokio runtime and offers blocking calls, so the FUSE
 //! worker threads above it can call straight in; concurrent calls share one connection
@@ -15,8 +16,12 @@ pub mod credentials;
 pub mod headers;
 mod outage;
 mod push;
+mod retry;
+#[cfg(test)]
+mod test_server;
 
 pub use push::PushedManifest;
+use retry::Budget;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -206,17 +211,6 @@ impl WholeAnswer {
     }
 }
 
-/// How hard a request tries.
-#[derive(Debug, Clone, Copy)]
-struct Tries {
-    /// Attempts after the first, for transient failures.
-    retries: u32,
-    /// Give up at the first connect timeout. For metadata: a registry that lets a
-    /// connection time out counts as down at once, rather than after as many more connect
-    /// timeouts as there are retries, each of which a lookup would wait out.
-    stop_at_connect_timeout: bool,
-}
-
 /// A blob by repository and digest, for per-blob memories.
 type BlobKey = (String, Digest);
 
@@ -290,10 +284,8 @@ impl Client {
             .danger_accept_invalid_certs(cfg.insecure);
         let named = cfg.ca_file.iter().map(|p| ("--ca-file", p));
         for (flag, ca) in named.chain(cfg.extra_ca.iter().map(|p| ("CA file", p))) {
-            let pem = std::fs::read(ca).map_err(|e| SourceError::Io {
-                path: format!("{flag} {}", ca.display()),
-                source: e,
-            })?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| SourceError::io(format!("{flag} {}", ca.display()), e))?;
             let certs =
                 reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::Protocol {
                     what: format!("{flag} {}", ca.display()),
@@ -319,10 +311,7 @@ impl Client {
             .thread_name("orasfs-http")
             .enable_all()
             .build()
-            .map_err(|e| SourceError::Io {
-                path: "tokio runtime".into(),
-                source: e,
-            })?;
+            .map_err(|e| SourceError::io("tokio runtime", e))?;
         Ok(Self {
             cfg,
             base,
@@ -374,30 +363,20 @@ impl Client {
         }
     }
 
-    /// Send a GET with auth, retries, backoff and redirects. Returns the final response,
-    /// whatever its status, except a 401 from the registry (after one renewal) and
-    /// transient failures (after the retries). `Authorization` is only sent to the
-    /// registry's own origin, and a 401 from elsewhere is returned as it is.
-    async fn get(&self, url: Url, scope: &str, extra: HeaderMap) -> Result<Response, SourceError> {
-        let tries = Tries {
-            retries: self.cfg.retries,
-            stop_at_connect_timeout: false,
-        };
-        self.send(Method::GET, url, scope, extra, tries).await
-    }
-
-    /// [`Client::get`] with any method and number of tries.
+    /// Send a request with auth, retries from `budget`, backoff and redirects. Returns the
+    /// final response, whatever its status (a transient one once the budget is spent),
+    /// except a 401 from the registry (after one renewal) and transport failures.
+    /// `Authorization` is only sent to the registry's own origin, and a 401 from elsewhere
+    /// is returned as it is.
     async fn send(
         &self,
         method: Method,
         url: Url,
         scope: &str,
         extra: HeaderMap,
-        tries: Tries,
+        budget: &mut Budget,
     ) -> Result<Response, SourceError> {
-        let retries = tries.retries;
         let mut url = url;
-        let mut attempt = 0u32;
         let mut renewed = false;
         let mut hops = 0usize;
         loop {
@@ -412,21 +391,19 @@ impl Client {
                     req = req.header(AUTHORIZATION, auth);
                 }
             }
-            let delay = match req.send().await {
+            let what = format!("{method} {}", url.path());
+            let wait = match req.send().await {
                 Err(e) => {
                     let err = self.unreachable(&e);
-                    if attempt >= retries
-                        || is_certificate_error(&error_chain(&e))
-                        || (tries.stop_at_connect_timeout && e.is_connect() && e.is_timeout())
+                    if is_certificate_error(&error_chain(&e))
+                        || (budget.stop_at_connect_timeout && e.is_connect() && e.is_timeout())
                     {
                         return Err(err);
                     }
-                    log::warn!(
-                        "{method} {}: {err}; retrying (attempt {})",
-                        url.path(),
-                        attempt + 1
-                    );
-                    None
+                    match budget.retry(&what, &err, None) {
+                        Some(wait) => wait,
+                        None => return Err(err),
+                    }
                 }
                 Ok(resp) => {
                     let status = resp.status();
@@ -454,30 +431,21 @@ impl Client {
                             return Err(self.refused());
                         }
                         auth::forget(self, scope);
-                        self.authenticate(&resp, scope).await?;
+                        self.authenticate(&resp, scope, budget).await?;
                         renewed = true;
                         continue;
                     }
-                    let transient = status.is_server_error()
-                        || status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::REQUEST_TIMEOUT;
-                    if !transient || attempt >= retries {
-                        return Ok(resp);
+                    let failure = SourceError::Status {
+                        url: url.path().to_string(),
+                        status: status.as_u16(),
+                    };
+                    match budget.retry(&what, &failure, retry_after(&resp)) {
+                        Some(wait) => wait,
+                        None => return Ok(resp),
                     }
-                    log::warn!(
-                        "{method} {}: HTTP {status}; retrying (attempt {})",
-                        url.path(),
-                        attempt + 1
-                    );
-                    resp.headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(headers::parse_retry_after)
                 }
             };
-            let delay = delay.unwrap_or_else(|| backoff(attempt));
-            tokio::time::sleep(delay).await;
-            attempt += 1;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -526,7 +494,16 @@ impl Client {
     /// hands out anonymous tokens passes: its public repositories may be read.
     pub fn check_access(&self) -> Result<(), SourceError> {
         self.rt.block_on(async {
-            let resp = self.get(self.url("v2/"), "", HeaderMap::new()).await?;
+            let mut budget = Budget::new(self.cfg.retries);
+            let resp = self
+                .send(
+                    Method::GET,
+                    self.url("v2/"),
+                    "",
+                    HeaderMap::new(),
+                    &mut budget,
+                )
+                .await?;
             match resp.status() {
                 s if s.is_success() => Ok(()),
                 StatusCode::UNAUTHORIZED => Err(self.refused()),
@@ -599,9 +576,9 @@ impl Client {
             let h = manifest_accept();
             let what = format!("{}/{repo}:{reference}", self.cfg.registry);
             let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
-            let tries = self.gate()?;
+            let mut budget = self.gate()?;
             let resp = self.settle(
-                self.send(Method::HEAD, url, &pull_scope(repo), h, tries)
+                self.send(Method::HEAD, url, &pull_scope(repo), h, &mut budget)
                     .await,
             )?;
             if !resp.status().is_success() {
@@ -615,17 +592,14 @@ impl Client {
         })
     }
 
-    /// How a metadata request may try now, or [`SourceError::Down`] while the registry is
-    /// known to be down (see [`outage`]).
-    fn gate(&self) -> Result<Tries, SourceError> {
+    /// The retry budget of a metadata request now, or [`SourceError::Down`] while the
+    /// registry is known to be down (see [`outage`]).
+    fn gate(&self) -> Result<Budget, SourceError> {
         let retries = match self.health.gate(&self.cfg.registry)? {
             outage::Gate::Ask => self.cfg.retries,
             outage::Gate::Probe => 0,
         };
-        Ok(Tries {
-            retries,
-            stop_at_connect_timeout: true,
-        })
+        Ok(Budget::metadata(retries))
     }
 
     /// Note what a metadata request's outcome says about the registry's health; a failure
@@ -644,8 +618,8 @@ impl Client {
     }
 
     /// A successful GET read whole (up to `limit` bytes), if the registry is not known to
-    /// be down. A body cut short is asked for again, like any transient failure, up to the
-    /// configured retries.
+    /// be down. A body cut short is asked for again, like any transient failure, from the
+    /// request's one retry budget.
     async fn get_whole(
         &self,
         url: Url,
@@ -654,11 +628,10 @@ impl Client {
         limit: u64,
         what: &str,
     ) -> Result<WholeAnswer, SourceError> {
-        let tries = self.gate()?;
-        let mut cuts = 0u32;
+        let mut budget = self.gate()?;
         let r = loop {
             let resp = match self
-                .send(Method::GET, url.clone(), scope, h.clone(), tries)
+                .send(Method::GET, url.clone(), scope, h.clone(), &mut budget)
                 .await
             {
                 Ok(r) => r,
@@ -677,12 +650,10 @@ impl Client {
                         body,
                     })
                 }
-                Err(e @ SourceError::Unreachable { .. }) if cuts < tries.retries => {
-                    log::warn!("{what}: {e}; asking again (attempt {})", cuts + 1);
-                    tokio::time::sleep(backoff(cuts)).await;
-                    cuts += 1;
-                }
-                Err(e) => break Err(e),
+                Err(e) => match budget.retry(what, &e, None) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => break Err(e),
+                },
             }
         };
         self.settle(r)
@@ -850,12 +821,12 @@ fn pull_scope(repo: &str) -> String {
     format!("repository:{repo}:pull")
 }
 
-/// Jittered exponential backoff: about 200 ms, 400 ms, 800 ms … capped at 10 s.
-fn backoff(attempt: u32) -> Duration {
-    use rand::Rng;
-    let base = 200u64.saturating_mul(1 << attempt.min(6)).min(10_000);
-    let jitter = rand::thread_rng().gen_range(0..=base / 2);
-    Duration::from_millis(base / 2 + jitter)
+/// How long the server asked to wait before the next try (`Retry-After`), if it did.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(headers::parse_retry_after)
 }
 
 /// Whether a transport error chain says the peer's certificate was refused.
@@ -943,12 +914,6 @@ mod tests {
             ..ClientConfig::new("r.example")
         };
         assert!(!format!("{cfg:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) <= Duration::from_millis(200));
-        assert!(backoff(20) <= Duration::from_secs(10));
     }
 
     #[test]

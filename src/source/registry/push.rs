@@ -7,7 +7,8 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCAT
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use super::{backoff, error_chain, is_certificate_error, read_capped, Client};
+use super::retry::Budget;
+use super::{error_chain, is_certificate_error, read_capped, Client};
 use crate::error::SourceError;
 use crate::oci::Digest;
 
@@ -37,7 +38,8 @@ fn push_scope(repo: &str) -> String {
 
 impl Client {
     /// Send one request with auth (for `pull,push`), retrying transport failures and
-    /// 5xx/429 answers. A 401 is answered once; a second one is a refused push.
+    /// transient answers from one retry budget. A 401 is answered once; a second one is a
+    /// refused push.
     async fn send_push(
         &self,
         method: Method,
@@ -47,7 +49,7 @@ impl Client {
         body: Option<&[u8]>,
     ) -> Result<Response, SourceError> {
         let scope = push_scope(repo);
-        let mut attempt = 0u32;
+        let mut budget = Budget::new(self.cfg.retries);
         let mut renewed = false;
         loop {
             let mut req = self
@@ -62,13 +64,17 @@ impl Client {
             if let Some(b) = body {
                 req = req.body(b.to_vec());
             }
-            let transient = match req.send().await {
+            let what = format!("{method} {}", url.path());
+            let wait = match req.send().await {
                 Err(e) => {
                     let err = self.unreachable(&e);
-                    if attempt >= self.cfg.retries || is_certificate_error(&error_chain(&e)) {
+                    if is_certificate_error(&error_chain(&e)) {
                         return Err(err);
                     }
-                    err.to_string()
+                    match budget.retry(&what, &err, None) {
+                        Some(wait) => wait,
+                        None => return Err(err),
+                    }
                 }
                 Ok(resp) => {
                     let status = resp.status();
@@ -77,29 +83,24 @@ impl Client {
                             return Err(self.push_refused(repo, status));
                         }
                         super::auth::forget(self, &scope);
-                        self.authenticate(&resp, &scope).await?;
+                        self.authenticate(&resp, &scope, &mut budget).await?;
                         renewed = true;
                         continue;
                     }
                     if status == StatusCode::FORBIDDEN {
                         return Err(self.push_refused(repo, status));
                     }
-                    let retry = status.is_server_error()
-                        || status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::REQUEST_TIMEOUT;
-                    if !retry || attempt >= self.cfg.retries {
-                        return Ok(resp);
+                    let failure = SourceError::Status {
+                        url: url.path().to_string(),
+                        status: status.as_u16(),
+                    };
+                    match budget.retry(&what, &failure, None) {
+                        Some(wait) => wait,
+                        None => return Ok(resp),
                     }
-                    format!("HTTP {status}")
                 }
             };
-            log::warn!(
-                "{method} {}: {transient}; retrying (attempt {})",
-                url.path(),
-                attempt + 1
-            );
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
+            tokio::time::sleep(wait).await;
         }
     }
 
