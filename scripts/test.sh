@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command that runs the tests:
 #
-#   scripts/test.sh
+#   scripts/test.sh                 everything (as CI runs it)
+#   scripts/test.sh --test mount    the same setup, then only these cargo test arguments
 #
 # Checks the Rust toolchain (cargo >= 1.85 with rustfmt and clippy) and /dev/fuse, installs
 # what the tests need (apt: fuse3, docker-registry, gdal-bin, curl, apache2-utils, attr,
@@ -109,8 +110,12 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test"
-cargo test
+step "cargo test $*"
+cargo test "$@"
+if [ $# -gt 0 ]; then
+    step "Only the tests asked for were run (cargo test $*)"
+    exit 0
+fi
 
 # --- systemd units under a real systemd (issue 16) --------------------------------------
 # Boots a Debian bookworm container with systemd-nspawn (rootfs built once with debootstrap,

@@ -246,8 +246,8 @@ pub struct MountArgs {
     /// evicted first, never one an open file is reading.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub cache_size: Option<u64>,
-    /// Keep at least this share of the cache's filesystem free, in percent.
-    #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
+    /// Keep at least this share of the cache's filesystem free, in percent (0 to 99).
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0, value_parser = parse_percent)]
     pub cache_min_free: f64,
     /// Largest small blob verified and held in memory when the cache cannot store it
     /// (disk full, read-only) (e.g. 64MiB).
@@ -276,8 +276,8 @@ pub struct MountArgs {
     /// (FUSE passthrough, Linux 6.9+).
     #[arg(long)]
     pub no_passthrough: bool,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 8)]
+    /// FUSE worker threads (1 to 64).
+    #[arg(long, default_value_t = 8, value_parser = parse_threads)]
     pub threads: usize,
     /// Owner of every file [default: the mounting user].
     #[arg(long)]
@@ -342,7 +342,7 @@ impl MountArgs {
         registry.mirror_fill_wait = self.mirror_fill_wait;
         let mut cache = CacheConfig::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir));
         cache.max_size = self.cache_size;
-        cache.min_free_percent = self.cache_min_free.clamp(0.0, 100.0);
+        cache.min_free_percent = self.cache_min_free;
         let mut fs = FsConfig {
             mutable_ttl: self.metadata_ttl,
             file_mode: self.file_mode,
@@ -375,7 +375,7 @@ impl MountArgs {
             } else {
                 Access::Owner
             },
-            threads: self.threads.clamp(1, 64),
+            threads: self.threads,
             passthrough: !self.no_passthrough,
         }
     }
@@ -394,6 +394,24 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
         ));
     }
     Ok(m)
+}
+
+/// Parse a share of free space to keep: 100 would leave no room to store anything.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..100.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{s:?}: expected a percentage from 0 to 99 (100 would leave the cache no room)"
+        )),
+    }
+}
+
+/// Parse a count of FUSE worker threads.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: expected from 1 to 64 threads")),
+    }
 }
 
 /// Parse a size with binary units: `4096`, `512KiB`, `512MiB`, `20GiB`, `1TiB` (also
@@ -473,6 +491,20 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_not_clamped() {
+        assert_eq!(parse_percent("5").unwrap(), 5.0);
+        assert_eq!(parse_percent("0").unwrap(), 0.0);
+        for bad in ["100", "150", "-1", "NaN", "five"] {
+            assert!(parse_percent(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_threads("1").unwrap(), 1);
+        assert_eq!(parse_threads("64").unwrap(), 64);
+        for bad in ["0", "65", "-2"] {
+            assert!(parse_threads(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -110,7 +110,14 @@ fn reach_mountpoint(p: &Path) -> Result<std::fs::ReadDir, Failure> {
 /// busy mount.
 pub fn umount_command(p: &Path, lazy: bool) -> Result<(), Failure> {
     match crate::app::mountpoint::mounted_at(p) {
-        None => return Err(format!("{} is not mounted", p.display())),
+        None => {
+            let missing = std::fs::symlink_metadata(p)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+            return Err(match missing {
+                true => format!("{}: no such file or directory", p.display()),
+                false => format!("{} is not mounted", p.display()),
+            });
+        }
         Some(m) if !m.fstype.starts_with("fuse") => {
             return Err(format!(
                 "{} is a {} mount, not orasfs; leaving it alone",
@@ -189,6 +196,17 @@ pub fn split_scheme(source: &str, plain_http_flag: bool) -> Result<(Option<bool>
     if let Some(rest) = source.strip_prefix("http://") {
         return Ok((Some(true), rest));
     }
+    if let Some((scheme, _)) = source.split_once("://") {
+        if !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        {
+            return Err(format!(
+                "{source}: {scheme}:// is not supported; a registry SOURCE may start with https:// or http://"
+            ));
+        }
+    }
     Ok((None, source))
 }
 
@@ -233,7 +251,13 @@ pub fn prepare(cfg: &MountConfig) -> Result<Prepared, Failure> {
                     RootKind::Registry
                 }
                 (Some(repo), None) => {
-                    src.tags(&repo).map_err(|e| e.to_string())?;
+                    src.tags(&repo).map_err(|e| match e {
+                        crate::error::SourceError::NotFound(_) => format!(
+                            "{e}; a namespace is browsed from the registry's mount: \
+                             orasfs mount {registry} MOUNTPOINT, then MOUNTPOINT/{repo}/"
+                        ),
+                        e => e.to_string(),
+                    })?;
                     RootKind::Repository(repo)
                 }
                 (Some(repo), Some(r)) => RootKind::Artifact(repo, r),
@@ -472,6 +496,22 @@ fn set_kernel_readahead(target: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schemes_other_than_http_and_https_are_named() {
+        assert_eq!(
+            split_scheme("https://h/r:t", false).unwrap(),
+            (Some(false), "h/r:t")
+        );
+        assert_eq!(
+            split_scheme("http://h/r:t", false).unwrap(),
+            (Some(true), "h/r:t")
+        );
+        assert_eq!(split_scheme("h/r:t", false).unwrap(), (None, "h/r:t"));
+        let e = split_scheme("ftp://127.0.0.1:5055/demo/files:v1", false).unwrap_err();
+        assert!(e.contains("ftp:// is not supported"), "{e}");
+        assert!(split_scheme("https://h/r", true).is_err());
+    }
 
     #[test]
     fn the_fsname_is_the_source_as_given() {

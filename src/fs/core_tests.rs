@@ -658,6 +658,49 @@ fn indexed_world(bound: bool, damage_index: bool, verify: VerifyMode) -> Indexed
 }
 
 #[test]
+fn a_layer_shared_by_two_tags_is_checked_against_the_index_its_own_manifest_binds() {
+    use crate::index::format;
+    let src = Arc::new(MemorySource::new());
+    let data = bytes(8 * MIB as usize + 5, 33);
+    let data_digest = crate::oci::Digest::of(&data);
+    let mut b = format::Builder::new(&data_digest, data.len() as u64, BLOCK_SIZE);
+    b.update(&data);
+    let (index, root) = b.finish().unwrap();
+    let layer = titled(src.put_blob("image/tiff", data.clone()), "scene.tif");
+    let ix = src.put_blob(format::MEDIA_TYPE, index);
+    let mut bound = layer.clone();
+    bound
+        .annotations
+        .insert(format::ANNOTATION_INDEX.into(), ix.digest.to_string());
+    bound
+        .annotations
+        .insert(format::ANNOTATION_ROOT.into(), root.to_string());
+    src.put_manifest("r", Some("plain"), image_manifest(&src, &[layer]));
+    src.put_manifest("r", Some("bound"), image_manifest(&src, &[bound, ix]));
+    let w = world(src, RootKind::Repository("r".into()), VerifyMode::Lazy);
+    let level = |p: &str| {
+        w.fs.getxattr(path(&w.fs, p).unwrap(), "user.orasfs.verified")
+    };
+    // The tag without an index is read first.
+    let plain = path(&w.fs, "plain/scene.tif").unwrap();
+    let fh = w.fs.open(plain, false).unwrap().fh;
+    assert!(w.fs.read(fh, 0, 4096).unwrap() == data[..4096]);
+    assert_eq!(level("plain/scene.tif").unwrap(), b"none");
+    assert_eq!(level("bound/scene.tif").unwrap(), b"blocks");
+    assert_eq!(
+        level("plain/scene.tif").unwrap(),
+        b"none",
+        "not its manifest's"
+    );
+    // Once the bound index is known, a bad block is refused under either name.
+    let bound_file = path(&w.fs, "bound/scene.tif").unwrap();
+    let _held = w.fs.open(bound_file, false).unwrap().fh;
+    *w.src.corrupt_at.lock().unwrap() = Some((data_digest, 6 * MIB + 7));
+    let err = w.fs.read(fh, 6 * MIB, 65536).unwrap_err();
+    assert_eq!(to_errno(&err), libc::EIO, "{err}");
+}
+
+#[test]
 fn a_block_that_fails_its_index_is_never_served_and_is_fetched_again() {
     for bound in [true, false] {
         let t = indexed_world(bound, false, VerifyMode::Lazy);

@@ -98,7 +98,10 @@ impl FsError {
 
     /// Whether the error was already logged where it arose (an outage is logged once).
     pub fn logged(&self) -> bool {
-        matches!(self.source_error(), Some(SourceError::Down { .. }))
+        // A refusal (--verify require-index) is logged once per blob where it is decided.
+        let refused =
+            matches!(self, FsError::Cache(c) if matches!(c.origin(), CacheError::Refused(_)));
+        refused || matches!(self.source_error(), Some(SourceError::Down { .. }))
     }
 
     /// The source's error this one carries, if any (through a shared fetch too).

@@ -60,8 +60,16 @@ pub fn print(mountpoint: &Path) -> Result<(), String> {
     let path = mountpoint
         .join(crate::fs::tree::CONTROL_NAME)
         .join("stats.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("{}: {e} (is an orasfs mount there?)", mountpoint.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let shown = mountpoint.display();
+        match std::fs::metadata(mountpoint) {
+            Err(e) => format!("{shown}: {e}"),
+            Ok(_) if e.kind() == std::io::ErrorKind::NotFound => {
+                format!("{shown} is not an orasfs mount (it has no .orasfs/stats.json)")
+            }
+            Ok(_) => format!("{}: {e}", path.display()),
+        }
+    })?;
     print!("{text}");
     Ok(())
 }

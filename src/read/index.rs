@@ -23,7 +23,7 @@ use crate::oci::{Descriptor, Digest, Manifest};
 use crate::source::{Reference, Source, VecSink};
 
 /// Where a layer's index may be found, as the tree knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IndexHint {
     /// Named by the layer's annotations; the index blob is a layer of the same manifest.
     Bound { index: BlobRef, root: Digest },
@@ -176,7 +176,9 @@ type IndexReferrers = Arc<OnceLock<Result<Vec<Descriptor>, String>>>;
 /// listed once (a manifest of 500 layers costs one referrers request, not 500).
 #[derive(Default)]
 pub struct Indexes {
-    resolved: Mutex<HashMap<(Digest, u64), Resolution>>,
+    /// By blob and hint: a blob shared by several manifests may be indexed by each, with
+    /// different trust.
+    resolved: Mutex<HashMap<(BlobRef, IndexHint), Resolution>>,
     referrers: Mutex<HashMap<(String, Digest), IndexReferrers>>,
 }
 
@@ -192,7 +194,7 @@ impl Indexes {
     ) -> Option<Arc<BlobIndex>> {
         let hint = hint?;
         let cell = lock(&self.resolved)
-            .entry((blob.digest.clone(), blob.size))
+            .entry((blob.clone(), hint.clone()))
             .or_default()
             .clone();
         cell.get_or_init(|| match self.resolve(src, stats, blob, hint) {
@@ -206,13 +208,6 @@ impl Indexes {
             }
         })
         .clone()
-    }
-
-    /// The index if it was resolved already (no network).
-    pub fn peek(&self, blob: &BlobRef) -> Option<Arc<BlobIndex>> {
-        lock(&self.resolved)
-            .get(&(blob.digest.clone(), blob.size))
-            .and_then(|c| c.get().cloned().flatten())
     }
 }
 

@@ -266,7 +266,10 @@ impl BlobReader {
     pub fn open(&self, blob: &BlobRef, hint: Option<&IndexHint>) -> OpenBlob {
         let state = self.inner.state(blob);
         if let Some(h) = hint {
-            lock(&state.hint).get_or_insert_with(|| h.clone());
+            let mut hints = lock(&state.hints);
+            if !hints.contains(h) {
+                hints.push(h.clone());
+            }
         }
         OpenBlob {
             _pin: self.inner.cache.pin_guard(&blob.digest),
@@ -279,7 +282,9 @@ impl BlobReader {
     /// How the bytes of a blob are checked, for `user.orasfs.verified`: `blob` (all of
     /// it against its digest), `blocks` (every byte read, against a block index that the
     /// manifest binds), `blocks-referrer` (the same, against an index found through
-    /// referrers), or `none`.
+    /// referrers), or `none`. Told from the file's own manifest (`hint`): reads may be
+    /// checked against a stronger index another manifest sharing the blob binds, never a
+    /// weaker one than this says.
     pub fn verification(&self, blob: &BlobRef, hint: Option<&IndexHint>) -> &'static str {
         if self.inner.is_verified(blob) {
             return "blob";
@@ -400,9 +405,20 @@ impl Inner {
             .get(self.src.as_ref(), self.stats(), blob, hint)
     }
 
+    /// The strongest verified index any manifest showing this blob leads to: one bound by
+    /// a manifest before one found through referrers.
     fn state_index(&self, state: &BlobState) -> Option<Arc<BlobIndex>> {
-        let hint = lock(&state.hint).clone();
-        self.index_of(&state.blob, hint.as_ref())
+        let mut hints = lock(&state.hints).clone();
+        hints.sort_by_key(|h| !matches!(h, IndexHint::Bound { .. }));
+        let mut found = None;
+        for h in &hints {
+            match self.index_of(&state.blob, Some(h)) {
+                Some(ix) if ix.trust == Trust::Bound => return Some(ix),
+                Some(ix) => found = found.or(Some(ix)),
+                None => {}
+            }
+        }
+        found
     }
 
     fn is_verified(&self, blob: &BlobRef) -> bool {

@@ -53,8 +53,9 @@ pub(super) struct BlobState {
     /// Bumped when the blob's bytes are dropped (a digest mismatch): fetches started
     /// before then neither store nor hash what they bring.
     generation: AtomicU64,
-    /// Where the blob's block index may be found.
-    pub hint: Mutex<Option<super::index::IndexHint>>,
+    /// Where the blob's block index may be found: one hint per manifest that showed the
+    /// blob (several tags may share a layer), each resolved on its own.
+    pub hints: Mutex<Vec<super::index::IndexHint>>,
     /// Blocks served but not stored (the cache had no room), ahead of the hashing
     /// frontier: kept until hashed, so the digest still judges what was served.
     pub pending: Mutex<std::collections::BTreeMap<u64, Vec<u8>>>,
@@ -75,7 +76,7 @@ impl BlobState {
             hash: Mutex::new(HashProgress::new()),
             verified: AtomicBool::new(false),
             generation: AtomicU64::new(0),
-            hint: Mutex::new(None),
+            hints: Mutex::new(Vec::new()),
             pending: Mutex::default(),
             unverifiable: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
