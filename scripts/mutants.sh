@@ -24,9 +24,9 @@ modules=(
     "headers|src/source/registry/headers.rs|registry::"
     "oci|src/oci.rs|oci:: source:: tree::"
     "names|src/names/mod.rs|names:: tree::"
-    "block|src/cache/block.rs|cache:: read::"
-    "verified|src/cache/verified.rs|cache:: read:: core_tests::"
-    "index|src/read/index.rs|read:: core_tests::"
+    "block|src/cache/block.rs|cache:: read_tests::"
+    "verified|src/cache/verified.rs|cache:: read_tests:: core_tests::"
+    "index|src/read/index.rs|index:: read_tests:: core_tests::"
 )
 out="${CARGO_TARGET_DIR:-target}/mutants"
 status=0

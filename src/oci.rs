@@ -514,4 +514,63 @@ mod tests {
             Ok(Manifest::Index(_))
         ));
     }
+
+    /// What the filesystem and the messages show of a document: the digest's hex (cache
+    /// paths), its text in logs, a layer's title (file names), the type and annotations
+    /// of a manifest (xattrs, mtimes), and at most 80 characters of refused input.
+    #[test]
+    fn accessors_show_the_document_and_errors_quote_it_briefly() {
+        let d = Digest::parse(&format!("sha256:{HEX}")).unwrap();
+        assert_eq!(d.hex(), HEX);
+        assert_eq!(format!("{d:?}"), format!("sha256:{HEX}"));
+        assert_eq!(format!("{d}"), format!("sha256:{HEX}"));
+
+        let long = format!("sha256:{}", "g".repeat(200));
+        match Digest::parse(&long) {
+            Err(OciError::InvalidDigest(quoted)) => assert_eq!(quoted, long[..80]),
+            other => panic!("{other:?}"),
+        }
+        let odd = format!("application/x-{}", "y".repeat(200));
+        match Manifest::parse(b"{\"schemaVersion\":2}", Some(&odd)) {
+            Err(OciError::UnsupportedMediaType(quoted)) => assert_eq!(quoted, odd[..80]),
+            other => panic!("{other:?}"),
+        }
+
+        let titled: Descriptor = serde_json::from_str(&format!(
+            r#"{{"digest":"sha256:{HEX}","size":1,"annotations":{{"{ANNOTATION_TITLE}":"a.txt"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(titled.title(), Some("a.txt"));
+        let untitled: Descriptor =
+            serde_json::from_str(&format!(r#"{{"digest":"sha256:{HEX}","size":1}}"#)).unwrap();
+        assert_eq!(untitled.title(), None);
+
+        let image = format!(
+            r#"{{"schemaVersion":2,"config":{},"layers":[],"annotations":{{"k":"v"}}}}"#,
+            desc(2)
+        );
+        let m = Manifest::parse(image.as_bytes(), None).unwrap();
+        assert_eq!(m.media_type(), OCI_MANIFEST);
+        assert_eq!(
+            m.annotations(),
+            &BTreeMap::from([("k".to_string(), "v".to_string())])
+        );
+        let typed = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{},"layers":[]}}"#,
+            desc(2)
+        );
+        let m = Manifest::parse(typed.as_bytes(), None).unwrap();
+        assert_eq!(m.media_type(), DOCKER_MANIFEST);
+        assert!(m.annotations().is_empty());
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{}],"annotations":{{"i":"j"}}}}"#,
+            desc(2)
+        );
+        let i = Manifest::parse(index.as_bytes(), None).unwrap();
+        assert_eq!(i.media_type(), OCI_INDEX);
+        assert_eq!(
+            i.annotations(),
+            &BTreeMap::from([("i".to_string(), "j".to_string())])
+        );
+    }
 }

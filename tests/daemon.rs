@@ -289,12 +289,12 @@ impl Drop for KillOnDrop {
 #[test]
 fn without_dev_fuse_the_error_names_the_device() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "this test needs root (to hide /dev/fuse in a private mount namespace)"
-        );
-        eprintln!("SKIPPED without_dev_fuse_the_error_names_the_device: needs root");
+    let root = unsafe { libc::geteuid() } == 0;
+    if !needs(
+        root,
+        "daemon::without_dev_fuse_the_error_names_the_device",
+        "this test needs root (to hide /dev/fuse in a private mount namespace)",
+    ) {
         return;
     }
     let (reg, _) = registry_with_artifact();

@@ -1,12 +1,11 @@
 //! Reliability under faults: a real `docker-registry` behind a scriptable fault-injecting
-//! proxy (tests/faults_support), a real `orasfs` mount, and plain file reads.
+//! proxy (tests/common), a real `orasfs` mount, and plain file reads.
 //!
 //! The promise under test: orasfs never lets a read succeed with a wrong byte, rides out
 //! transient network faults, keeps answering while one request is stuck, and recovers
 //! from crashes and a damaged cache without serving damaged bytes.
 
 mod common;
-mod faults_support;
 
 use std::fs;
 use std::path::Path;
@@ -14,8 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{hex_of, random_bytes, wait_for, Registry};
-use faults_support::*;
+use common::*;
 
 const MIB: usize = 1024 * 1024;
 

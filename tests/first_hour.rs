@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{is_mounted, wait_for, Mount, Registry};
+use common::{is_mounted, wait_for, Mount, Registry, Spot};
 
 const BIN: &str = env!("CARGO_BIN_EXE_orasfs");
 
@@ -32,51 +32,6 @@ fn one_line_failure(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     err
-}
-
-/// A directory with a `mnt` mountpoint; whatever is mounted there is unmounted on drop,
-/// and the daemon found by its log line is waited for.
-struct Spot {
-    dir: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl Spot {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().canonicalize().unwrap().join("mnt");
-        fs::create_dir(&mnt).unwrap();
-        Spot { dir, mnt }
-    }
-    fn mnt(&self) -> &str {
-        self.mnt.to_str().unwrap()
-    }
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    /// `orasfs mount` in daemon mode with a cache in the spot.
-    fn daemon(&self, source: &str, extra: &[&str]) -> Output {
-        let cache = self.file("cache");
-        let mut args = vec!["mount", "--cache-dir", cache.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[source, self.mnt()]);
-        orasfs(&args)
-    }
-}
-
-impl Drop for Spot {
-    fn drop(&mut self) {
-        for _ in 0..5 {
-            if !is_mounted(&self.mnt) {
-                break;
-            }
-            let _ = Command::new("fusermount3")
-                .arg("-uz")
-                .arg(&self.mnt)
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! Fleets against real engines on loopback: an origin `docker-registry` and a second one
 //! in pull-through cache mode (`proxy: remoteurl:`) as the mirror, and `orasfs` mounts
 //! that each have their own cache dir, as separate machines would. What each registry
-//! served is read from its own log (`response completed ... http.response.written=N`).
+//! served is read from its own JSON log (`response completed`, `http.response.written`).
 //! Every registry and mount stops on drop, also when an assertion fails.
 
-mod registry_support;
+mod common;
 
 use std::fs;
 use std::io::Read;
@@ -13,26 +13,11 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-use registry_support::certs;
-use registry_support::distribution::{htpasswd, sha256, Auth, Config, Distribution, Pusher};
-use registry_support::orasfs::{mount, Mounted, Run};
-use registry_support::token::{TokenServer, ISSUER, SERVICE};
+use common::certs;
+use common::token::TokenServer;
+use common::{htpasswd, random_bytes, sha256, Auth, Config, Launch, Mount, Pusher, Registry};
 
 const MIB: usize = 1 << 20;
-
-/// Bytes that do not compress and differ per `seed` (xorshift).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// One `response completed` line of a distribution log.
 #[derive(Debug)]
@@ -43,33 +28,30 @@ struct Served {
     written: u64,
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let at = line.find(&format!(" {key}="))? + key.len() + 2;
-    let rest = &line[at..];
-    if let Some(q) = rest.strip_prefix('"') {
-        return q.split('"').next();
-    }
-    rest.split(' ').next()
-}
-
-fn served(log: &str) -> Vec<Served> {
-    log.lines()
+/// The requests a registry answered, from its JSON log.
+fn served(reg: &Registry) -> Vec<Served> {
+    reg.requests()
+        .iter()
         // Also "response completed with error": a dropped answer's bytes were sent too.
-        .filter(|l| l.contains("msg=\"response completed"))
-        .filter_map(|l| {
+        .filter(|v| {
+            v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("response completed"))
+        })
+        .filter_map(|v| {
             Some(Served {
-                method: field(l, "http.request.method")?.to_string(),
-                uri: field(l, "http.request.uri")?.to_string(),
-                status: field(l, "http.response.status")?.parse().ok()?,
-                written: field(l, "http.response.written")?.parse().ok()?,
+                method: v["http.request.method"].as_str()?.to_string(),
+                uri: v["http.request.uri"].as_str()?.to_string(),
+                status: v["http.response.status"].as_u64()?.try_into().ok()?,
+                written: v["http.response.written"].as_u64()?,
             })
         })
         .collect()
 }
 
 /// (status, bytes written) of each GET of blob `digest` in a registry's log.
-fn origin_gets(reg: &Distribution, digest: &str) -> Vec<(u16, u64)> {
-    served(&reg.log_text())
+fn origin_gets(reg: &Registry, digest: &str) -> Vec<(u16, u64)> {
+    served(reg)
         .iter()
         .filter(|s| s.method == "GET" && s.uri.ends_with(&format!("/blobs/{digest}")))
         .map(|s| (s.status, s.written))
@@ -77,15 +59,15 @@ fn origin_gets(reg: &Distribution, digest: &str) -> Vec<(u16, u64)> {
 }
 
 /// Bytes of blob `digest` a registry's log says it sent in GET answers.
-fn blob_bytes(reg: &Distribution, digest: &str) -> u64 {
-    served(&reg.log_text())
+fn blob_bytes(reg: &Registry, digest: &str) -> u64 {
+    served(reg)
         .iter()
         .filter(|s| s.method == "GET" && s.uri.ends_with(&format!("/blobs/{digest}")))
         .map(|s| s.written)
         .sum()
 }
 
-fn stats(m: &Mounted) -> serde_json::Value {
+fn stats(m: &Mount) -> serde_json::Value {
     serde_json::from_slice(&fs::read(m.join(".orasfs/stats.json")).unwrap()).unwrap()
 }
 
@@ -114,24 +96,24 @@ fn sha_of_file(p: &Path) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
-fn origin_and_mirror() -> (Distribution, Distribution) {
-    let origin = Distribution::start(&Config::default());
-    let mirror = Distribution::start(&Config {
+fn origin_and_mirror() -> (Registry, Registry) {
+    let origin = Registry::with(&Config::default());
+    let mirror = Registry::with(&Config {
         proxy: Some((origin.url(""), None)),
         ..Config::default()
     });
     (origin, mirror)
 }
 
-fn with_mirror(mirror: &Distribution) -> Run {
-    Run::new().arg("--mirror").arg(mirror.addr())
+fn with_mirror(mirror: &Registry) -> Launch {
+    Launch::default().arg("--mirror").arg(mirror.addr())
 }
 
 /// A cloud-optimised GeoTIFF of noise (DEFLATE keeps it large): `n`×`n`, 3 bands, 512
 /// pixel tiles. `n` = 2048 gives about 16 MB.
 fn make_cog(dir: &Path, n: usize) -> Vec<u8> {
     let raw = dir.join("raw.bin");
-    fs::write(&raw, noise(3 * n * n, 21)).unwrap();
+    fs::write(&raw, random_bytes(3 * n * n, 21)).unwrap();
     fs::write(
         dir.join("raw.hdr"),
         format!(
@@ -174,7 +156,7 @@ fn window(cog: &Path, out_dir: &Path) -> Vec<u8> {
 /// How distribution's proxy answers a `Range` request for a blob it has not cached yet,
 /// asked directly (status, `Content-Length`, `Content-Range`); the answer is dropped at
 /// its headers.
-fn proxy_answer_to_a_range(mirror: &Distribution, repo: &str, digest: &str) -> (u16, u64, bool) {
+fn proxy_answer_to_a_range(mirror: &Registry, repo: &str, digest: &str) -> (u16, u64, bool) {
     let r = reqwest::blocking::Client::new()
         .get(mirror.url(&format!("/v2/{repo}/blobs/{digest}")))
         .header("Range", "bytes=0-0")
@@ -201,8 +183,8 @@ fn a_pull_through_cache_offloads_the_origin() {
     let (origin, mirror) = origin_and_mirror();
     let cog = make_cog(tmp.path(), 2048);
     let want_window = window(&tmp.path().join("scene.tif"), &mkdir(tmp.path(), "local"));
-    let big = noise(SIZE, 7);
-    let side = noise(16 * MIB, 8);
+    let big = random_bytes(SIZE, 7);
+    let side = random_bytes(16 * MIB, 8);
     let (digest, cog_digest, side_digest) = (sha256(&big), sha256(&cog), sha256(&side));
     let pusher = Pusher::anonymous(&origin.url(""));
     pusher.push_artifact(
@@ -236,7 +218,10 @@ fn a_pull_through_cache_offloads_the_origin() {
     let started = Instant::now();
     let mut origin_after = Vec::new();
     for machine in 0..2 {
-        let m = mount(&source, &with_mirror(&mirror).arg("-v"))
+        let m = with_mirror(&mirror)
+            .arg("-v")
+            .source(&source)
+            .try_mount()
             .unwrap_or_else(|f| panic!("mount {machine}: {}", f.stderr));
         assert_eq!(sha_of_file(&m.join("big.bin")), digest, "machine {machine}");
         let got = window(
@@ -319,7 +304,7 @@ fn a_pull_through_cache_offloads_the_origin() {
 /// Ask the mirror for a blob once, so that it has it cached, and wait until it answers a
 /// range with 206 (the proxy stores what it fetched in the background; until then it
 /// answers every request with the whole blob).
-fn warm(mirror: &Distribution, repo: &str, digest: &str) {
+fn warm(mirror: &Registry, repo: &str, digest: &str) {
     let client = reqwest::blocking::Client::new();
     let url = mirror.url(&format!("/v2/{repo}/blobs/{digest}"));
     let r = client.get(&url).send().unwrap();
@@ -352,24 +337,19 @@ fn warm(mirror: &Distribution, repo: &str, digest: &str) {
 fn a_mirror_that_lost_a_blob_is_waited_for_again() {
     const SIZE: usize = 128 * MIB;
     let (origin, mirror) = origin_and_mirror();
-    let body = noise(SIZE, 51);
+    let body = random_bytes(SIZE, 51);
     let digest = sha256(&body);
     Pusher::anonymous(&origin.url("")).push_artifact("fleet/lost", "v1", &[("big.bin", &body)]);
-    let m = mount(
-        &format!("{}/fleet/lost:v1", origin.addr()),
-        &with_mirror(&mirror).arg("-v"),
-    )
-    .unwrap_or_else(|f| panic!("mount: {}", f.stderr));
+    let m = with_mirror(&mirror)
+        .arg("-v")
+        .source(&format!("{}/fleet/lost:v1", origin.addr()))
+        .try_mount()
+        .unwrap_or_else(|f| panic!("mount: {}", f.stderr));
     let mut f = fs::File::open(m.join("big.bin")).unwrap();
     let mut got = vec![0u8; MIB];
     f.read_exact(&mut got).unwrap();
     let before = blob_bytes(&origin, &digest);
-    let data = mirror
-        .storage()
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&digest[7..9])
-        .join(&digest[7..])
-        .join("data");
+    let data = mirror.blob_data_path(&digest["sha256:".len()..]);
     fs::remove_file(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
     f.read_to_end(&mut got).unwrap();
     assert!(sha256(&got) == digest, "the right bytes");
@@ -397,8 +377,8 @@ fn a_mirror_that_lost_a_blob_is_waited_for_again() {
 #[test]
 fn reads_fail_over_to_the_origin_and_come_back_after_the_cool_down() {
     let (origin, mut mirror) = origin_and_mirror();
-    let first = noise(64 * MIB, 11);
-    let second = noise(8 * MIB, 12);
+    let first = random_bytes(64 * MIB, 11);
+    let second = random_bytes(8 * MIB, 12);
     let (d1, d2) = (sha256(&first), sha256(&second));
     Pusher::anonymous(&origin.url("")).push_artifact(
         "fleet/failover",
@@ -408,11 +388,12 @@ fn reads_fail_over_to_the_origin_and_come_back_after_the_cool_down() {
     warm(&mirror, "fleet/failover", &d1);
     warm(&mirror, "fleet/failover", &d2);
     let cooldown = Duration::from_secs(3);
-    let m = mount(
-        &format!("{}/fleet/failover:v1", origin.addr()),
-        &with_mirror(&mirror).arg("--mirror-cooldown").arg("3s"),
-    )
-    .unwrap_or_else(|f| panic!("mount: {}", f.stderr));
+    let m = with_mirror(&mirror)
+        .arg("--mirror-cooldown")
+        .arg("3s")
+        .source(&format!("{}/fleet/failover:v1", origin.addr()))
+        .try_mount()
+        .unwrap_or_else(|f| panic!("mount: {}", f.stderr));
     let mut f = fs::File::open(m.join("first.bin")).unwrap();
     let mut got = vec![0u8; MIB];
     f.read_exact(&mut got).unwrap();
@@ -544,24 +525,26 @@ impl Drop for FakeMirror {
 /// the cool-down later reads do not wait for the mirror again.
 #[test]
 fn a_mirror_that_never_answers_is_skipped_after_the_timeout() {
-    let origin = Distribution::start(&Config::default());
+    let origin = Registry::with(&Config::default());
     let hole = FakeMirror::start(false);
-    let first = noise(8 * MIB, 31);
-    let second = noise(8 * MIB, 32);
+    let first = random_bytes(8 * MIB, 31);
+    let second = random_bytes(8 * MIB, 32);
     Pusher::anonymous(&origin.url("")).push_artifact(
         "fleet/hole",
         "v1",
         &[("first.bin", &first), ("second.bin", &second)],
     );
     let timeout = Duration::from_secs(2);
-    let run = Run::new()
+    let run = Launch::default()
         .arg("--mirror")
         .arg(hole.addr.as_str())
         .arg("--read-timeout")
         .arg("2s")
         .arg("--mirror-cooldown")
         .arg("10m");
-    let m = mount(&format!("{}/fleet/hole:v1", origin.addr()), &run)
+    let m = run
+        .source(&format!("{}/fleet/hole:v1", origin.addr()))
+        .try_mount()
         .unwrap_or_else(|f| panic!("mount: {}", f.stderr));
     let t = Instant::now();
     let got = fs::read(m.join("first.bin")).unwrap();
@@ -598,8 +581,8 @@ fn a_mirror_that_never_answers_is_skipped_after_the_timeout() {
 /// under the path `location` gives. A hosts.toml mirror gets its `header`s.
 #[test]
 fn location_and_server_move_the_origin_and_mirrors_get_their_headers() {
-    let origin = Distribution::start(&Config::default());
-    let body = noise(3 * MIB, 41);
+    let origin = Registry::with(&Config::default());
+    let body = random_bytes(3 * MIB, 41);
     Pusher::anonymous(&origin.url("")).push_artifact("ns/fleet/moved", "v1", &[("a.bin", &body)]);
     let tmp = tempfile::tempdir().unwrap();
     let conf = tmp.path().join("registries.conf");
@@ -611,10 +594,12 @@ fn location_and_server_move_the_origin_and_mirrors_get_their_headers() {
         ),
     )
     .unwrap();
-    let run = Run::new()
+    let run = Launch::default()
         .arg("--registries-conf")
         .arg(conf.to_str().unwrap());
-    let m = mount("moved.example.invalid/fleet/moved:v1", &run)
+    let m = run
+        .source("moved.example.invalid/fleet/moved:v1")
+        .try_mount()
         .unwrap_or_else(|f| panic!("mount: {}", f.stderr));
     assert!(fs::read(m.join("a.bin")).unwrap() == body);
     let s = stats(&m);
@@ -636,7 +621,7 @@ fn location_and_server_move_the_origin_and_mirrors_get_their_headers() {
         ),
     )
     .unwrap();
-    let run = Run::new()
+    let run = Launch::default()
         .arg("--hosts-dir")
         .arg(certs.to_str().unwrap())
         .arg("--registries-conf")
@@ -647,7 +632,9 @@ fn location_and_server_move_the_origin_and_mirrors_get_their_headers() {
                 .unwrap(),
         );
     fs::write(tmp.path().join("empty/none.conf"), "").unwrap();
-    let m = mount("hub.example.invalid/ns/fleet/moved:v1", &run)
+    let m = run
+        .source("hub.example.invalid/ns/fleet/moved:v1")
+        .try_mount()
         .unwrap_or_else(|f| panic!("mount: {}", f.stderr));
     assert!(fs::read(m.join("a.bin")).unwrap() == body);
     let s = stats(&m);
@@ -684,21 +671,16 @@ fn credentials_go_only_to_the_host_they_belong_to() {
     let signer = certs::token_signer(tmp.path());
     let tokens = TokenServer::start(&signer);
     tokens.state().users.insert(ou.into(), op.into());
-    let origin = Distribution::start(&Config {
-        auth: Auth::Token {
-            realm: tokens.realm(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            bundle: signer.bundle.clone(),
-        },
+    let origin = Registry::with(&Config {
+        auth: tokens.registry_auth(&signer),
         ..Config::default()
     });
-    let mirror = Distribution::start(&Config {
+    let mirror = Registry::with(&Config {
         auth: Auth::Htpasswd(htpasswd(&mkdir(tmp.path(), "m"), &[(mu, mp)])),
         proxy: Some((origin.url(""), Some((ou.into(), op.into())))),
         ..Config::default()
     });
-    let body = noise(3 * MIB, 5);
+    let body = random_bytes(3 * MIB, 5);
     Pusher::new(&origin.url(""), None, tokens.pusher_auth()).push_artifact(
         "team/app",
         "v1",
@@ -726,12 +708,15 @@ fn credentials_go_only_to_the_host_they_belong_to() {
         ),
     )
     .unwrap();
-    let run = Run::new()
+    let run = Launch::default()
         .arg("--auth-file")
         .arg(auth.to_str().unwrap())
         .arg("--registries-conf")
         .arg(conf.to_str().unwrap());
-    let m = mount(&format!("{}/team/app:v1", origin.addr()), &run)
+    let m = run
+        .clone()
+        .source(&format!("{}/team/app:v1", origin.addr()))
+        .try_mount()
         .unwrap_or_else(|f| panic!("mount: {}", f.stderr));
     assert_eq!(fs::read(m.join("data.bin")).unwrap(), body);
     let s = stats(&m);
@@ -776,7 +761,7 @@ fn credentials_go_only_to_the_host_they_belong_to() {
 /// file is reported with its name and line.
 #[test]
 fn blocked_registries_and_malformed_files_are_refused_at_mount() {
-    let origin = Distribution::start(&Config::default());
+    let origin = Registry::with(&Config::default());
     let tmp = tempfile::tempdir().unwrap();
     let conf = tmp.path().join("registries.conf");
     fs::write(
@@ -788,8 +773,12 @@ fn blocked_registries_and_malformed_files_are_refused_at_mount() {
     )
     .unwrap();
     let source = format!("{}/any/repo:v1", origin.addr());
-    let run = |c: &Path| Run::new().arg("--registries-conf").arg(c.to_str().unwrap());
-    let f = registry_support::orasfs::mount_fails(&source, &run(&conf));
+    let run = |c: &Path| {
+        Launch::default()
+            .arg("--registries-conf")
+            .arg(c.to_str().unwrap())
+    };
+    let f = run(&conf).source(&source).fail();
     let err = f.stderr.trim();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
@@ -797,7 +786,7 @@ fn blocked_registries_and_malformed_files_are_refused_at_mount() {
         "{err}"
     );
     fs::write(&conf, "[[registry]]\nprefix = \"a\"\n[[registry.mirror]\n").unwrap();
-    let f = registry_support::orasfs::mount_fails(&source, &run(&conf));
+    let f = run(&conf).source(&source).fail();
     let err = f.stderr.trim();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&format!("{}:3: ", conf.display())), "{err}");

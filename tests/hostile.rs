@@ -9,14 +9,12 @@
 //! empty directory that must stay empty.
 
 mod common;
-mod faults_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{hex_of, random_bytes, sha256, LayerSpec, Registry, OCI_INDEX, OCI_MANIFEST, TITLE};
-use faults_support::*;
+use common::*;
 use serde_json::json;
 
 const MIB: usize = 1024 * 1024;
@@ -48,7 +46,7 @@ impl Sandbox {
     /// is empty, no planted name appears beside the mount or the cache or in the usual
     /// places, and /etc/passwd is unchanged.
     #[track_caller]
-    fn assert_clean(&self, m: &Daemon) {
+    fn assert_clean(&self, m: &Mount) {
         assert_eq!(
             common::names(self.cwd.path()),
             Vec::<String>::new(),
@@ -71,7 +69,7 @@ impl Sandbox {
         }
         // Beside the mountpoint: only what the harness put there.
         let mut beside = common::names(&base);
-        beside.retain(|n| !["mnt", "cache", "stderr.log"].contains(&n.as_str()));
+        beside.retain(|n| !["mnt", "cache", "home", "stderr.log"].contains(&n.as_str()));
         assert!(
             beside.is_empty(),
             "unexpected files beside the mount: {beside:?}"
@@ -92,7 +90,7 @@ impl Sandbox {
 
 /// The daemon still answers: the root can be listed and a sound file read.
 #[track_caller]
-fn assert_answers(m: &mut Daemon, sound: &str, want: &[u8]) {
+fn assert_answers(m: &mut Mount, sound: &str, want: &[u8]) {
     assert!(m.alive(), "the daemon died: {}", m.stderr());
     let _ = common::names(m.path());
     assert_eq!(read_all(&m.join(sound)).unwrap(), want, "{sound}");
@@ -303,7 +301,7 @@ fn oversized_manifests_are_refused_with_a_clear_error() {
         "annotations": {"padding": payload},
     }))
     .unwrap();
-    match try_push_manifest(reg.addr(), "hostile/big", "v1", OCI_MANIFEST, &big_manifest) {
+    match reg.try_push_manifest("hostile/big", "v1", OCI_MANIFEST, &big_manifest) {
         Ok(_) => {
             let f = Launch::new(&format!("{}/hostile/big:v1", reg.addr())).fail();
             assert_one_line("registry manifest over 4 MiB", &f, &["limit"]);
@@ -511,7 +509,7 @@ fn hostile_manifest_source(
     tag: &str,
     manifest: &[u8],
 ) -> (String, &'static str) {
-    match try_push_manifest(reg.addr(), repo, tag, OCI_MANIFEST, manifest) {
+    match reg.try_push_manifest(repo, tag, OCI_MANIFEST, manifest) {
         Ok(_) => (format!("{}/{repo}:{tag}", reg.addr()), "registry"),
         Err((status, body)) => {
             eprintln!(
@@ -671,13 +669,7 @@ fn malformed_digests_are_refused() {
         ]);
         entries.push(layout.manifest_desc(&m, OCI_MANIFEST, Some(&format!("bad{i}"))));
         // The registry refuses them too.
-        let pushed = try_push_manifest(
-            reg.addr(),
-            "hostile/digests",
-            &format!("bad{i}"),
-            OCI_MANIFEST,
-            &m,
-        );
+        let pushed = reg.try_push_manifest("hostile/digests", &format!("bad{i}"), OCI_MANIFEST, &m);
         assert!(pushed.is_err(), "the registry took a layer digest {d:?}");
     }
     layout.index(entries.clone());
@@ -686,7 +678,7 @@ fn malformed_digests_are_refused() {
     for (i, d) in bad.iter().enumerate() {
         assert_errno(
             &format!("layer digest {d:?}"),
-            fs::read_dir(m.join(&format!("bad{i}"))),
+            fs::read_dir(m.join(format!("bad{i}"))),
             libc::EIO,
         );
     }
@@ -961,7 +953,7 @@ fn names_that_mimic_fallback_names_hide_nothing() {
     want.sort();
     assert_eq!(contents, want);
     assert_eq!(
-        read_all(&m.join(&format!("sha256-{hex}-1"))).unwrap(),
+        read_all(&m.join(format!("sha256-{hex}-1"))).unwrap(),
         other,
         "the title keeps its name"
     );
@@ -1009,10 +1001,7 @@ fn names_that_mimic_fallback_names_hide_nothing() {
     assert_eq!(seen, ["a.txt", "b.txt", "b.txt"]);
     // First come, first named: the spoofing platform took b's digest name; b got another.
     let spoofed = format!("sha256-{}", hex_of(&b.digest));
-    assert_eq!(
-        read_all(&m.join(&format!("{spoofed}/a.txt"))).unwrap(),
-        b"A"
-    );
+    assert_eq!(read_all(&m.join(format!("{spoofed}/a.txt"))).unwrap(), b"A");
     let b_dir = entries.iter().find(|e| **e != spoofed).unwrap();
     assert_answers(&mut m, &format!("{b_dir}/b.txt"), b"B");
     sb.assert_clean(&m);

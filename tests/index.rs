@@ -5,7 +5,6 @@
 //! errors (unknown tag, unreachable registry, refused push, read-only layout).
 
 mod common;
-mod registry_support;
 
 use std::fs;
 use std::path::Path;
@@ -14,11 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use common::{have, random_bytes, sha256, Registry, OCI_INDEX, OCI_MANIFEST};
+use common::http::{Reply, Request, Server};
+use common::{random_bytes, sha256, Registry, OCI_INDEX, OCI_MANIFEST};
 use orasfs::index::format::{Top, ANNOTATION_BLOB, ANNOTATION_INDEX, ANNOTATION_ROOT, MEDIA_TYPE};
 use orasfs::oci::Digest;
 use orasfs::source::Source;
-use registry_support::http::{Reply, Request, Server};
 
 const BLOCK: usize = orasfs::cache::block::BLOCK_SIZE as usize;
 
@@ -60,49 +59,6 @@ fn index_fails(args: &[&str]) -> String {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.starts_with("orasfs: "), "{stderr}");
     stderr
-}
-
-/// Push files with the python ORAS client; false (after saying so) when it is missing
-/// outside CI.
-fn oras_push(addr: &str, target: &str, files: &[(&str, &[u8])]) -> bool {
-    let python = common::oras_python();
-    let can = have(
-        python.to_str().unwrap_or("python3"),
-        &["-c", "import oras.client"],
-    );
-    if !common::needs(
-        can,
-        "oras_push",
-        "python cannot import oras (pip package oras; scripts/test.sh installs it)",
-    ) {
-        return false;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut names = Vec::new();
-    for (name, bytes) in files {
-        fs::write(dir.path().join(name), bytes).unwrap();
-        names.push(format!("{name:?}"));
-    }
-    let script = format!(
-        "import sys, oras.client\n\
-         c = oras.client.OrasClient(hostname={addr:?}, insecure=True)\n\
-         r = c.push(target={target:?}, files=[{}], quiet=True)\n\
-         sys.exit(0 if r.status_code in (200, 201) else f'push: {{r.status_code}} {{r.text}}')\n",
-        names.join(", ")
-    );
-    let out = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir.path())
-        .env("NO_PROXY", "*")
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "oras push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    true
 }
 
 fn http() -> reqwest::blocking::Client {
@@ -179,8 +135,11 @@ fn pushed(reg: &Registry, repo_tag: &str) -> Option<Vec<(String, Vec<u8>)>> {
         .iter()
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
-    let target = format!("{}/{repo_tag}", reg.addr());
-    oras_push(reg.addr(), &target, &refs).then_some(files)
+    if !common::have_oras("oras_push") {
+        return None;
+    }
+    common::oras_push(reg.addr(), repo_tag, &refs);
+    Some(files)
 }
 
 /// The data bytes of a layer, by the title the ORAS client gave it.
@@ -569,20 +528,15 @@ fn failures_are_one_line_naming_what_and_where() {
 
 #[test]
 fn a_push_the_token_service_does_not_grant_is_refused_naming_the_registry() {
-    use registry_support::certs;
-    use registry_support::distribution::{Auth, Config, Distribution, Pusher};
-    use registry_support::token::{TokenServer, ISSUER, SERVICE};
+    use common::certs;
+    use common::token::TokenServer;
+    use common::{Config, Pusher};
     let tmp = tempfile::tempdir().unwrap();
     let signer = certs::token_signer(tmp.path());
     let tokens = TokenServer::start(&signer);
     tokens.state().public.insert("public/data".into());
-    let reg = Distribution::start(&Config {
-        auth: Auth::Token {
-            realm: tokens.realm(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            bundle: signer.bundle.clone(),
-        },
+    let reg = Registry::with(&Config {
+        auth: tokens.registry_auth(&signer),
         ..Config::default()
     });
     Pusher::new(&reg.url(""), None, tokens.pusher_auth()).push_artifact(

@@ -1,10 +1,9 @@
 //! Metadata that stays true: what names mean when the registry is down, has no catalog,
 //! holds many tags, is re-pushed, or is mounted again. A real `docker-registry`, the
 //! fault-injecting proxy where an outage, a missing catalog or a distant registry is
-//! needed (tests/faults_support), and a real `orasfs` mount.
+//! needed (tests/common), and a real `orasfs` mount.
 
 mod common;
-mod faults_support;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -12,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{random_bytes, wait_for, Registry};
-use faults_support::*;
+use common::*;
 
 /// The errno of a `stat`, or 0 when it succeeds.
 fn stat_errno(p: &Path) -> i32 {
@@ -304,51 +302,13 @@ fn mtimes(root: &Path) -> Vec<(String, i64)> {
     out
 }
 
-fn oras_push(addr: &str, target: &str, files: &[(&str, &[u8])]) {
-    let python = common::oras_python();
-    assert!(
-        common::have(
-            python.to_str().unwrap_or("python3"),
-            &["-c", "import oras.client"]
-        ),
-        "{} cannot import oras: pip install oras (scripts/test.sh installs it)",
-        python.display()
-    );
-    let work = tempfile::tempdir().unwrap();
-    for (name, bytes) in files {
-        fs::write(work.path().join(name), bytes).unwrap();
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    let script = r#"
-import sys, oras.client
-addr, target, files = sys.argv[1], sys.argv[2], sys.argv[3:]
-c = oras.client.OrasClient(hostname=addr, insecure=True)
-r = c.push(target=f"{addr}/{target}", files=files, quiet=True)
-if r.status_code not in (200, 201):
-    sys.exit(f"push failed: {r.status_code} {r.text}")
-"#;
-    let out = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(addr)
-        .arg(target)
-        .args(&names)
-        .current_dir(work.path())
-        .env("NO_PROXY", "*")
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "oras push: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn mtimes_are_the_same_across_mounts_with_a_cleared_cache() {
     let reg = Registry::start();
     // Pushed by the ORAS client: no `created` anywhere.
+    assert!(have_oras(
+        "metadata::mtimes_are_the_same_across_mounts_with_a_cleared_cache"
+    ));
     oras_push(reg.addr(), "meta/times:undated", &[("a.txt", b"alpha")]);
     // An image whose config says when it was built.
     let config = br#"{"created":"2023-06-14T20:41:59.079795125Z","architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
@@ -432,7 +392,7 @@ fn ls_la_after_the_ttl_checks_entered_tags_with_parallel_heads() {
         .expect("mount the repository");
     for i in 0..40 {
         assert_eq!(
-            read_all(&m.join(&format!("v{i:02}/a.txt"))).expect("read"),
+            read_all(&m.join(format!("v{i:02}/a.txt"))).expect("read"),
             b"alpha"
         );
     }

@@ -48,33 +48,6 @@ fn assert_erofs<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) {
     }
 }
 
-/// One line, `orasfs: ...`, mentioning every `needles`.
-#[track_caller]
-fn assert_one_line_failure(f: &Failed, needles: &[&str]) {
-    assert!(
-        !f.status.success(),
-        "exit status {:?}; stderr {:?}",
-        f.status,
-        f.stderr
-    );
-    let lines: Vec<&str> = f.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one line on stderr, got {:?}",
-        f.stderr
-    );
-    eprintln!("expected failure, exit {:?}: {}", f.status.code(), lines[0]);
-    assert!(lines[0].starts_with("orasfs: "), "{:?}", lines[0]);
-    for n in needles {
-        assert!(
-            lines[0].to_lowercase().contains(&n.to_lowercase()),
-            "{:?} should mention {n:?}",
-            lines[0]
-        );
-    }
-}
-
 // 1 -------------------------------------------------------------------------------------
 
 #[test]
@@ -590,57 +563,57 @@ fn failures_before_mounting_are_one_clean_line() {
     });
 
     let f = Mount::run_to_failure(&format!("{addr}/no/such-repo"));
-    assert_one_line_failure(&f, &["no/such-repo"]);
+    assert_one_line("expected failure", &f, &["no/such-repo"]);
 
     let f = Mount::run_to_failure(&format!("{addr}/no/such-repo:v1"));
-    assert_one_line_failure(&f, &["no/such-repo"]);
+    assert_one_line("expected failure", &f, &["no/such-repo"]);
 
     let f = Mount::run_to_failure(&format!("{addr}/eo/products:nope"));
-    assert_one_line_failure(&f, &["nope"]);
+    assert_one_line("expected failure", &f, &["nope"]);
 
     let f = Mount::run_to_failure(&format!("{addr}/eo/products@sha256:{}", "1".repeat(64)));
-    assert_one_line_failure(&f, &["1111"]);
+    assert_one_line("expected failure", &f, &["1111"]);
 
     // Malformed layouts.
     let layout = make_layout();
     let root = layout.dir.path();
     fs::write(root.join("index.json"), b"{ this is not json").unwrap();
     let f = Mount::run_to_failure(root.to_str().unwrap());
-    assert_one_line_failure(&f, &["index.json"]);
+    assert_one_line("expected failure", &f, &["index.json"]);
     let f = Mount::run_to_failure(&format!("{}:v1", root.display()));
-    assert_one_line_failure(&f, &["index.json"]);
+    assert_one_line("expected failure", &f, &["index.json"]);
 
     let layout = make_layout();
     fs::remove_file(layout.dir.path().join("oci-layout")).unwrap();
     let f = Mount::run_to_failure(layout.dir.path().to_str().unwrap());
-    assert_one_line_failure(&f, &["oci-layout"]);
+    assert_one_line("expected failure", &f, &["oci-layout"]);
 
     // A good layout whose tag does not exist.
     let good = make_layout();
     let good_root = good.dir.path().to_str().unwrap().to_string();
     let f = Mount::run_to_failure(&format!("{good_root}:v9"));
-    assert_one_line_failure(&f, &["v9"]);
+    assert_one_line("expected failure", &f, &["v9"]);
 
     // A directory that is not a layout at all.
     let plain = tempfile::tempdir().unwrap();
     let f = Mount::run_to_failure(plain.path().to_str().unwrap());
-    assert_one_line_failure(&f, &[]);
+    assert_one_line("expected failure", &f, &[]);
 
     // Bad mountpoints, with a good source.
     let place = tempfile::tempdir().unwrap();
     let missing = place.path().join("does-not-exist");
     let f = Mount::run_to_failure_at(&good_root, &missing, &[]);
-    assert_one_line_failure(&f, &["does-not-exist"]);
+    assert_one_line("expected failure", &f, &["does-not-exist"]);
     assert!(!missing.exists(), "orasfs must not create the mountpoint");
 
     let file = place.path().join("a-file");
     fs::write(&file, b"not a dir").unwrap();
     let f = Mount::run_to_failure_at(&good_root, &file, &[]);
-    assert_one_line_failure(&f, &["a-file", "not a directory"]);
+    assert_one_line("expected failure", &f, &["a-file", "not a directory"]);
     assert_eq!(fs::read(&file).unwrap(), b"not a dir");
 
     let (src, f) = unreachable.join().unwrap();
-    assert_one_line_failure(&f, &[&format!("127.0.0.1:{closed}")]);
+    assert_one_line("expected failure", &f, &[&format!("127.0.0.1:{closed}")]);
     let _ = src;
 
     assert!(
@@ -785,44 +758,16 @@ fn gdal_reads_a_cloud_optimized_geotiff() {
 
 #[test]
 fn files_pushed_by_the_oras_client_are_readable() {
-    let python = common::oras_python();
-    if !common::needs(
-        have(python.to_str().unwrap(), &["-c", "import oras.client"]),
-        "mount::files_pushed_by_the_oras_client_are_readable",
-        &format!(
-            "{} cannot import oras (pip: oras, in target/oras-venv; scripts/test.sh installs it)",
-            python.display()
-        ),
-    ) {
+    if !have_oras("mount::files_pushed_by_the_oras_client_are_readable") {
         return;
     }
     let reg = Registry::start();
-    let work = tempfile::tempdir().unwrap();
     let weights = random_bytes(3 * MIB + 17, 10);
     let config = b"layers: 12\nheads: 8\n".to_vec();
-    fs::write(work.path().join("weights.bin"), &weights).unwrap();
-    fs::write(work.path().join("config.yaml"), &config).unwrap();
-    let script = r#"
-import sys, oras.client
-addr = sys.argv[1]
-c = oras.client.OrasClient(hostname=addr, insecure=True)
-r = c.push(target=f"{addr}/ml/model:v1", files=["weights.bin", "config.yaml"], quiet=True)
-if r.status_code not in (200, 201):
-    sys.exit(f"push failed: {r.status_code} {r.text}")
-"#;
-    let out = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(reg.addr())
-        .current_dir(work.path())
-        .env("NO_PROXY", "*")
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "oras push: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    oras_push(
+        reg.addr(),
+        "ml/model:v1",
+        &[("weights.bin", &weights), ("config.yaml", &config)],
     );
 
     let m = Mount::start(&format!("{}/ml/model:v1", reg.addr()), &[]).expect("mount");

@@ -4,67 +4,15 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{is_mounted, random_bytes, wait_for, Mount, Registry};
+use common::{is_mounted, random_bytes, wait_for, xattr, Mount, Registry, Spot};
 
 const BIN: &str = env!("CARGO_BIN_EXE_orasfs");
-
-/// A mountpoint the test owns; whatever is mounted there is unmounted on drop.
-struct Spot {
-    dir: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl Spot {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().canonicalize().unwrap().join("mnt");
-        fs::create_dir(&mnt).unwrap();
-        Spot { dir, mnt }
-    }
-    fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
-    /// `orasfs mount` in daemon mode: returns its exit status and stderr.
-    fn daemon(&self, source: &str, extra: &[&str]) -> (bool, String) {
-        let out = Command::new(BIN)
-            .arg("mount")
-            .arg("--cache-dir")
-            .arg(self.cache())
-            .args(extra)
-            .arg(source)
-            .arg(&self.mnt)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Spot {
-    fn drop(&mut self) {
-        for _ in 0..3 {
-            if !is_mounted(&self.mnt) {
-                break;
-            }
-            let _ = Command::new("fusermount3")
-                .arg("-uz")
-                .arg(&self.mnt)
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
 
 fn push_simple(reg: &Registry, repo: &str, tag: &str, name: &str, content: &[u8]) {
     reg.push_artifact(repo, tag, &[(name, content)]);
@@ -75,7 +23,11 @@ fn daemon_returns_once_the_mount_answers_and_reports_failures() {
     let reg = Registry::start();
     push_simple(&reg, "eo/products", "v1", "a.txt", b"hello");
     let spot = Spot::new();
-    let (ok, err) = spot.daemon(&format!("{}/eo/products", reg.addr()), &[]);
+    let out = spot.daemon(&format!("{}/eo/products", reg.addr()), &[]);
+    let (ok, err) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(ok, "daemon mount failed: {err}");
     // No waiting: the parent only exits once the mount is live.
     assert_eq!(fs::read(spot.mnt.join("v1/a.txt")).unwrap(), b"hello");
@@ -89,7 +41,11 @@ fn daemon_returns_once_the_mount_answers_and_reports_failures() {
         .then_some(()))
     .is_some());
 
-    let (ok, err) = spot.daemon(&format!("{}/eo/products:nope", reg.addr()), &[]);
+    let out = spot.daemon(&format!("{}/eo/products:nope", reg.addr()), &[]);
+    let (ok, err) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(err.contains("not found"), "{err}");
@@ -129,8 +85,12 @@ fn a_stale_mount_left_by_a_killed_daemon_is_cleared_and_mounted_again() {
     child.wait().unwrap();
     let e = fs::read_dir(&spot.mnt).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(107), "ENOTCONN expected, got {e}");
-    let log = spot.dir.path().join("log");
-    let (ok, err) = spot.daemon(&source, &["--log-file", log.to_str().unwrap()]);
+    let log = spot.file("log");
+    let out = spot.daemon(&source, &["--log-file", log.to_str().unwrap()]);
+    let (ok, err) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(ok, "remount failed: {err}");
     assert_eq!(fs::read(spot.mnt.join("f")).unwrap(), b"data");
     let said = format!("{err}{}", fs::read_to_string(&log).unwrap_or_default());
@@ -142,7 +102,7 @@ fn mount_helper_understands_fstab_options() {
     let reg = Registry::start();
     push_simple(&reg, "eo/products", "v1", "a.tif", b"tiff");
     let spot = Spot::new();
-    let helper = spot.dir.path().join("mount.orasfs");
+    let helper = spot.file("mount.orasfs");
     std::os::unix::fs::symlink(BIN, &helper).unwrap();
     let opts = format!(
         "ro,_netdev,nofail,noauto,x-systemd.automount,cache_dir={},metadata_ttl=5s,file_mode=0440,dir_mode=0550",
@@ -266,15 +226,6 @@ fn negative_lookups_do_not_reach_the_registry() {
     );
 }
 
-fn xattr(path: &Path, name: &str) -> Option<String> {
-    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the stated length.
-    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
-}
-
 #[test]
 fn xattrs_and_stats_explain_the_mount() {
     let reg = Registry::start();
@@ -311,7 +262,14 @@ fn xattrs_and_stats_explain_the_mount() {
     };
     assert_eq!(stats(&m)["registry"]["blob_bytes"], 0);
     assert!(fs::read(&f).unwrap() == data);
-    let s = stats(&m);
+    // A fetch is counted once its body has ended, which may be just after the reader got
+    // the bytes it needed: wait for the count (10 s at most), then check it.
+    let counted = |s: &serde_json::Value| s["registry"]["blob_bytes"].as_u64().unwrap_or(0);
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = stats(&m);
+        (counted(&s) >= data.len() as u64).then_some(s)
+    })
+    .unwrap_or_else(|| stats(&m));
     assert!(
         s["registry"]["blob_bytes"].as_u64().unwrap() >= data.len() as u64,
         "{s}"

@@ -3,7 +3,7 @@
 //! proxies that redirect blobs to another host or paginate, and real `orasfs` mounts.
 //! Every server and mount is stopped on drop, also when an assertion fails.
 
-mod registry_support;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -13,11 +13,10 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use serde_json::json;
 
-use registry_support::certs;
-use registry_support::distribution::{htpasswd, Auth, Config, Distribution, Pusher};
-use registry_support::http::{forward, Reply, Request, Server};
-use registry_support::orasfs::{mount, mount_fails, Failed, Mounted, Run};
-use registry_support::token::{TokenServer, ISSUER, SERVICE};
+use common::certs;
+use common::http::{forward, Reply, Request, Server};
+use common::token::TokenServer;
+use common::{htpasswd, names, Auth, Config, Failed, Launch, Mount, Pusher, Registry};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "Pw-7f3e9c1b-never-logged";
@@ -38,16 +37,19 @@ fn auths(key: &str, entry: serde_json::Value) -> String {
     json!({ "auths": { key: entry } }).to_string()
 }
 
-fn password_stdin(password: &str) -> Run {
-    Run::new()
+fn password_stdin(password: &str) -> Launch {
+    Launch::default()
         .arg("--username")
         .arg(USER)
         .arg("--password-stdin")
-        .stdin(&format!("{password}\n"))
+        .stdin(format!("{password}\n"))
 }
 
-fn expect_mount(source: &str, run: &Run, how: &str) -> Mounted {
-    mount(source, run).unwrap_or_else(|f| panic!("{how}: mount failed: {}", f.stderr))
+fn expect_mount(source: &str, run: &Launch, how: &str) -> Mount {
+    run.clone()
+        .source(source)
+        .try_mount()
+        .unwrap_or_else(|f| panic!("{how}: mount failed: {}", f.stderr))
 }
 
 /// A one-line "authentication required" failure naming the registry and the fix.
@@ -86,7 +88,7 @@ fn credential_helper(dir: &Path, name: &str, server: &str, user: &str, secret: &
 fn basic_auth_credentials_from_every_source() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let reg = Distribution::start(&Config {
+    let reg = Registry::with(&Config {
         auth: Auth::Htpasswd(htpasswd(dir, &[(USER, PASSWORD)])),
         ..Config::default()
     });
@@ -98,7 +100,7 @@ fn basic_auth_credentials_from_every_source() {
         &[("hello.txt", content)],
     );
     let source = format!("{addr}/private/data:v1");
-    let check = |run: Run, how: &str| {
+    let check = |run: Launch, how: &str| {
         let m = expect_mount(&source, &run, how);
         assert_eq!(fs::read(m.join("hello.txt")).unwrap(), content, "{how}");
         m.finish();
@@ -110,7 +112,9 @@ fn basic_auth_credentials_from_every_source() {
 
     let f = write(dir, "explicit.json", &auths(&addr, good.clone()));
     check(
-        Run::new().arg("--auth-file").arg(f.to_str().unwrap()),
+        Launch::default()
+            .arg("--auth-file")
+            .arg(f.to_str().unwrap()),
         "--auth-file",
     );
 
@@ -120,7 +124,7 @@ fn basic_auth_credentials_from_every_source() {
         &auths(&format!("https://{addr}"), fields.clone()),
     );
     check(
-        Run::new().env("REGISTRY_AUTH_FILE", f.to_str().unwrap()),
+        Launch::default().env("REGISTRY_AUTH_FILE", f.to_str().unwrap()),
         "$REGISTRY_AUTH_FILE",
     );
 
@@ -131,7 +135,7 @@ fn basic_auth_credentials_from_every_source() {
         &auths(&addr, good.clone()),
     );
     check(
-        Run::new().env("XDG_RUNTIME_DIR", run_dir.to_str().unwrap()),
+        Launch::default().env("XDG_RUNTIME_DIR", run_dir.to_str().unwrap()),
         "$XDG_RUNTIME_DIR/containers/auth.json",
     );
 
@@ -142,7 +146,7 @@ fn basic_auth_credentials_from_every_source() {
         &auths(&format!("http://{addr}/"), good.clone()),
     );
     check(
-        Run::new().env("DOCKER_CONFIG", docker_config.to_str().unwrap()),
+        Launch::default().env("DOCKER_CONFIG", docker_config.to_str().unwrap()),
         "$DOCKER_CONFIG/config.json",
     );
 
@@ -155,7 +159,9 @@ fn basic_auth_credentials_from_every_source() {
         &json!({"credHelpers": {addr.clone(): "test"}, "auths": {addr.clone(): {}}}).to_string(),
     );
     check(
-        Run::new().env("HOME", home.to_str().unwrap()).path(&bin),
+        Launch::default()
+            .env("HOME", home.to_str().unwrap())
+            .path(&bin),
         "credHelpers",
     );
     let asked = fs::read_to_string(bin.join("asked.log")).unwrap();
@@ -170,7 +176,7 @@ fn basic_auth_credentials_from_every_source() {
         &json!({"credsStore": "store"}).to_string(),
     );
     check(
-        Run::new()
+        Launch::default()
             .env("HOME", store_home.to_str().unwrap())
             .path(&store_bin),
         "credsStore",
@@ -183,13 +189,12 @@ fn basic_auth_credentials_from_every_source() {
         "wrong.json",
         &auths(&addr, json!({"username": USER, "password": "not-it"})),
     );
-    let f = mount_fails(
-        &source,
-        &Run::new()
-            .arg("--auth-file")
-            .arg(wrong.to_str().unwrap())
-            .env("DOCKER_CONFIG", docker_config.to_str().unwrap()),
-    );
+    let f = Launch::default()
+        .arg("--auth-file")
+        .arg(wrong.to_str().unwrap())
+        .env("DOCKER_CONFIG", docker_config.to_str().unwrap())
+        .source(&source)
+        .fail();
     assert!(f.stderr.contains("refused"), "{}", f.stderr);
     assert!(
         f.stderr.contains("wrong.json"),
@@ -199,14 +204,14 @@ fn basic_auth_credentials_from_every_source() {
     assert!(!f.stderr.contains("not-it"));
 
     // Without credentials: refused before mounting, saying what to do.
-    let f = mount_fails(&source, &Run::new());
+    let f = Launch::default().source(&source).fail();
     assert_auth_required(&f, &addr);
 
     // The registry root as well: refused before mounting without credentials or with
     // wrong ones, mounted with good ones.
-    let f = mount_fails(&addr, &Run::new());
+    let f = Launch::default().source(&addr).fail();
     assert_auth_required(&f, &addr);
-    let f = mount_fails(&addr, &password_stdin("wrong-password"));
+    let f = password_stdin("wrong-password").source(&addr).fail();
     assert!(f.stderr.contains("refused"), "{}", f.stderr);
     let m = expect_mount(&addr, &password_stdin(PASSWORD), "root with a password");
     assert_eq!(
@@ -216,7 +221,7 @@ fn basic_auth_credentials_from_every_source() {
     m.finish();
 
     // A wrong password on standard input.
-    let f = mount_fails(&source, &password_stdin("wrong-password"));
+    let f = password_stdin("wrong-password").source(&source).fail();
     assert!(f.stderr.contains("authentication required"), "{}", f.stderr);
     assert!(f.stderr.contains("refused"), "{}", f.stderr);
     assert!(!f.stderr.contains("wrong-password"));
@@ -227,10 +232,10 @@ fn basic_auth_credentials_from_every_source() {
         "broken.json",
         &format!(r#"{{"auths": {{"{addr}": {{"auth": ["{PASSWORD}"]}}}}}}"#),
     );
-    let f = mount_fails(
-        &source,
-        &Run::new().env("REGISTRY_AUTH_FILE", broken.to_str().unwrap()),
-    );
+    let f = Launch::default()
+        .env("REGISTRY_AUTH_FILE", broken.to_str().unwrap())
+        .source(&source)
+        .fail();
     let line = f.stderr.trim();
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(
@@ -245,7 +250,7 @@ fn basic_auth_credentials_from_every_source() {
 struct TokenSetup {
     _tmp: tempfile::TempDir,
     tokens: TokenServer,
-    reg: Distribution,
+    reg: Registry,
     push: Pusher,
 }
 
@@ -261,13 +266,8 @@ fn token_setup() -> TokenSetup {
         st.refresh_tokens.insert(IDENTITY_TOKEN.into(), USER.into());
         st.public.insert("public/data".into());
     }
-    let reg = Distribution::start(&Config {
-        auth: Auth::Token {
-            realm: tokens.realm(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            bundle: signer.bundle.clone(),
-        },
+    let reg = Registry::with(&Config {
+        auth: tokens.registry_auth(&signer),
         ..Config::default()
     });
     let push = Pusher::new(&reg.url(""), None, tokens.pusher_auth());
@@ -289,7 +289,11 @@ fn token_auth_anonymous_scope_credentials_identity_token_and_wrong_password() {
         .push_artifact("private/data", "v1", &[("closed.txt", b"for alice\n")]);
 
     // Anonymous pull of a public repository: a token for the pull scope, no credentials.
-    let m = expect_mount(&format!("{addr}/public/data:v1"), &Run::new(), "anonymous");
+    let m = expect_mount(
+        &format!("{addr}/public/data:v1"),
+        &Launch::default(),
+        "anonymous",
+    );
     assert_eq!(fs::read(m.join("open.txt")).unwrap(), b"for everyone\n");
     m.finish();
     let anon: Vec<_> = t
@@ -305,7 +309,7 @@ fn token_auth_anonymous_scope_credentials_identity_token_and_wrong_password() {
     // The private repository without credentials: the service grants nothing, the
     // registry refuses, and the mount fails saying how to authenticate.
     let private = format!("{addr}/private/data:v1");
-    let f = mount_fails(&private, &Run::new());
+    let f = Launch::default().source(&private).fail();
     assert_auth_required(&f, &addr);
 
     // With credentials the scope is granted.
@@ -321,7 +325,7 @@ fn token_auth_anonymous_scope_credentials_identity_token_and_wrong_password() {
             && r.granted == ["pull"]));
 
     // A wrong password: the token service refuses, the mount fails.
-    let f = mount_fails(&private, &password_stdin("not-the-password"));
+    let f = password_stdin("not-the-password").source(&private).fail();
     assert!(f.stderr.contains("authentication required"), "{}", f.stderr);
     assert!(f.stderr.contains("token service refused"), "{}", f.stderr);
 
@@ -335,7 +339,9 @@ fn token_auth_anonymous_scope_credentials_identity_token_and_wrong_password() {
     );
     let m = expect_mount(
         &private,
-        &Run::new().arg("--auth-file").arg(f.to_str().unwrap()),
+        &Launch::default()
+            .arg("--auth-file")
+            .arg(f.to_str().unwrap()),
         "identity token",
     );
     assert_eq!(fs::read(m.join("closed.txt")).unwrap(), b"for alice\n");
@@ -356,7 +362,9 @@ fn token_auth_anonymous_scope_credentials_identity_token_and_wrong_password() {
     let before = t.tokens.requests().len();
     let m = expect_mount(
         &private,
-        &Run::new().env("HOME", home.to_str().unwrap()).path(&bin),
+        &Launch::default()
+            .env("HOME", home.to_str().unwrap())
+            .path(&bin),
         "helper identity token",
     );
     assert_eq!(fs::read(m.join("closed.txt")).unwrap(), b"for alice\n");
@@ -390,8 +398,10 @@ fn expired_tokens_are_renewed_mid_read_and_a_refused_renewal_fails_the_read() {
     let t = token_setup();
     const MIB: usize = 1 << 20;
     let big = random_bytes(20 * MIB, 7);
-    t.push
+    let pushed = t
+        .push
         .push_artifact("private/big", "v1", &[("big.bin", &big)]);
+    let blob = format!("/blobs/{}", pushed.layers[0].0);
     let scope = "repository:private/big:pull";
     let issued = || {
         t.tokens
@@ -400,12 +410,26 @@ fn expired_tokens_are_renewed_mid_read_and_a_refused_renewal_fails_the_read() {
             .filter(|r| r.scope == scope && r.status == 200)
             .count()
     };
-    // Honest short tokens: the service says 2 s; the registry accepts them for 2-3 s (its
-    // clock check works in whole seconds), longer than the client trusts them.
+    // GETs of the blob the registry refused (401).
+    let refused = || t.reg.auth_refusals("GET", &blob);
+    // distribution logs each expired token it is shown.
+    let expired_seen = || {
+        t.reg.settle();
+        t.reg
+            .log_text()
+            .matches("token not to be used after")
+            .count()
+    };
+    // Every wait below only has to be long enough: the client trusts a token for 0.9 of
+    // its `expires_in`, and the registry accepts one for `registry_life` s plus less than
+    // one (its clock check works in whole seconds). Nothing races the waits.
+    let past = |secs: f64| std::thread::sleep(std::time::Duration::from_secs_f64(secs + 1.5));
+
+    // Honest short tokens: the service says 1 s, the registry accepts them for 2-3 s.
     {
         let mut st = t.tokens.state();
-        st.expires_in = 2;
-        st.registry_life = 3;
+        st.expires_in = 1;
+        st.registry_life = 2;
     }
     let m = expect_mount(
         &format!("{}/private/big:v1", t.reg.addr()),
@@ -417,59 +441,70 @@ fn expired_tokens_are_renewed_mid_read_and_a_refused_renewal_fails_the_read() {
     let at = |mib: usize| read_at(&f, (mib * MIB) as u64, 4096);
     assert_eq!(at(0).unwrap(), big[..4096]);
     let n0 = issued();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Past the registry's acceptance: a client that did not renew by the stated lifetime
+    // would show the registry an expired token.
+    past(3.0);
     assert_eq!(at(4).unwrap(), big[4 * MIB..4 * MIB + 4096]);
     let n1 = issued();
     assert!(
         n1 > n0,
         "an expired token is replaced before use ({n0} → {n1})"
     );
-    // distribution logs each expired token it is shown: none so far.
-    let expired_seen = || {
-        t.reg
-            .log_text()
-            .matches("token not to be used after")
-            .count()
-    };
+    // The client does not send a token it holds expired: the request goes without one,
+    // is challenged, and a new token is fetched for it.
     assert_eq!(
         expired_seen(),
         0,
         "renewed before the registry saw it expire"
     );
 
-    // A token whose stated lifetime is a lie: the client trusts it, the registry stops
-    // accepting it after 2 s, answers 401, and the client fetches a new one — the reader
-    // sees nothing of it.
+    // A token whose stated lifetime is a lie: the client trusts it for an hour, the
+    // registry stops accepting it after 2-3 s and answers 401; the client fetches one new
+    // token and sends the request once more — the reader sees nothing of it.
     {
         let mut st = t.tokens.state();
         st.expires_in = 3600;
         st.registry_life = 2;
     }
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The token the next read fetches: the cached one has expired by the client's clock.
+    past(1.0);
     assert_eq!(at(8).unwrap(), big[8 * MIB..8 * MIB + 4096]);
-    let n2 = issued();
-    assert!(n2 > n1);
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (n2, r2) = (issued(), refused());
+    past(3.0);
     assert_eq!(at(12).unwrap(), big[12 * MIB..12 * MIB + 4096]);
-    let n3 = issued();
+    let (n3, r3) = (issued(), refused());
     assert!(
-        n3 > n2,
-        "a 401 on a cached token fetches a new one ({n2} → {n3})"
+        r3 > r2,
+        "the registry refused the stale token ({r2} → {r3} 401s)"
     );
     assert!(
         expired_seen() >= 1,
-        "the registry did refuse the stale token"
+        "the registry saw the stale token: {:?}",
+        t.reg
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("error authorizing"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        n3 - n2,
+        r3 - r2,
+        "each refused request gets exactly one new token ({n2} → {n3} tokens, {r2} → {r3} 401s)"
     );
 
-    // Every new token is refused too: one renewal, then the read fails with EACCES.
+    // Every new token is refused too: each request is refused with its cached token,
+    // renewed once, refused again, and the read fails with EACCES.
     t.tokens.state().registry_life = -1;
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    past(3.0);
     let e = at(16).expect_err("a read whose renewed token is refused fails");
     assert_eq!(e.raw_os_error(), Some(13), "EACCES: {e}");
-    let n4 = issued();
-    assert!(
-        n4 > n3 && n4 - n3 <= 4,
-        "a bounded number of renewals, not a loop ({n3} → {n4})"
+    let (n4, r4) = (issued(), refused());
+    assert!(n4 > n3, "the refused token was renewed ({n3} → {n4})");
+    assert_eq!(
+        2 * (n4 - n3),
+        r4 - r3,
+        "one renewal per refused request, then a second refusal fails it, not a loop \
+         ({n3} → {n4} tokens, {r3} → {r4} 401s)"
     );
     drop(f);
     m.finish();
@@ -479,7 +514,7 @@ fn expired_tokens_are_renewed_mid_read_and_a_refused_renewal_fails_the_read() {
 fn tls_needs_a_trusted_ca_or_insecure() {
     let tmp = tempfile::tempdir().unwrap();
     let tls = certs::tls(tmp.path());
-    let reg = Distribution::start(&Config {
+    let reg = Registry::with(&Config {
         tls: Some((tls.cert.clone(), tls.key.clone())),
         ..Config::default()
     });
@@ -492,7 +527,7 @@ fn tls_needs_a_trusted_ca_or_insecure() {
     let ca = tls.ca.to_str().unwrap();
 
     // The test CA is not in the system roots: refused, with a one-line hint.
-    let f = mount_fails(&https, &Run::new());
+    let f = Launch::default().source(&https).fail();
     let line = f.stderr.trim();
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(line.contains("certificate"), "{line}");
@@ -503,16 +538,22 @@ fn tls_needs_a_trusted_ca_or_insecure() {
 
     // A loopback registry without the https:// prefix is spoken to in plain HTTP; the
     // TLS registry answers 400, and the message says what to do.
-    let f = mount_fails(&format!("{}/secure/data:v1", reg.addr()), &Run::new());
+    let f = Launch::default()
+        .source(&format!("{}/secure/data:v1", reg.addr()))
+        .fail();
     assert!(f.stderr.contains("https://"), "{}", f.stderr);
 
     // --ca-file adds the CA.
-    let m = expect_mount(&https, &Run::new().arg("--ca-file").arg(ca), "--ca-file");
+    let m = expect_mount(
+        &https,
+        &Launch::default().arg("--ca-file").arg(ca),
+        "--ca-file",
+    );
     assert_eq!(fs::read(m.join("s.txt")).unwrap(), b"over TLS\n");
     m.finish();
 
     // --insecure skips verification, and says so.
-    let m = expect_mount(&https, &Run::new().arg("--insecure"), "--insecure");
+    let m = expect_mount(&https, &Launch::default().arg("--insecure"), "--insecure");
     assert_eq!(fs::read(m.join("s.txt")).unwrap(), b"over TLS\n");
     let log = m.finish();
     assert!(
@@ -522,19 +563,20 @@ fn tls_needs_a_trusted_ca_or_insecure() {
 
     // A CA file that is not PEM is refused up front.
     let junk = write(tmp.path(), "junk.pem", "not a certificate");
-    let f = mount_fails(
-        &https,
-        &Run::new().arg("--ca-file").arg(junk.to_str().unwrap()),
-    );
+    let f = Launch::default()
+        .arg("--ca-file")
+        .arg(junk.to_str().unwrap())
+        .source(&https)
+        .fail();
     assert!(f.stderr.contains("junk.pem"), "{}", f.stderr);
 
     // https:// and --plain-http contradict each other.
-    let f = mount_fails(&https, &Run::new().arg("--plain-http"));
+    let f = Launch::default().arg("--plain-http").source(&https).fail();
     assert!(f.stderr.contains("contradict"), "{}", f.stderr);
 }
 
 /// Mount with `RUST_LOG=trace`, read everything, and return the whole log.
-fn traced_session(source: &str, run: Run, files: &[(&str, &[u8])]) -> String {
+fn traced_session(source: &str, run: Launch, files: &[(&str, &[u8])]) -> String {
     let m = expect_mount(source, &run.env("RUST_LOG", "trace"), "traced");
     for (name, bytes) in files {
         assert_eq!(&fs::read(m.join(name)).unwrap(), bytes, "{name}");
@@ -582,7 +624,7 @@ fn no_secret_reaches_the_log_at_trace_level() {
 
     // Basic credentials.
     let tmp = tempfile::tempdir().unwrap();
-    let reg = Distribution::start(&Config {
+    let reg = Registry::with(&Config {
         auth: Auth::Htpasswd(htpasswd(tmp.path(), &[(USER, PASSWORD)])),
         ..Config::default()
     });
@@ -698,7 +740,7 @@ fn redirecting_proxy(
 #[test]
 fn blob_redirects_to_another_host_keep_range_drop_authorization_and_expire() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = Distribution::start(&Config {
+    let reg = Registry::with(&Config {
         auth: Auth::Htpasswd(htpasswd(tmp.path(), &[(USER, PASSWORD)])),
         ..Config::default()
     });
@@ -918,7 +960,7 @@ fn paginating_proxy(upstream: String, elsewhere: String, ctl: Arc<PageControl>) 
 #[test]
 fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
     use std::sync::atomic::Ordering;
-    let reg = Distribution::start(&Config {
+    let reg = Registry::with(&Config {
         catalog_max: Some(5),
         ..Config::default()
     });
@@ -933,7 +975,7 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
                     push.push_manifest(
                         "many/tags",
                         &format!("t{i:04}"),
-                        registry_support::distribution::OCI_MANIFEST,
+                        common::OCI_MANIFEST,
                         manifest,
                     );
                 }
@@ -959,8 +1001,12 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
     let proxy = paginating_proxy(reg.addr().to_string(), elsewhere.addr(), ctl.clone());
 
     // 1001 tags arrive in two pages of at most 1000.
-    let m = expect_mount(&format!("{}/many/tags", proxy.addr()), &Run::new(), "tags");
-    let tags = registry_support::orasfs::names(m.path());
+    let m = expect_mount(
+        &format!("{}/many/tags", proxy.addr()),
+        &Launch::default(),
+        "tags",
+    );
+    let tags = names(m.path());
     assert_eq!(tags.len(), 1001);
     assert_eq!(tags[0], "t0000");
     assert_eq!(tags[1000], "t1000");
@@ -991,23 +1037,25 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
     // The catalog: distribution refuses n=1000 above its maxentries (5), so the client
     // asks with the registry's page size and follows its Link headers: 13 repositories in
     // pages of 5.
-    let m = expect_mount(reg.addr(), &Run::new(), "catalog");
-    assert_eq!(registry_support::orasfs::names(m.path()), ["many", "r"]);
-    let repos = registry_support::orasfs::names(&m.join("r"));
+    let m = expect_mount(reg.addr(), &Launch::default(), "catalog");
+    assert_eq!(names(m.path()), ["many", "r"]);
+    let repos = names(&m.join("r"));
     assert_eq!(repos.len(), 11, "{repos:?}");
     assert_eq!(repos[10], "a10");
     m.finish();
 
     // A Link to another origin is refused: the repository mount fails before mounting,
     ctl.evil.store(true, Ordering::SeqCst);
-    let f = mount_fails(&format!("{}/many/tags", proxy.addr()), &Run::new());
+    let f = Launch::default()
+        .source(&format!("{}/many/tags", proxy.addr()))
+        .fail();
     assert!(
         f.stderr.contains("another origin") && f.stderr.contains("refused"),
         "{}",
         f.stderr
     );
     // and a registry root's listing fails rather than show what another host says.
-    let m = expect_mount(&proxy.addr(), &Run::new(), "evil catalog");
+    let m = expect_mount(&proxy.addr(), &Launch::default(), "evil catalog");
     let listed = fs::read_dir(m.path()).and_then(|d| d.collect::<Result<Vec<_>, _>>());
     assert!(listed.is_err(), "{listed:?}");
     m.finish();
@@ -1020,9 +1068,9 @@ fn pagination_lists_every_tag_and_repository_and_refuses_cross_origin_links() {
 
 #[test]
 fn referrers_from_the_tag_schema_appear_under_dot_referrers() {
-    use registry_support::distribution::{Pushed, OCI_INDEX, OCI_MANIFEST};
-    use registry_support::orasfs::names;
-    let reg = Distribution::start(&Config::default());
+    use common::{Pushed, OCI_INDEX, OCI_MANIFEST};
+    use names;
+    let reg = Registry::with(&Config::default());
     let push = Pusher::anonymous(&reg.url(""));
     let repo = "eo/products";
     let subject = push.push_artifact(repo, "v1", &[("imagery.tif", b"tiff bytes")]);
@@ -1068,7 +1116,7 @@ fn referrers_from_the_tag_schema_appear_under_dot_referrers() {
 
     let m = expect_mount(
         &format!("{}/{repo}", reg.addr()),
-        &Run::new().arg("--metadata-ttl").arg("0"),
+        &Launch::default().arg("--metadata-ttl").arg("0"),
         "referrers",
     );
     let v1 = m.join("v1");

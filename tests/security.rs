@@ -4,15 +4,13 @@
 //! and Authorization on cross-host blob redirects are covered in tests/registry.rs.
 
 mod common;
-mod faults_support;
 
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use common::{random_bytes, Registry, EROFS};
-use faults_support::*;
+use common::*;
 
 fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -249,15 +247,15 @@ fn pagination_links_to_another_origin_are_not_followed() {
         .stdin(b"hunter2\n")
         .env("RUST_LOG", "trace")
         .fail();
-    assert!(!f.0.success());
-    let last = f.1.lines().last().unwrap_or_default().to_string();
+    assert!(!f.status.success());
+    let last = f.stderr.lines().last().unwrap_or_default().to_string();
     assert!(
         last.starts_with("orasfs: ") && last.contains("another origin"),
         "{}",
-        f.1
+        f.stderr
     );
     assert!(
-        !f.1.contains("hunter2") && !f.1.contains("dXNlcjpodW50ZXIy"),
+        !f.stderr.contains("hunter2") && !f.stderr.contains("dXNlcjpodW50ZXIy"),
         "a secret in the log"
     );
 

@@ -5,7 +5,6 @@
 //! (32 readers, 10 minutes, a release build).
 
 mod common;
-mod faults_support;
 
 use std::fs::File;
 use std::io::Read;
@@ -14,8 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, Registry};
-use faults_support::*;
+use common::*;
 
 const MIB: usize = 1024 * 1024;
 

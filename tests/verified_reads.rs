@@ -1,19 +1,16 @@
 //! Verified lazy reads end to end: artifacts in a real `docker-registry`, block indexes
 //! made by `orasfs index` (attached as referrers, or embedded in the manifest), a real
-//! mount, and faults injected between them (tests/faults_support). Every lazily served
+//! mount, and faults injected between them (tests/common). Every lazily served
 //! byte must have been checked against the index; a block that fails never reaches a
 //! reader; a damaged index is refused, not trusted.
 
 mod common;
-mod faults_support;
 
-use std::ffi::CString;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{hex_of, random_bytes, Registry};
-use faults_support::*;
+use common::*;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -33,15 +30,6 @@ fn index(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn xattr(path: &Path, name: &str) -> Option<String> {
-    let p = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    let n = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the stated length.
-    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
 }
 
 /// A 64 MiB blob in `v/idx:v1`, indexed in the given mode.
@@ -105,14 +93,14 @@ fn a_damaged_index_is_refused_and_the_blob_read_without_it() {
     let reg = Registry::start();
     let (data, _) = indexed(&reg, false);
     // The index blob, found as the mount finds it: the referrers tag of the manifest.
-    let (subject, _) = manifest_of(&reg, "v/idx", "v1");
-    let (list, _) = manifest_of(&reg, "v/idx", &common::sha256(&subject).replace(':', "-"));
+    let (subject, _) = reg.manifest_of("v/idx", "v1");
+    let (list, _) = reg.manifest_of("v/idx", &common::sha256(&subject).replace(':', "-"));
     let list: serde_json::Value = serde_json::from_slice(&list).expect("referrers index");
     let referrer = list["manifests"][0]["digest"]
         .as_str()
         .expect("a referrer")
         .to_string();
-    let (artifact, _) = manifest_of(&reg, "v/idx", &referrer);
+    let (artifact, _) = reg.manifest_of("v/idx", &referrer);
     let artifact: serde_json::Value = serde_json::from_slice(&artifact).unwrap();
     let index_digest = artifact["layers"][0]["digest"]
         .as_str()
@@ -172,7 +160,7 @@ fn bytes_that_disagree_with_an_honest_index_are_caught_on_the_first_block_read()
 fn an_embedded_index_is_bound_by_the_manifest_digest() {
     let reg = Registry::start();
     let (data, _) = indexed(&reg, true);
-    let (bytes, _) = manifest_of(&reg, "v/idx", "v1");
+    let (bytes, _) = reg.manifest_of("v/idx", "v1");
     let bound = common::sha256(&bytes);
     // Change the root annotation of the data layer: a different manifest, a new digest.
     let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -181,7 +169,7 @@ fn an_embedded_index_is_bound_by_the_manifest_digest() {
     let changed = serde_json::to_vec(&v).unwrap();
     let changed_digest = common::sha256(&changed);
     assert_ne!(changed_digest, bound);
-    put_manifest(&reg, "v/idx", "v1", &changed);
+    reg.push_manifest("v/idx", "v1", common::OCI_MANIFEST, &changed);
     // A mount by the old digest still sees the index it was bound to.
     let m = Launch::new(&format!("{}/v/idx@{bound}", reg.addr()))
         .mount()
@@ -198,38 +186,6 @@ fn an_embedded_index_is_bound_by_the_manifest_digest() {
     let f = m.join("big.bin");
     pread(&f, 3 * MIB as u64, 4096).unwrap();
     assert_eq!(xattr(&f, "user.orasfs.verified").as_deref(), Some("none"));
-}
-
-fn manifest_of(reg: &Registry, repo: &str, tag: &str) -> (Vec<u8>, String) {
-    let resp = reqwest::blocking::Client::new()
-        .get(reg.url(&format!("/v2/{repo}/manifests/{tag}")))
-        .header(
-            "Accept",
-            format!("{}, {}", common::OCI_MANIFEST, common::OCI_INDEX),
-        )
-        .send()
-        .expect("GET manifest");
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    (resp.bytes().expect("body").to_vec(), ct)
-}
-
-fn put_manifest(reg: &Registry, repo: &str, tag: &str, bytes: &[u8]) {
-    let resp = reqwest::blocking::Client::new()
-        .put(reg.url(&format!("/v2/{repo}/manifests/{tag}")))
-        .header("Content-Type", common::OCI_MANIFEST)
-        .body(bytes.to_vec())
-        .send()
-        .expect("PUT manifest");
-    assert!(
-        resp.status().is_success(),
-        "PUT manifest: {}",
-        resp.status()
-    );
 }
 
 /// A noise COG of `n`×`n`×3 with 512-pixel tiles (`n` = 2048: about 16 MB).
@@ -290,16 +246,7 @@ fn an_oras_pushed_cog_indexed_in_both_modes_reads_right_and_says_blocks() {
     ) {
         return;
     }
-    let python = common::oras_python();
-    let can = common::have(
-        python.to_str().unwrap_or("python3"),
-        &["-c", "import oras.client"],
-    );
-    if !common::needs(
-        can,
-        "verified_reads",
-        "python cannot import oras (pip package oras)",
-    ) {
+    if !common::have_oras("verified_reads") {
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -308,26 +255,7 @@ fn an_oras_pushed_cog_indexed_in_both_modes_reads_right_and_says_blocks() {
     assert_eq!(local.len(), 3, "{local:?}");
     for embed in [false, true] {
         let reg = Registry::start();
-        let script = r#"
-import sys, oras.client
-addr = sys.argv[1]
-c = oras.client.OrasClient(hostname=addr, insecure=True)
-r = c.push(target=f"{addr}/eo/cog:v1", files=["scene.tif"], quiet=True)
-sys.exit(0 if r.status_code in (200, 201) else f"push: {r.status_code}")
-"#;
-        let out = Command::new(&python)
-            .arg("-c")
-            .arg(script)
-            .arg(reg.addr())
-            .current_dir(work.path())
-            .env("NO_PROXY", "*")
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        oras_push_from(work.path(), reg.addr(), "eo/cog:v1", &["scene.tif"], "");
         let target = format!("{}/eo/cog:v1", reg.addr());
         if embed {
             index(&[&target, "--embed"]);

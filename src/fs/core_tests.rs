@@ -759,6 +759,45 @@ fn a_damaged_index_is_refused_and_the_blob_read_without_it() {
     let _ = &t.index_digest;
 }
 
+/// An index whose root is right but whose header describes another blob of the same size
+/// is refused: the blob is read without it, and right.
+#[test]
+fn an_index_of_another_blob_of_the_same_size_is_refused() {
+    use crate::index::format;
+    let src = Arc::new(MemorySource::new());
+    let data = bytes(8 * MIB as usize + 123, 21);
+    let other = bytes(data.len(), 22);
+    let mut b = format::Builder::new(
+        &crate::oci::Digest::of(&other),
+        other.len() as u64,
+        BLOCK_SIZE,
+    );
+    b.update(&other);
+    let (index, root) = b.finish().unwrap();
+    let mut layer = titled(src.put_blob("image/tiff", data.clone()), "scene.tif");
+    let ix = src.put_blob(format::MEDIA_TYPE, index);
+    layer
+        .annotations
+        .insert(format::ANNOTATION_INDEX.into(), ix.digest.to_string());
+    layer
+        .annotations
+        .insert(format::ANNOTATION_ROOT.into(), root.to_string());
+    src.put_manifest("r", Some("t"), image_manifest(&src, &[layer, ix]));
+    let w = world(
+        src,
+        RootKind::Artifact("r".into(), Reference::Tag("t".into())),
+        VerifyMode::Lazy,
+    );
+    let ino = path(&w.fs, "scene.tif").unwrap();
+    let fh = w.fs.open(ino, false).unwrap().fh;
+    let got =
+        w.fs.read(fh, 3 * MIB, 4096)
+            .expect("read without the index");
+    assert!(got == data[3 * MIB as usize..][..4096]);
+    assert_eq!(w.fs.getxattr(ino, "user.orasfs.verified").unwrap(), b"none");
+    assert_eq!(w.fs.cache().stats.block_failures.load(Ordering::Relaxed), 0);
+}
+
 #[test]
 fn strict_mode_reads_lazily_only_with_a_bound_index_and_require_index_refuses_the_rest() {
     // Bound index, strict: one block's worth, not the whole blob.

@@ -325,3 +325,117 @@ impl Indexes {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(bytes: &[u8], media_type: &str, annotations: &[(&str, String)]) -> Descriptor {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            platform: None,
+            artifact_type: None,
+        }
+    }
+
+    /// A layer's index is bound only to a layer of the same manifest that has both the
+    /// named digest and the index media type; anything else leaves the referrers.
+    #[test]
+    fn a_bound_index_needs_the_named_digest_and_the_index_type() {
+        let manifest = Digest::of(b"manifest");
+        let root = Digest::of(b"root");
+        let index = layer(b"index", format::MEDIA_TYPE, &[]);
+        let other_index = layer(b"another index", format::MEDIA_TYPE, &[]);
+        let naming = |d: &Digest| {
+            layer(
+                b"data",
+                "application/octet-stream",
+                &[
+                    (format::ANNOTATION_INDEX, d.to_string()),
+                    (format::ANNOTATION_ROOT, root.to_string()),
+                ],
+            )
+        };
+        let referrers = IndexHint::Referrers {
+            repo: "r".into(),
+            manifest: manifest.clone(),
+        };
+
+        let data = naming(&index.digest);
+        let layers = [other_index.clone(), data.clone(), index.clone()];
+        match IndexHint::for_layer("r", &manifest, &data, &layers) {
+            IndexHint::Bound { index: b, root: r } => {
+                assert_eq!(
+                    (b.digest, b.size, r),
+                    (index.digest.clone(), 5, root.clone())
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // The named digest is a layer, but not of the index type.
+        let plain = layer(b"plain", "application/octet-stream", &[]);
+        let data = naming(&plain.digest);
+        let layers = [other_index.clone(), plain, data.clone()];
+        assert_eq!(
+            IndexHint::for_layer("r", &manifest, &data, &layers),
+            referrers
+        );
+        // Nothing without both annotations.
+        let data = layer(
+            b"data",
+            "application/octet-stream",
+            &[(format::ANNOTATION_INDEX, index.digest.to_string())],
+        );
+        assert_eq!(
+            IndexHint::for_layer("r", &manifest, &data, &[index, data.clone()]),
+            referrers
+        );
+    }
+
+    /// `prepare` loads the leaves that cover a range of blocks, and only those: a range
+    /// that ends at a leaf's end does not load the next leaf.
+    #[test]
+    fn prepare_loads_exactly_the_leaves_of_a_range() {
+        const BLOCK: u64 = 4096;
+        let data = vec![7u8; (BLOCK * 300) as usize];
+        let mut b = format::Builder::new(&Digest::of(&data), data.len() as u64, BLOCK);
+        b.update(&data);
+        let (bytes, root) = b.finish().unwrap();
+        let src = crate::source::memory::MemorySource::new();
+        let d = src.put_blob(format::MEDIA_TYPE, bytes.clone());
+        let ix = BlobIndex {
+            trust: Trust::Bound,
+            index: BlobRef {
+                repo: "r".into(),
+                digest: d.digest,
+                size: d.size,
+            },
+            top: Top::verify(&bytes, &root).unwrap(),
+            leaves: Mutex::new(HashMap::new()),
+        };
+        assert_eq!(
+            ix.top.header.blocks_per_leaf, 128,
+            "300 blocks are 3 leaves"
+        );
+        let stats = CacheStats::default();
+        let loaded = || {
+            let mut v: Vec<u64> = lock(&ix.leaves).keys().copied().collect();
+            v.sort();
+            v
+        };
+        ix.prepare(&src, &stats, 5..5).unwrap();
+        assert_eq!(loaded(), Vec::<u64>::new(), "an empty range");
+        ix.prepare(&src, &stats, 0..128).unwrap();
+        assert_eq!(loaded(), [0], "blocks 0..128 are leaf 0");
+        ix.prepare(&src, &stats, 200..256).unwrap();
+        assert_eq!(loaded(), [0, 1]);
+        ix.prepare(&src, &stats, 255..300).unwrap();
+        assert_eq!(loaded(), [0, 1, 2]);
+    }
+}

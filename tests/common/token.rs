@@ -233,6 +233,16 @@ impl TokenServer {
         }
     }
 
+    /// The `auth` of a registry that trusts this service's tokens (signed by `signer`).
+    pub fn registry_auth(&self, signer: &TokenSigner) -> super::registry::Auth {
+        super::registry::Auth::Token {
+            realm: self.realm(),
+            service: SERVICE.into(),
+            issuer: ISSUER.into(),
+            bundle: signer.bundle.clone(),
+        }
+    }
+
     /// The realm to configure: `http://127.0.0.1:PORT/token`.
     pub fn realm(&self) -> String {
         format!("http://{}/token", self.server.addr())
@@ -252,8 +262,8 @@ impl TokenServer {
     }
 
     /// A function giving `Authorization` values with pull and push on a repository, for
-    /// a [`super::distribution::Pusher`].
-    pub fn pusher_auth(&self) -> super::distribution::AuthFn {
+    /// a [`super::registry::Pusher`].
+    pub fn pusher_auth(&self) -> super::registry::AuthFn {
         let signer = self.signer.clone();
         Box::new(move |repo: &str| {
             let access = json!([{"type": "repository", "name": repo, "actions": ["pull", "push"]}]);
