@@ -23,6 +23,18 @@ const MIB: usize = 1024 * 1024;
 struct Sandbox {
     cwd: tempfile::TempDir,
     passwd: Vec<u8>,
+    /// Planted names in the shared places (`/`, `/tmp`, `$TMPDIR`) as they were before:
+    /// another program may have made one, and it must only stay as it was.
+    shared: Vec<(PathBuf, Option<Stat>)>,
+}
+
+/// What a path is, to tell whether anything changed it: inode, mtime and size.
+type Stat = (u64, std::time::SystemTime, u64);
+
+fn snapshot(p: &std::path::Path) -> Option<Stat> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(p).ok()?;
+    Some((m.ino(), m.modified().ok()?, m.len()))
 }
 
 const PLANTED: &[&str] = &["x", "b", "passwd", "evil"];
@@ -35,6 +47,18 @@ impl Sandbox {
                 .tempdir()
                 .unwrap(),
             passwd: fs::read("/etc/passwd").unwrap_or_default(),
+            shared: [
+                PathBuf::from("/"),
+                PathBuf::from("/tmp"),
+                std::env::temp_dir(),
+            ]
+            .iter()
+            .flat_map(|dir| PLANTED.iter().map(move |n| dir.join(n)))
+            .map(|p| {
+                let s = snapshot(&p);
+                (p, s)
+            })
+            .collect(),
         }
     }
     fn launch(&self, source: &str) -> Launch {
@@ -53,11 +77,15 @@ impl Sandbox {
             "orasfs wrote into its working directory"
         );
         let base = m.path().parent().unwrap().to_path_buf();
-        let mut places: Vec<PathBuf> =
-            vec![base.clone(), PathBuf::from("/"), PathBuf::from("/tmp")];
-        places.push(std::env::temp_dir());
-        places.push(m.cache_dir().to_path_buf());
-        for dir in &places {
+        for (p, before) in &self.shared {
+            assert_eq!(
+                &snapshot(p),
+                before,
+                "{} was made or changed while mounting hostile titles",
+                p.display()
+            );
+        }
+        for dir in [base.clone(), m.cache_dir().to_path_buf()] {
             for name in PLANTED {
                 let p = dir.join(name);
                 assert!(
