@@ -168,6 +168,7 @@ impl RegistryArgs {
             retries: self.retries,
             mirrors: Default::default(),
             mirror_cooldown: Duration::from_secs(30),
+            mirror_fill_wait: Duration::from_secs(120),
         }
     }
 }
@@ -305,6 +306,10 @@ pub struct MountArgs {
     /// How long a mirror that failed is skipped before it is asked again.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub mirror_cooldown: Duration,
+    /// How long to wait for a pull-through cache that is still fetching a blob (it answers
+    /// ranges with the whole blob) before reading the blob from the next source.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub mirror_fill_wait: Duration,
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -334,6 +339,7 @@ impl MountArgs {
             home: None,
         };
         registry.mirror_cooldown = self.mirror_cooldown;
+        registry.mirror_fill_wait = self.mirror_fill_wait;
         let mut cache = CacheConfig::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir));
         cache.max_size = self.cache_size;
         cache.min_free_percent = self.cache_min_free;

@@ -30,6 +30,8 @@ pub struct RegistryConfig {
     pub mirrors: crate::fleet::Settings,
     /// How long a failed mirror is skipped.
     pub mirror_cooldown: Duration,
+    /// How long to wait for a mirror still fetching a blob.
+    pub mirror_fill_wait: Duration,
 }
 
 /// Who may use the mount besides its owner.

@@ -71,19 +71,27 @@ pub fn connect(
     let plan = crate::fleet::Plan::load(&settings, registry).map_err(refused)?;
     plan.check(repo).map_err(refused)?;
     let origin = RegistrySource::new(client(cfg, registry, explicit, plain)?);
-    origin.ping()?;
     // A mirror gets its own client: its own credentials (never the origin's), the
     // mount's timeouts, and one retry, since the next source is there to serve.
     let make = |m: &crate::fleet::MirrorSpec| {
         let mut c = ClientConfig::new(&m.host);
         c.plain_http = m.plain_http.unwrap_or(c.plain_http);
         c.insecure = m.insecure;
-        c.ca_file = m.ca.clone();
+        c.extra_ca = m.ca.clone();
+        c.headers = crate::source::registry::Headers(m.headers.clone());
         c.connect_timeout = cfg.connect_timeout;
         c.read_timeout = cfg.read_timeout;
         c.retries = cfg.retries.min(1);
         c.credentials = resolve(cfg, &m.host, None)?;
         Ok(RegistrySource::new(Client::new(c)?))
     };
-    FleetSource::new(origin, plan, cfg.mirror_cooldown, &make)
+    let fleet = FleetSource::new(
+        origin,
+        plan,
+        cfg.mirror_cooldown,
+        cfg.mirror_fill_wait,
+        &make,
+    )?;
+    fleet.ping(repo)?;
+    Ok(fleet)
 }

@@ -1,6 +1,7 @@
 //! `containers-registries.conf(5)` version 2: `[[registry]]` tables with `prefix`,
 //! `location`, `insecure`, `blocked`, `mirror-by-digest-only` and `[[registry.mirror]]`
-//! tables with `location`, `insecure` and `pull-from-mirror`. Drop-in files override
+//! tables with `location`, `insecure` and `pull-from-mirror`. A `location` other than the
+//! `prefix` moves the origin: `prefix/REST` is pulled from `location/REST`. Drop-in files override
 //! entries of the same prefix, as podman does. Keys orasfs has no use for are ignored.
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,8 @@ pub struct Entry {
     pub insecure: bool,
     pub blocked: bool,
     pub mirrors: Vec<MirrorSpec>,
+    /// Where the prefix's repositories are pulled from when `location` is not the prefix.
+    pub moved: Option<MirrorSpec>,
     /// `FILE:LINE`-less name of the file, for messages.
     pub file: PathBuf,
 }
@@ -127,12 +130,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, FleetError> {
                 line: None,
                 message,
             })?;
+        let prefix = prefix.trim_end_matches('/').to_string();
+        let location = location.trim_end_matches('/').to_string();
+        let moved = if location != prefix && !prefix.starts_with("*.") {
+            let all = Use {
+                tags: true,
+                digests: true,
+            };
+            let spec = MirrorSpec::from_location(
+                &location,
+                r.insecure,
+                all,
+                format!("{} (location of {prefix})", path.display()),
+            )
+            .map_err(|message| FleetError::Config {
+                path: path.to_path_buf(),
+                line: None,
+                message,
+            })?;
+            Some(spec)
+        } else {
+            None
+        };
         out.push(Entry {
-            prefix: prefix.trim_end_matches('/').to_string(),
+            prefix,
             location,
             insecure: r.insecure,
             blocked: r.blocked,
             mirrors,
+            moved,
             file: path.to_path_buf(),
         });
     }

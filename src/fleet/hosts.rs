@@ -1,8 +1,11 @@
-//! containerd's `hosts.toml` (`/etc/containerd/certs.d/HOST/hosts.toml`, or
-//! `_default/hosts.toml`): `[host."URL"]` tables, in file order, with `capabilities`
-//! (`pull` lets a host serve blobs and manifests by digest, `resolve` lets it resolve
-//! tags), `skip_verify` and `ca`. `server` names the origin's own URL; orasfs already
-//! knows the origin from SOURCE and only checks that `server` names the same host.
+//! containerd's `hosts.toml` (`/etc/containerd/certs.d/HOST/hosts.toml`, `HOST_PORT_`
+//! for a host with a port, or `_default/hosts.toml`): `[host."URL"]` tables, in file
+//! order, with `capabilities` (`pull` lets a host serve blobs and manifests by digest,
+//! `resolve` lets it resolve tags), `skip_verify`, `ca` (one path or several, relative to
+//! the file), `[host."URL".header]` and `override_path`. `server` names the registry
+//! asked after the hosts; when it names another host than SOURCE's, that host replaces
+//! the origin (the way to use only a mirror), with the file's top-level `ca`,
+//! `skip_verify` and `header`.
 
 use std::path::{Path, PathBuf};
 
@@ -14,120 +17,170 @@ use super::{FleetError, MirrorSpec, Use};
 #[derive(Deserialize)]
 struct File {
     server: Option<String>,
+    #[serde(flatten)]
+    top: Host,
     #[serde(default)]
     host: toml::Table,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Host {
-    #[serde(default = "default_capabilities")]
-    capabilities: Vec<String>,
+    capabilities: Option<Vec<String>>,
     #[serde(default)]
     skip_verify: bool,
-    ca: Option<Ca>,
+    ca: Option<Paths>,
+    #[serde(default)]
+    override_path: bool,
+    #[serde(default)]
+    header: toml::Table,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Ca {
+enum Paths {
     One(PathBuf),
     Many(Vec<PathBuf>),
 }
 
-fn default_capabilities() -> Vec<String> {
-    vec!["pull".into(), "resolve".into(), "push".into()]
+/// What a hosts.toml says for one registry.
+#[derive(Debug, Clone, Default)]
+pub struct Hosts {
+    /// The mirrors, in file order.
+    pub mirrors: Vec<MirrorSpec>,
+    /// `server`, when it names another host than the registry's own: asked instead of it.
+    pub server: Option<MirrorSpec>,
 }
 
-/// The mirrors a hosts.toml names for `registry`, in file order.
-pub fn parse(path: &Path, text: &str, registry: &str) -> Result<Vec<MirrorSpec>, FleetError> {
+/// Parse one hosts.toml for `registry`.
+pub fn parse(path: &Path, text: &str, registry: &str) -> Result<Hosts, FleetError> {
     let err = |message: String| FleetError::Config {
         path: path.to_path_buf(),
         line: None,
         message,
     };
     let file: File = toml::from_str(text).map_err(|e| super::toml_error(path, text, &e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = Hosts::default();
     if let Some(server) = &file.server {
-        let host = Url::parse(server)
-            .ok()
-            .and_then(|u| {
-                let h = u.host_str()?.to_string();
-                Some(match u.port() {
-                    Some(p) => format!("{h}:{p}"),
-                    None => h,
-                })
-            })
-            .ok_or_else(|| err(format!("server = {server:?} is not a URL")))?;
-        if super::strip_default_host(&host) != super::strip_default_host(registry) {
-            log::warn!(
-                "{}: server = {server:?} names another host than {registry}; orasfs asks \
-                 {registry} as the origin",
-                path.display()
-            );
+        let spec = spec(dir, server, &file.top, format!("{} server", path.display()))
+            .map_err(|m| err(format!("server = {server:?}: {m}")))?;
+        if super::strip_default_host(&spec.host) != super::strip_default_host(registry)
+            || !spec.prefix.is_empty()
+        {
+            out.server = Some(spec);
         }
     }
-    let mut out = Vec::new();
     for (key, value) in file.host {
         let h: Host = value
             .try_into()
             .map_err(|e: toml::de::Error| err(format!("[host.{key:?}]: {}", e.message())))?;
-        let url = if key.contains("://") {
-            key.clone()
-        } else {
-            format!("https://{key}")
-        };
-        let u = Url::parse(&url).map_err(|e| err(format!("[host.{key:?}]: {e}")))?;
-        let host = u
-            .host_str()
-            .ok_or_else(|| err(format!("[host.{key:?}]: no host")))?;
-        let host = match u.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
-        };
-        let path_part = u.path().trim_matches('/');
-        let path_part = path_part.strip_suffix("v2").unwrap_or(path_part);
-        if !path_part.trim_matches('/').is_empty() {
-            return Err(err(format!(
-                "[host.{key:?}]: a host URL with a path is not supported by orasfs"
-            )));
+        let s = spec(dir, &key, &h, format!("{} [host.{key:?}]", path.display()))
+            .map_err(|m| err(format!("[host.{key:?}]: {m}")))?;
+        if s.usage.tags || s.usage.digests {
+            out.mirrors.push(s);
         }
-        let pull = h.capabilities.iter().any(|c| c == "pull");
-        let resolve = h.capabilities.iter().any(|c| c == "resolve");
-        if !pull && !resolve {
-            continue;
-        }
-        let ca = match h.ca {
-            Some(Ca::One(p)) => Some(p),
-            Some(Ca::Many(v)) => v.into_iter().next(),
-            None => None,
-        };
-        out.push(MirrorSpec {
-            host,
-            prefix: String::new(),
-            plain_http: Some(u.scheme() == "http"),
-            insecure: h.skip_verify,
-            ca,
-            usage: Use {
-                tags: resolve,
-                digests: pull,
-            },
-            origin: format!("{} [host.{key:?}]", path.display()),
-        });
     }
     Ok(out)
 }
 
-/// `DIR/HOST/hosts.toml` for `registry`, else `DIR/_default/hosts.toml`, if either exists.
+/// A host from its URL (`https://` when it has no scheme) and its table.
+fn spec(dir: &Path, key: &str, h: &Host, origin: String) -> Result<MirrorSpec, String> {
+    let url = if key.contains("://") {
+        key.to_string()
+    } else {
+        format!("https://{key}")
+    };
+    let u = Url::parse(&url).map_err(|e| e.to_string())?;
+    let host = u.host_str().ok_or("no host")?;
+    let host = match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let caps = h
+        .capabilities
+        .clone()
+        .unwrap_or_else(|| ["pull", "resolve", "push"].map(String::from).to_vec());
+    let has = |c: &str| caps.iter().any(|x| x == c);
+    let ca = match &h.ca {
+        Some(Paths::One(p)) => vec![p.clone()],
+        Some(Paths::Many(v)) => v.clone(),
+        None => Vec::new(),
+    };
+    let mut headers = Vec::new();
+    for (name, value) in &h.header {
+        let values: Vec<&str> = match value {
+            toml::Value::String(s) => vec![s.as_str()],
+            toml::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+            _ => {
+                return Err(format!(
+                    "header {name:?} is neither a string nor a list of them"
+                ))
+            }
+        };
+        headers.extend(values.into_iter().map(|v| (name.clone(), v.to_string())));
+    }
+    Ok(MirrorSpec {
+        host,
+        prefix: repo_prefix(u.path(), h.override_path)?,
+        plain_http: Some(u.scheme() == "http"),
+        insecure: h.skip_verify,
+        ca: ca.into_iter().map(|p| dir.join(p)).collect(),
+        headers,
+        usage: Use {
+            tags: has("resolve"),
+            digests: has("pull"),
+        },
+        origin,
+    })
+}
+
+/// The repository prefix a host URL's path gives. containerd asks `URL/v2/REPO/…`, or
+/// with `override_path` `URL/REPO/…`: orasfs always asks `HOST/v2/…`, so it follows a
+/// path only where that comes to the same (an empty path or `/v2`, or with
+/// `override_path` `/v2/PREFIX`, as for a Harbor proxy-cache project).
+fn repo_prefix(path: &str, override_path: bool) -> Result<String, String> {
+    let p = path.trim_matches('/');
+    match (
+        override_path,
+        p.strip_prefix("v2")
+            .filter(|r| r.is_empty() || r.starts_with('/')),
+    ) {
+        (_, _) if p.is_empty() => Ok(String::new()),
+        (true, Some(rest)) => Ok(rest.trim_matches('/').to_string()),
+        (false, Some("")) => Ok(String::new()),
+        (true, None) => Err(format!(
+            "override_path with the API root /{p} is not supported: orasfs asks HOST/v2/…"
+        )),
+        (false, _) => Err(format!(
+            "a host URL with a path (/{p}, API root /{p}/v2) is not supported: orasfs asks \
+             HOST/v2/…; for a registry that serves the API under /v2/PREFIX, write \
+             [host.\"https://HOST/v2/PREFIX\"] with override_path = true"
+        )),
+    }
+}
+
+/// `DIR/HOST_PORT_/hosts.toml` or `DIR/HOST:PORT/hosts.toml` for `registry`, else
+/// `DIR/_default/hosts.toml`, the first that exists (containerd's order).
 pub fn file_for(dir: &Path, registry: &str) -> Option<PathBuf> {
-    [registry, "_default"]
+    let underscored = registry
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(h, p)| format!("{h}_{p}_"));
+    let names: Vec<&str> = underscored
         .iter()
+        .map(String::as_str)
+        .chain([registry, "_default"])
+        .collect();
+    names
+        .into_iter()
         .map(|h| dir.join(h).join("hosts.toml"))
         .find(|p| p.is_file())
 }
 
 /// Read the hosts.toml for `registry` under `dir`, if there is one.
-pub fn load(dir: &Path, registry: &str) -> Result<Vec<MirrorSpec>, FleetError> {
+pub fn load(dir: &Path, registry: &str) -> Result<Hosts, FleetError> {
     let Some(path) = file_for(dir, registry) else {
-        return Ok(Vec::new());
+        return Ok(Hosts::default());
     };
     let text = std::fs::read_to_string(&path).map_err(|e| FleetError::Config {
         path: path.clone(),

@@ -7,9 +7,12 @@
 //! mirror may serve them. Manifests by tag come from a mirror only where its
 //! configuration allows (`pull-from-mirror = "all"|"tag-only"`, capability `resolve`),
 //! manifests by digest only where it allows digest pulls (`all`, `digest-only`, `pull`).
-//! Listings (tags, catalog, referrers) always go to the origin.
+//! Listings (tags, catalog, referrers) always go to the origin, which a registries.conf
+//! `location` or a hosts.toml `server` may move to another host. A pull-through cache
+//! still fetching a blob is waited for ([`fill`]).
 
 pub mod config;
+pub mod fill;
 pub mod hosts;
 pub mod source;
 
@@ -56,8 +59,10 @@ pub struct MirrorSpec {
     pub plain_http: Option<bool>,
     /// Do not verify its TLS certificate.
     pub insecure: bool,
-    /// An extra CA bundle for it.
-    pub ca: Option<PathBuf>,
+    /// Extra CA bundles for it.
+    pub ca: Vec<PathBuf>,
+    /// Headers sent with every request to it (hosts.toml `header`).
+    pub headers: Vec<(String, String)>,
     pub usage: Use,
     /// Where it was configured, for messages.
     pub origin: String,
@@ -85,7 +90,8 @@ impl MirrorSpec {
             prefix: prefix.trim_matches('/').to_string(),
             plain_http: None,
             insecure,
-            ca: None,
+            ca: Vec::new(),
+            headers: Vec::new(),
             usage,
             origin,
         })
@@ -123,6 +129,8 @@ pub struct Plan {
     cli: Vec<MirrorSpec>,
     entries: Vec<config::Entry>,
     hosts: Vec<MirrorSpec>,
+    /// hosts.toml `server`, when it moves the origin.
+    server: Option<MirrorSpec>,
 }
 
 impl Plan {
@@ -175,7 +183,8 @@ impl Plan {
             registry: registry.to_string(),
             cli,
             entries,
-            hosts,
+            hosts: hosts.mirrors,
+            server: hosts.server,
         })
     }
 
@@ -191,7 +200,46 @@ impl Plan {
             cli,
             entries,
             hosts,
+            server: None,
         }
+    }
+
+    /// This plan with a hosts.toml `server` that moves the origin (tests).
+    pub fn with_server(mut self, server: Option<MirrorSpec>) -> Plan {
+        self.server = server;
+        self
+    }
+
+    /// Where `repo` is pulled from instead of the origin, and its name there: the
+    /// registries.conf `location` of its entry when that is not the prefix, else a
+    /// hosts.toml `server` naming another host. `None` pulls it from the origin.
+    pub fn relocate(&self, repo: Option<&str>) -> Option<(&MirrorSpec, String)> {
+        let host = strip_default_host(&self.registry);
+        let entry = match repo {
+            Some(r) => self.entry(r),
+            None => self
+                .entries
+                .iter()
+                .find(|e| e.prefix == host)
+                .map(|e| (e, String::new())),
+        };
+        match entry {
+            Some((e, rest)) if e.moved.is_some() => e.moved.as_ref().map(|m| (m, m.repo(&rest))),
+            _ => self.server.as_ref().map(|s| {
+                (
+                    s,
+                    s.repo(&repo.map(|r| format!("/{r}")).unwrap_or_default()),
+                )
+            }),
+        }
+    }
+
+    /// Every host that may replace the origin for some repository.
+    pub fn locations(&self) -> impl Iterator<Item = &MirrorSpec> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.moved.as_ref())
+            .chain(self.server.iter())
     }
 
     /// Every mirror that may be asked for some repository.
@@ -234,8 +282,7 @@ impl Plan {
         Ok(out)
     }
 
-    /// Refuse a blocked registry or repository before mounting; warn about an entry whose
-    /// `location` moves the origin, which orasfs does not follow.
+    /// Refuse a blocked registry or repository before mounting.
     pub fn check(&self, repo: Option<&str>) -> Result<(), FleetError> {
         let host = strip_default_host(&self.registry);
         for e in &self.entries {
@@ -253,16 +300,6 @@ impl Plan {
                     prefix: e.prefix.clone(),
                     file: e.file.clone(),
                 });
-            }
-            if e.location != e.prefix && !e.prefix.starts_with("*.") {
-                log::warn!(
-                    "{}: location = {:?} for prefix {:?} is not followed; orasfs asks {} as \
-                     the origin and uses only the mirrors",
-                    e.file.display(),
-                    e.location,
-                    e.prefix,
-                    self.registry
-                );
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::fill::{Fills, Probe, Verdict, PROBE_ABOVE};
 use super::{MirrorSpec, Plan};
 use crate::error::SourceError;
 use crate::oci::{Descriptor, Digest};
@@ -60,7 +61,11 @@ pub struct FleetSource {
     origin_traffic: Counters,
     plan: Plan,
     mirrors: Vec<Mirror>,
+    /// Hosts that replace the origin for some repositories (registries.conf `location`,
+    /// hosts.toml `server`).
+    moved: Vec<Mirror>,
     cooldown: Duration,
+    fills: Fills,
 }
 
 impl std::fmt::Debug for FleetSource {
@@ -76,25 +81,33 @@ impl std::fmt::Debug for FleetSource {
 }
 
 impl FleetSource {
-    /// The origin and a client for every mirror host the plan names.
+    /// The origin and a client for every mirror host the plan names. A mirror that failed
+    /// is skipped for `cooldown`; one that is filling a blob is waited for up to
+    /// `fill_wait` (see [`super::fill`]).
     pub fn new(
         origin: RegistrySource,
         plan: Plan,
         cooldown: Duration,
+        fill_wait: Duration,
         make: MakeMirror<'_>,
     ) -> Result<Self, SourceError> {
-        let mut mirrors: Vec<Mirror> = Vec::new();
-        for spec in plan.all() {
-            if mirrors.iter().any(|m| m.host == spec.host) {
-                continue;
+        let clients = |specs: &mut dyn Iterator<Item = &MirrorSpec>| {
+            let mut out: Vec<Mirror> = Vec::new();
+            for spec in specs {
+                if out.iter().any(|m| m.host == spec.host) {
+                    continue;
+                }
+                out.push(Mirror {
+                    host: spec.host.clone(),
+                    src: make(spec)?,
+                    cool_until: Mutex::new(None),
+                    traffic: Counters::default(),
+                });
             }
-            mirrors.push(Mirror {
-                host: spec.host.clone(),
-                src: make(spec)?,
-                cool_until: Mutex::new(None),
-                traffic: Counters::default(),
-            });
-        }
+            Ok::<_, SourceError>(out)
+        };
+        let mirrors = clients(&mut plan.all())?;
+        let moved = clients(&mut plan.locations())?;
         if !mirrors.is_empty() {
             log::info!(
                 "mirrors of {}: {}",
@@ -111,13 +124,37 @@ impl FleetSource {
             origin_traffic: Counters::default(),
             plan,
             mirrors,
+            moved,
             cooldown,
+            fills: Fills::new(fill_wait, cooldown),
         })
     }
 
-    /// The origin alone.
+    /// The registry that serves the whole SOURCE registry: the origin, or the host the
+    /// configuration moves it to.
     pub fn origin(&self) -> &RegistrySource {
-        &self.origin
+        self.upstream(None).0
+    }
+
+    /// Check that the registry behind the mirrors for `repo` answers.
+    pub fn ping(&self, repo: Option<&str>) -> Result<(), SourceError> {
+        self.upstream(repo).0.ping()
+    }
+
+    /// Who is asked after the mirrors for `repo` (the whole registry for `None`), the
+    /// repository name there, and its counters.
+    fn upstream(&self, repo: Option<&str>) -> (&RegistrySource, String, &Counters) {
+        let moved = self.plan.relocate(repo).and_then(|(spec, r)| {
+            let m = self.moved.iter().find(|m| m.host == spec.host)?;
+            Some((&m.src, r, &m.traffic))
+        });
+        moved.unwrap_or_else(|| {
+            (
+                &self.origin,
+                repo.unwrap_or_default().to_string(),
+                &self.origin_traffic,
+            )
+        })
     }
 
     /// The mirrors that may serve `repo` now (not cooling down) and pass `allowed`, in
@@ -172,6 +209,25 @@ impl FleetSource {
         );
     }
 
+    /// Ask `m` for the first byte of a blob, to learn whether it holds the blob (`206`) or
+    /// is still fetching it (`200` with the whole blob, dropped at its headers).
+    fn probe(
+        &self,
+        m: &Mirror,
+        mrepo: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Probe, SourceError> {
+        let mut sink = ProbeSink::default();
+        let r = m.src.fetch_blob(mrepo, digest, size, Some(0..1), &mut sink);
+        m.traffic.count(sink.received);
+        match r {
+            _ if sink.whole => Ok(Probe::Whole),
+            Ok(()) => Ok(Probe::Ranged),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A manifest from the mirrors allowed to serve it, else from the origin.
     fn manifest_via(
         &self,
@@ -195,9 +251,9 @@ impl FleetSource {
                 Err(e) => self.failed(m, &reference.qualify(&mrepo), &e),
             }
         }
-        let r = self.origin.manifest(repo, reference);
-        self.origin_traffic
-            .count(r.as_ref().map_or(0, |f| f.bytes.len() as u64));
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        let r = up.manifest(&urepo, reference);
+        traffic.count(r.as_ref().map_or(0, |f| f.bytes.len() as u64));
         r
     }
 }
@@ -219,6 +275,10 @@ struct Relay<'a> {
     skip: u64,
     /// Bytes the current attempt received.
     received: u64,
+    /// Refuse a whole blob sent for a range (from a mirror known to serve ranges).
+    ranges_only: bool,
+    /// The current attempt was refused for that.
+    refused: bool,
 }
 
 impl<'a> Relay<'a> {
@@ -233,6 +293,8 @@ impl<'a> Relay<'a> {
             asked: None,
             skip: 0,
             received: 0,
+            ranges_only: false,
+            refused: false,
         }
     }
 
@@ -247,10 +309,13 @@ impl<'a> Relay<'a> {
         self.kind.is_some() && self.first + self.delivered >= self.end()
     }
 
-    /// Start an attempt: the range it should ask for.
-    fn attempt(&mut self) -> Option<Range<u64>> {
+    /// Start an attempt: the range it should ask for. With `ranges_only`, a whole blob
+    /// sent for that range is refused at its first byte.
+    fn attempt(&mut self, ranges_only: bool) -> Option<Range<u64>> {
         self.received = 0;
         self.skip = 0;
+        self.ranges_only = ranges_only;
+        self.refused = false;
         self.asked = match self.kind {
             None => self.range.clone(),
             Some(_) => Some(self.first + self.delivered..self.end()),
@@ -261,6 +326,12 @@ impl<'a> Relay<'a> {
 
 impl BlobSink for Relay<'_> {
     fn begin(&mut self, kind: BodyKind) -> std::io::Result<()> {
+        if kind == BodyKind::Whole && self.ranges_only && self.asked.is_some() {
+            self.refused = true;
+            return Err(std::io::Error::other(
+                "a mirror answered a range with the whole blob",
+            ));
+        }
         let start = match kind {
             BodyKind::Range => self.asked.as_ref().map_or(0, |r| r.start),
             BodyKind::Whole => 0,
@@ -292,22 +363,49 @@ impl BlobSink for Relay<'_> {
     }
 }
 
+/// Takes a one-byte range; refuses a whole blob at its first byte, which drops the
+/// answer (and closes its connection) before its body is read.
+#[derive(Default)]
+struct ProbeSink {
+    whole: bool,
+    received: u64,
+}
+
+impl BlobSink for ProbeSink {
+    fn begin(&mut self, kind: BodyKind) -> std::io::Result<()> {
+        if kind == BodyKind::Whole {
+            self.whole = true;
+            return Err(std::io::Error::other(
+                "the mirror answered a range with the whole blob",
+            ));
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.received += bytes.len() as u64;
+        Ok(())
+    }
+}
+
 impl Source for FleetSource {
     fn name(&self) -> String {
         self.origin.name()
     }
 
     fn catalog(&self) -> Result<Option<Vec<String>>, SourceError> {
-        self.origin_traffic.count(0);
-        self.origin.catalog()
+        let (up, _, traffic) = self.upstream(None);
+        traffic.count(0);
+        up.catalog()
     }
 
     fn tags(&self, repo: &str) -> Result<Vec<String>, SourceError> {
         self.plan
             .route(repo)
             .map_err(|e| SourceError::Unsupported(e.to_string()))?;
-        self.origin_traffic.count(0);
-        self.origin.tags(repo)
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        traffic.count(0);
+        up.tags(&urepo)
     }
 
     fn manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest, SourceError> {
@@ -324,9 +422,35 @@ impl Source for FleetSource {
     ) -> Result<(), SourceError> {
         let mut relay = Relay::new(sink, range, size);
         for (m, mrepo) in self.candidates(repo, |_| true)? {
-            let asked = relay.attempt();
+            if size > PROBE_ABOVE {
+                let what = format!("blob {digest}");
+                match self
+                    .fills
+                    .check(&m.host, digest, || self.probe(m, &mrepo, digest, size))
+                {
+                    Ok(Verdict::Ready) => {}
+                    Ok(Verdict::Skip) => continue,
+                    Err(e) => {
+                        self.failed(m, &what, &e);
+                        continue;
+                    }
+                }
+            }
+            // A mirror that answered 206 before and now sends a whole blob for a range has
+            // lost its copy and is filling again: each such answer would cost the origin
+            // a copy. Dropped; the next source serves this read, the next read waits.
+            let asked = relay.attempt(size > PROBE_ABOVE);
             let r = m.src.fetch_blob(&mrepo, digest, size, asked, &mut relay);
             m.traffic.count(relay.received);
+            if relay.refused {
+                log::info!(
+                    "mirror {} answered a range of blob {digest} with the whole blob; asking \
+                     it again before reading it from there",
+                    m.host
+                );
+                self.fills.forget(&m.host, digest);
+                continue;
+            }
             match r {
                 Ok(()) => return Ok(()),
                 Err(e @ SourceError::Sink { .. }) => return Err(e),
@@ -336,11 +460,10 @@ impl Source for FleetSource {
                 return Ok(());
             }
         }
-        let asked = relay.attempt();
-        let r = self
-            .origin
-            .fetch_blob(repo, digest, size, asked, &mut relay);
-        self.origin_traffic.count(relay.received);
+        let asked = relay.attempt(false);
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        let r = up.fetch_blob(&urepo, digest, size, asked, &mut relay);
+        traffic.count(relay.received);
         r
     }
 
@@ -354,17 +477,24 @@ impl Source for FleetSource {
                 Err(e) => self.failed(m, &format!("{mrepo}:{tag}"), &e),
             }
         }
-        self.origin_traffic.count(0);
-        self.origin.tag_digest(repo, tag)
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        traffic.count(0);
+        up.tag_digest(&urepo, tag)
     }
 
     fn referrers(&self, repo: &str, digest: &Digest) -> Result<Vec<Descriptor>, SourceError> {
-        self.origin_traffic.count(0);
-        self.origin.referrers(repo, digest)
+        let (up, urepo, traffic) = self.upstream(Some(repo));
+        traffic.count(0);
+        up.referrers(&urepo, digest)
     }
 
     fn traffic(&self) -> Vec<HostTraffic> {
         std::iter::once(self.origin_traffic.snapshot(&self.origin.name(), "origin"))
+            .chain(
+                self.moved
+                    .iter()
+                    .map(|m| m.traffic.snapshot(&m.host, "origin")),
+            )
             .chain(
                 self.mirrors
                     .iter()
@@ -386,11 +516,14 @@ mod tests {
         let blob: Vec<u8> = (0..100u8).collect();
         let mut sink = VecSink::with_limit(1000);
         let mut r = Relay::new(&mut sink, Some(10..50), 100);
-        assert_eq!(r.attempt(), Some(10..50));
+        assert_eq!(r.attempt(false), Some(10..50));
         r.begin(BodyKind::Range).unwrap();
         r.data(&blob[10..25]).unwrap();
         assert!(!r.done());
-        assert_eq!(r.attempt(), Some(25..50));
+        // A source that must serve ranges sends the whole blob: refused, nothing passed.
+        assert_eq!(r.attempt(true), Some(25..50));
+        assert!(r.begin(BodyKind::Whole).is_err() && r.refused);
+        assert_eq!(r.attempt(false), Some(25..50));
         r.begin(BodyKind::Whole).unwrap();
         r.data(&blob[..]).unwrap();
         // The whole blob was more than the range: the first source's kind rules.

@@ -181,7 +181,12 @@ fn a_malformed_file_names_the_file_and_the_line() {
 #[test]
 fn hosts_toml_example_keeps_file_order_and_capabilities() {
     let p = Path::new("/etc/containerd/certs.d/docker.io/hosts.toml");
-    let m = hosts::parse(p, HOSTS_TOML_EXAMPLE, "docker.io").unwrap();
+    let h = hosts::parse(p, HOSTS_TOML_EXAMPLE, "docker.io").unwrap();
+    assert!(
+        h.server.is_none(),
+        "registry-1.docker.io is docker.io itself"
+    );
+    let m = h.mirrors;
     let got: Vec<(&str, Use)> = m.iter().map(|m| (m.host.as_str(), m.usage)).collect();
     assert_eq!(
         got,
@@ -202,7 +207,13 @@ fn hosts_toml_example_keeps_file_order_and_capabilities() {
             ),
         ]
     );
-    assert_eq!(m[1].ca.as_deref(), Some(Path::new("docker-mirror.crt")));
+    // A relative path is relative to the file.
+    assert_eq!(
+        m[1].ca,
+        vec![Path::new(
+            "/etc/containerd/certs.d/docker.io/docker-mirror.crt"
+        )]
+    );
     assert_eq!(m[0].plain_http, Some(false));
     let plan = Plan::from_parts("docker.io", vec![], vec![], m);
     assert_eq!(plan.route("library/alpine").unwrap()[1].1, "library/alpine");
@@ -219,7 +230,7 @@ fn hosts_toml_skip_verify_http_and_push_only_hosts() {
   capabilities = ["push"]
 [host."https://defaults.example"]
 "#;
-    let m = hosts::parse(p, text, "r.example").unwrap();
+    let m = hosts::parse(p, text, "r.example").unwrap().mirrors;
     assert_eq!(m.len(), 2, "a push-only host serves no reads");
     assert_eq!(m[0].host, "10.0.0.1:5000");
     assert_eq!(m[0].plain_http, Some(true));
@@ -285,4 +296,171 @@ fn mirror_flags_come_first_and_resolve_no_tags() {
         ..Settings::default()
     };
     assert!(Plan::load(&bad, "r.example").is_err());
+}
+
+/// containerd docs/hosts.md, the `[host]` example of "hosts.toml Content Description"
+/// (the hosts with client certificates only are left out: orasfs has no client
+/// certificates).
+const HOSTS_TOML_HOST_EXAMPLE: &str = r#"
+[host."https://mirror.registry"]
+  capabilities = ["pull"]
+  ca = "/etc/certs/mirror.pem"
+  skip_verify = false
+  [host."https://mirror.registry".header]
+    x-custom-2 = ["value1", "value2"]
+
+[host."http://mirror.registry"]
+  capabilities = ["pull"]
+
+[host."https://test-1.registry"]
+  capabilities = ["pull", "resolve", "push"]
+  ca = ["/etc/certs/test-1-ca.pem", "/etc/certs/special.pem"]
+
+[host."https://non-compliant-mirror.registry/v2/upstream"]
+  capabilities = ["pull"]
+  override_path = true
+"#;
+
+#[test]
+fn hosts_toml_headers_several_cas_and_override_path() {
+    let p = Path::new("/etc/containerd/certs.d/r.example/hosts.toml");
+    let m = hosts::parse(p, HOSTS_TOML_HOST_EXAMPLE, "r.example")
+        .unwrap()
+        .mirrors;
+    let hosts: Vec<&str> = m.iter().map(|m| m.host.as_str()).collect();
+    assert_eq!(
+        hosts,
+        [
+            "mirror.registry",
+            "mirror.registry",
+            "test-1.registry",
+            "non-compliant-mirror.registry"
+        ]
+    );
+    assert_eq!(
+        m[0].headers,
+        vec![
+            ("x-custom-2".to_string(), "value1".to_string()),
+            ("x-custom-2".to_string(), "value2".to_string())
+        ]
+    );
+    assert_eq!(m[0].ca, vec![Path::new("/etc/certs/mirror.pem")]);
+    assert_eq!(m[1].plain_http, Some(true));
+    assert!(m[1].headers.is_empty(), "headers belong to their own host");
+    assert_eq!(
+        m[2].ca,
+        vec![
+            Path::new("/etc/certs/test-1-ca.pem"),
+            Path::new("/etc/certs/special.pem")
+        ]
+    );
+    // override_path with /v2/upstream: the API root is /v2/upstream, which is
+    // repository prefix `upstream` under /v2.
+    assert_eq!(m[3].prefix, "upstream");
+    let plan = Plan::from_parts("r.example", vec![], vec![], m);
+    let r = plan.route("team/app").unwrap();
+    assert_eq!(r[3].1, "upstream/team/app");
+}
+
+#[test]
+fn host_paths_orasfs_cannot_follow_are_refused_with_the_way_out() {
+    let p = Path::new("hosts.toml");
+    // containerd's example `https://mirror-bak.registry/us` means the API root /us/v2.
+    let text = "[host.\"https://mirror-bak.registry/us\"]\n  capabilities = [\"pull\"]\n";
+    let msg = hosts::parse(p, text, "r").unwrap_err().to_string();
+    assert!(
+        msg.contains("/us") && msg.contains("override_path"),
+        "{msg}"
+    );
+    let text = "[host.\"https://m/api/v1\"]\noverride_path = true\n";
+    let msg = hosts::parse(p, text, "r").unwrap_err().to_string();
+    assert!(msg.contains("/api/v1"), "{msg}");
+    // A plain /v2 path is the standard root.
+    let text = "[host.\"https://m/v2\"]\n";
+    assert_eq!(hosts::parse(p, text, "r").unwrap().mirrors[0].prefix, "");
+}
+
+/// containerd docs/hosts.md, "Setup Default Mirror for All Registries": a `server` that
+/// is not the registry replaces it ("only the mirror is utilised and the upstream not
+/// consulted"), with the file's top-level `ca` and `header`.
+#[test]
+fn a_hosts_toml_server_of_another_host_replaces_the_origin() {
+    let p = Path::new("/etc/containerd/certs.d/_default/hosts.toml");
+    let text =
+        "server = \"https://registry.example.com\"\nca = \"ca.pem\"\n[header]\n  x-team = \"eo\"\n";
+    let h = hosts::parse(p, text, "docker.io").unwrap();
+    let s = h.server.clone().unwrap();
+    assert_eq!(s.host, "registry.example.com");
+    assert_eq!(
+        s.ca,
+        vec![Path::new("/etc/containerd/certs.d/_default/ca.pem")]
+    );
+    assert_eq!(s.headers, vec![("x-team".into(), "eo".into())]);
+    let plan = Plan::from_parts("docker.io", vec![], vec![], h.mirrors).with_server(h.server);
+    let (to, repo) = plan.relocate(Some("library/alpine")).unwrap();
+    assert_eq!(
+        (to.host.as_str(), repo.as_str()),
+        ("registry.example.com", "library/alpine")
+    );
+    // The registry's own server moves nothing.
+    let same = hosts::parse(p, "server = \"https://docker.io\"\n", "docker.io").unwrap();
+    assert!(same.server.is_none());
+}
+
+#[test]
+fn a_hosts_toml_for_a_host_with_a_port_is_found_as_containerd_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(hosts::file_for(d, "r.example:5000"), None);
+    std::fs::create_dir_all(d.join("_default")).unwrap();
+    std::fs::write(d.join("_default/hosts.toml"), "").unwrap();
+    assert_eq!(
+        hosts::file_for(d, "r.example:5000"),
+        Some(d.join("_default/hosts.toml"))
+    );
+    std::fs::create_dir_all(d.join("r.example:5000")).unwrap();
+    std::fs::write(d.join("r.example:5000/hosts.toml"), "").unwrap();
+    assert_eq!(
+        hosts::file_for(d, "r.example:5000"),
+        Some(d.join("r.example:5000/hosts.toml"))
+    );
+    std::fs::create_dir_all(d.join("r.example_5000_")).unwrap();
+    std::fs::write(d.join("r.example_5000_/hosts.toml"), "").unwrap();
+    assert_eq!(
+        hosts::file_for(d, "r.example:5000"),
+        Some(d.join("r.example_5000_/hosts.toml"))
+    );
+}
+
+/// containers-registries.conf(5), the example: `location` moves the prefix's
+/// repositories ("example.com/foo/myimage:latest" is pulled from
+/// "internal-registry-for-example.com/bar/myimage:latest" after the mirrors).
+#[test]
+fn a_registries_conf_location_moves_the_origin() {
+    let e = entries(REGISTRIES_CONF_EXAMPLE);
+    let plan = Plan::from_parts("example.com", vec![], e, vec![]);
+    let (to, repo) = plan.relocate(Some("foo/myimage")).unwrap();
+    assert_eq!(
+        (to.host.as_str(), repo.as_str()),
+        ("internal-registry-for-example.com", "bar/myimage")
+    );
+    assert!(to.usage.tags && to.usage.digests);
+    assert!(
+        plan.relocate(Some("other/x")).is_none(),
+        "outside the prefix"
+    );
+    assert!(plan.relocate(None).is_none(), "the prefix is a namespace");
+    // A whole registry moved, and `location` equal to the prefix moves nothing.
+    let e = entries(
+        "[[registry]]\nprefix = \"quay.io\"\nlocation = \"quay-cache.corp:5000/quay\"\ninsecure = true\n[[registry]]\nlocation = \"r.example\"\n",
+    );
+    let plan = Plan::from_parts("quay.io", vec![], e.clone(), vec![]);
+    let (to, repo) = plan.relocate(None).unwrap();
+    assert_eq!(
+        (to.host.as_str(), repo.as_str(), to.insecure),
+        ("quay-cache.corp:5000", "quay", true)
+    );
+    assert_eq!(plan.relocate(Some("a/b")).unwrap().1, "quay/a/b");
+    let plan = Plan::from_parts("r.example", vec![], e, vec![]);
+    assert!(plan.relocate(Some("a/b")).is_none());
 }

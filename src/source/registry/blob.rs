@@ -148,20 +148,22 @@ impl Client {
                     .headers()
                     .get(CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok());
-                let skip = match progress.accept(status, content_range, asked.as_ref()) {
-                    Verdict::Take { skip } => skip,
-                    Verdict::IgnoredRange { skip } => {
-                        log::debug!(
-                            "{what}: the server ignored Range and sent the whole blob; \
-                             not asking it for ranges of this blob again"
-                        );
-                        self.mark_ignores_range(&key);
-                        skip
-                    }
+                let (skip, ignored) = match progress.accept(status, content_range, asked.as_ref()) {
+                    Verdict::Take { skip } => (skip, false),
+                    Verdict::IgnoredRange { skip } => (skip, true),
                     Verdict::Refuse(detail) => return Err(SourceError::Protocol { what, detail }),
                     Verdict::Status => return Err(self.status_error(status, what)),
                 };
                 let cut = deliver(resp, sink, &mut progress, skip, &what).await?;
+                // Remembered only once the sink took the whole body: a sink that refuses it
+                // (a mirror still filling, see `fleet::fill`) asks for ranges later.
+                if ignored {
+                    log::debug!(
+                        "{what}: the server ignored Range and sent the whole blob; \
+                         not asking it for ranges of this blob again"
+                    );
+                    self.mark_ignores_range(&key);
+                }
                 if progress.is_complete() {
                     return Ok(());
                 }

@@ -108,6 +108,11 @@ pub struct ClientConfig {
     pub insecure: bool,
     /// An extra PEM CA bundle to trust.
     pub ca_file: Option<PathBuf>,
+    /// More PEM CA bundles to trust (a mirror's hosts.toml `ca` list).
+    pub extra_ca: Vec<PathBuf>,
+    /// Headers sent with every request to the registry's own origin (a mirror's hosts.toml
+    /// `header`), never to a redirect target or token service.
+    pub headers: Headers,
     pub connect_timeout: Duration,
     /// How long a response body may stall before the request fails.
     pub read_timeout: Duration,
@@ -124,11 +129,45 @@ impl ClientConfig {
             plain_http: is_loopback(registry),
             insecure: false,
             ca_file: None,
+            extra_ca: Vec::new(),
+            headers: Headers::default(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             retries: 4,
             credentials: None,
         }
+    }
+}
+
+/// Name and value pairs of extra request headers; `Debug` shows the names only (a value
+/// may be a secret).
+#[derive(Clone, Default)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl Headers {
+    /// As a header map, or the first name or value HTTP does not allow.
+    fn to_map(&self, registry: &str) -> Result<HeaderMap, SourceError> {
+        let mut map = HeaderMap::new();
+        for (name, value) in &self.0 {
+            let bad = |detail: String| SourceError::Protocol {
+                what: format!("header {name:?} for {registry}"),
+                detail,
+            };
+            let n = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| bad(e.to_string()))?;
+            let v = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| bad("the value is not a valid header value".into()))?;
+            map.append(n, v);
+        }
+        Ok(map)
     }
 }
 
@@ -194,6 +233,8 @@ pub struct Client {
     no_range: Mutex<HashSet<BlobKey>>,
     /// Whether the registry is down, for metadata requests.
     health: outage::Health,
+    /// [`ClientConfig::headers`].
+    extra_headers: HeaderMap,
 }
 
 impl fmt::Debug for Client {
@@ -241,17 +282,18 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("orasfs/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(cfg.insecure);
-        if let Some(ca) = &cfg.ca_file {
+        let named = cfg.ca_file.iter().map(|p| ("--ca-file", p));
+        for (flag, ca) in named.chain(cfg.extra_ca.iter().map(|p| ("CA file", p))) {
             let pem = std::fs::read(ca)
-                .map_err(|e| SourceError::io(format!("--ca-file {}", ca.display()), e))?;
+                .map_err(|e| SourceError::io(format!("{flag} {}", ca.display()), e))?;
             let certs =
                 reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::Protocol {
-                    what: format!("--ca-file {}", ca.display()),
+                    what: format!("{flag} {}", ca.display()),
                     detail: e.to_string(),
                 })?;
             if certs.is_empty() {
                 return Err(SourceError::Protocol {
-                    what: format!("--ca-file {}", ca.display()),
+                    what: format!("{flag} {}", ca.display()),
                     detail: "holds no PEM certificate".into(),
                 });
             }
@@ -259,6 +301,7 @@ impl Client {
                 builder = builder.add_root_certificate(c);
             }
         }
+        let extra_headers = cfg.headers.to_map(&cfg.registry)?;
         let http = builder.build().map_err(|e| SourceError::Protocol {
             what: "HTTP client".into(),
             detail: e.to_string(),
@@ -279,6 +322,7 @@ impl Client {
             redirects: Mutex::new(HashMap::new()),
             no_range: Mutex::new(HashSet::new()),
             health: outage::Health::default(),
+            extra_headers,
         })
     }
 
@@ -342,6 +386,7 @@ impl Client {
                 .request(method.clone(), url.clone())
                 .headers(extra.clone());
             if own {
+                req = req.headers(self.extra_headers.clone());
                 if let Some(auth) = self.auth_header(scope) {
                     req = req.header(AUTHORIZATION, auth);
                 }
