@@ -61,18 +61,7 @@ impl<N: Clone> Inodes<N> {
     pub fn add_fixed(&self, parent: Ino, node: N) -> Ino {
         let mut t = self.write();
         let ino = t.next;
-        t.next += 1;
-        t.entries.insert(
-            ino,
-            Entry {
-                node,
-                parent: if parent == 0 { ino } else { parent },
-                children: BTreeMap::new(),
-                lookups: 0,
-                attached: true,
-            },
-        );
-        ino
+        t.insert(if parent == 0 { ino } else { parent }, node)
     }
 
     /// `name` in directory `parent`: the child there now when `same` says it shows the
@@ -94,18 +83,7 @@ impl<N: Clone> Inodes<N> {
                 _ => t.detach(old),
             }
         }
-        let ino = t.next;
-        t.next += 1;
-        t.entries.insert(
-            ino,
-            Entry {
-                node,
-                parent,
-                children: BTreeMap::new(),
-                lookups: 0,
-                attached: true,
-            },
-        );
+        let ino = t.insert(parent, node);
         if let Some(p) = t.entries.get_mut(&parent) {
             p.children.insert(name.to_string(), ino);
         }
@@ -185,6 +163,21 @@ impl<N: Clone> Inodes<N> {
 }
 
 impl<N> Table<N> {
+    /// A new inode for `node` in `parent`, under the next number.
+    fn insert(&mut self, parent: Ino, node: N) -> Ino {
+        let ino = self.next;
+        self.next += 1;
+        let entry = Entry {
+            node,
+            parent,
+            children: BTreeMap::new(),
+            lookups: 0,
+            attached: true,
+        };
+        self.entries.insert(ino, entry);
+        ino
+    }
+
     /// No name leads to `ino` any more.
     fn detach(&mut self, ino: Ino) {
         if let Some(e) = self.entries.get_mut(&ino) {

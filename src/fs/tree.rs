@@ -625,26 +625,29 @@ impl Tree {
                     )
                 });
             }
-            let mut dir = ino;
-            let (file, dirs) = match placement.path.split_last() {
-                Some(x) => x,
-                None => continue,
+            let Some((file, dirs)) = placement.path.split_last() else {
+                continue;
             };
-            for d in dirs {
-                let sub = Node::SubDir {
-                    manifest: m.clone(),
-                };
-                let Some(c) = self.add(dir, d, sub) else {
-                    return;
-                };
-                dir = c;
-            }
+            let Some(dir) = self.subdirs(ino, m, dirs) else {
+                return;
+            };
             let hint = IndexHint::for_layer(&m.repo, &m.digest, layer, &image.layers);
             self.add(dir, file, blob(layer, Some(hint)));
             if let Some(path) = &placement.dir {
                 self.add_archive_dir(ino, m, path, layer, &image.layers);
             }
         }
+    }
+
+    /// The directory `dirs` below `ino` inside a manifest's directory, made as needed
+    /// (titles with `/`); `None` when `ino` was dropped meanwhile.
+    fn subdirs(&self, ino: Ino, m: &Arc<ManifestNode>, dirs: &[String]) -> Option<Ino> {
+        dirs.iter().try_fold(ino, |dir, d| {
+            let sub = Node::SubDir {
+                manifest: m.clone(),
+            };
+            self.add(dir, d, sub)
+        })
     }
 
     /// The directory showing an archive layer unpacked, at `path` below `ino`.
@@ -659,16 +662,9 @@ impl Tree {
         let Some((name, dirs)) = path.split_last() else {
             return;
         };
-        let mut dir = ino;
-        for d in dirs {
-            let sub = Node::SubDir {
-                manifest: m.clone(),
-            };
-            let Some(c) = self.add(dir, d, sub) else {
-                return;
-            };
-            dir = c;
-        }
+        let Some(dir) = self.subdirs(ino, m, dirs) else {
+            return;
+        };
         let node = Node::Archive {
             blob: BlobRef {
                 repo: m.repo.clone(),

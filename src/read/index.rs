@@ -402,12 +402,12 @@ mod tests {
 
     /// `prepare` loads the leaves that cover a range of blocks, and only those: a range
     /// that ends at a leaf's end does not load the next leaf.
-    #[test]
-    fn prepare_loads_exactly_the_leaves_of_a_range() {
-        const BLOCK: u64 = 4096;
-        let data = vec![7u8; (BLOCK * 300) as usize];
-        let mut b = format::Builder::new(&Digest::of(&data), data.len() as u64, BLOCK);
-        b.update(&data);
+    const BLOCK: u64 = 4096;
+
+    /// A bound index of `data` in 4 KiB blocks, its blob held by an in-memory source.
+    fn indexed(data: &[u8]) -> (crate::source::memory::MemorySource, BlobIndex) {
+        let mut b = format::Builder::new(&Digest::of(data), data.len() as u64, BLOCK);
+        b.update(data);
         let (bytes, root) = b.finish().unwrap();
         let src = crate::source::memory::MemorySource::new();
         let d = src.put_blob(format::MEDIA_TYPE, bytes.clone());
@@ -421,6 +421,12 @@ mod tests {
             top: Top::verify(&bytes, &root).unwrap(),
             leaves: Mutex::new(HashMap::new()),
         };
+        (src, ix)
+    }
+
+    #[test]
+    fn prepare_loads_exactly_the_leaves_of_a_range() {
+        let (src, ix) = indexed(&vec![7u8; (BLOCK * 300) as usize]);
         assert_eq!(
             ix.top.header.blocks_per_leaf, 128,
             "300 blocks are 3 leaves"
@@ -445,25 +451,10 @@ mod tests {
     /// leaf is cut from it and checked, and its blocks are judged by it.
     #[test]
     fn a_leaf_is_found_in_a_whole_answer_to_its_range() {
-        const BLOCK: u64 = 4096;
         let data: Vec<u8> = (0..BLOCK * 300).map(|i| (i % 251) as u8).collect();
-        let mut b = format::Builder::new(&Digest::of(&data), data.len() as u64, BLOCK);
-        b.update(&data);
-        let (bytes, root) = b.finish().unwrap();
-        let src = crate::source::memory::MemorySource::new();
-        let d = src.put_blob(format::MEDIA_TYPE, bytes.clone());
+        let (src, ix) = indexed(&data);
         src.ignore_ranges
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let ix = BlobIndex {
-            trust: Trust::Bound,
-            index: BlobRef {
-                repo: "r".into(),
-                digest: d.digest,
-                size: d.size,
-            },
-            top: Top::verify(&bytes, &root).unwrap(),
-            leaves: Mutex::new(HashMap::new()),
-        };
         let stats = CacheStats::default();
         let block = |i: u64| &data[(i * BLOCK) as usize..][..BLOCK as usize];
         assert!(ix.check(&src, &stats, 200, block(200)).unwrap(), "leaf 1");
