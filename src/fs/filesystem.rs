@@ -32,7 +32,7 @@ pub struct Attr {
 }
 
 /// The kernel's view of an inode, as a lookup or `getattr` answers it: the attributes and
-/// how long the kernel may keep them (and the name that led there).
+/// how long the kernel may keep them (and, after a lookup, the entry that led there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub attr: Attr,
