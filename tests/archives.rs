@@ -470,24 +470,6 @@ fn blob_bytes_served(reg: &Registry) -> u64 {
         .sum()
 }
 
-/// `orasfs index ARGS`, which must succeed.
-fn orasfs_index(args: &[&str]) {
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_orasfs"))
-        .arg("index")
-        .args(args)
-        .env("HOME", home.path())
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("DOCKER_CONFIG")
-        .output()
-        .expect("run orasfs index");
-    assert!(
-        out.status.success(),
-        "orasfs index {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn with_a_published_archive_index_an_empty_cache_lists_a_tar_gz_from_a_fraction_of_it() {
     let reg = Registry::start();

@@ -15,7 +15,10 @@ use sha2::{Digest as _, Sha256};
 
 use common::certs;
 use common::token::TokenServer;
-use common::{htpasswd, random_bytes, sha256, Auth, Config, Launch, Mount, Pusher, Registry};
+use common::{
+    gdal_translate, htpasswd, make_cog, random_bytes, sha256, Auth, Config, Launch, Mount, Pusher,
+    Registry,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -109,39 +112,6 @@ fn with_mirror(mirror: &Registry) -> Launch {
     Launch::default().arg("--mirror").arg(mirror.addr())
 }
 
-/// A cloud-optimised GeoTIFF of noise (DEFLATE keeps it large): `n`×`n`, 3 bands, 512
-/// pixel tiles. `n` = 2048 gives about 16 MB.
-fn make_cog(dir: &Path, n: usize) -> Vec<u8> {
-    let raw = dir.join("raw.bin");
-    fs::write(&raw, random_bytes(3 * n * n, 21)).unwrap();
-    fs::write(
-        dir.join("raw.hdr"),
-        format!(
-            "ENVI\nsamples = {n}\nlines = {n}\nbands = 3\nheader offset = 0\n\
-             data type = 1\ninterleave = bsq\nbyte order = 0\n"
-        ),
-    )
-    .unwrap();
-    let cog = dir.join("scene.tif");
-    gdal_translate(&["-q", "-of", "COG", "-co", "COMPRESS=DEFLATE"], &raw, &cog);
-    fs::read(&cog).unwrap()
-}
-
-fn gdal_translate(args: &[&str], from: &Path, to: &Path) {
-    let out = std::process::Command::new("gdal_translate")
-        .args(args)
-        .arg(from)
-        .arg(to)
-        .output()
-        .expect("gdal_translate not found: install the Debian package gdal-bin");
-    assert!(
-        out.status.success(),
-        "gdal_translate {args:?} {}: {}",
-        from.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The pixels of a 256×256 window of `cog` at (600, 700), as GDAL reads them.
 fn window(cog: &Path, out_dir: &Path) -> Vec<u8> {
     let out = out_dir.join("window.bin");
@@ -181,7 +151,7 @@ fn a_pull_through_cache_offloads_the_origin() {
     const SIZE: usize = 256 * MIB;
     let tmp = tempfile::tempdir().unwrap();
     let (origin, mirror) = origin_and_mirror();
-    let cog = make_cog(tmp.path(), 2048);
+    let cog = make_cog(tmp.path(), 2048, 21, &[]);
     let want_window = window(&tmp.path().join("scene.tif"), &mkdir(tmp.path(), "local"));
     let big = random_bytes(SIZE, 7);
     let side = random_bytes(16 * MIB, 8);

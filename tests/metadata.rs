@@ -122,17 +122,7 @@ fn gdalinfo_opens_a_cached_geotiff_during_an_outage() {
     bytes.extend(random_bytes(64 * 64, 32));
     fs::write(&pgm, &bytes).unwrap();
     let tif = work.path().join("scene.tif");
-    let out = Command::new("gdal_translate")
-        .args(["-q", "-of", "GTiff"])
-        .arg(&pgm)
-        .arg(&tif)
-        .output()
-        .expect("run gdal_translate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gdal_translate(&["-q", "-of", "GTiff"], &pgm, &tif);
     let tif_bytes = fs::read(&tif).unwrap();
 
     let reg = Registry::start();

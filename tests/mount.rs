@@ -713,8 +713,8 @@ fn gdal_reads_a_cloud_optimized_geotiff() {
     let pgm_path = work.path().join("raster.pgm");
     fs::write(&pgm_path, &pgm).unwrap();
     let cog = work.path().join("imagery.tif");
-    let out = Command::new("gdal_translate")
-        .args([
+    gdal_translate(
+        &[
             "-q",
             "-of",
             "COG",
@@ -722,16 +722,14 @@ fn gdal_reads_a_cloud_optimized_geotiff() {
             "COMPRESS=DEFLATE",
             "-co",
             "BLOCKSIZE=256",
-        ])
-        .args(["-a_ullr", "500000", "5000000", "525000", "4975000"])
-        .arg(&pgm_path)
-        .arg(&cog)
-        .output()
-        .expect("run gdal_translate");
-    assert!(
-        out.status.success(),
-        "gdal_translate: {}",
-        String::from_utf8_lossy(&out.stderr)
+            "-a_ullr",
+            "500000",
+            "5000000",
+            "525000",
+            "4975000",
+        ],
+        &pgm_path,
+        &cog,
     );
     let tif = fs::read(&cog).unwrap();
 

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,29 +32,6 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// A cloud-optimised GeoTIFF of noise (so DEFLATE keeps it large): `n`×`n`, 3 bands,
-/// 512-pixel tiles, with overviews. `n` = 2048 gives about 16 MB.
-fn make_cog(dir: &Path, n: usize) -> Vec<u8> {
-    let raw = dir.join("raw.bin");
-    fs::write(&raw, random_bytes(3 * n * n, 88)).expect("write raw raster");
-    fs::write(
-        dir.join("raw.hdr"),
-        format!(
-            "ENVI\nsamples = {n}\nlines = {n}\nbands = 3\nheader offset = 0\n\
-             data type = 1\ninterleave = bsq\nbyte order = 0\n"
-        ),
-    )
-    .expect("write ENVI header");
-    let cog = dir.join("imagery.tif");
-    run(Command::new("gdal_translate")
-        .args(["-q", "-of", "COG", "-co", "COMPRESS=DEFLATE"])
-        .args(["-a_srs", "EPSG:32633"])
-        .args(["-a_ullr", "500000", "5860000", "560000", "5800000"])
-        .arg(&raw)
-        .arg(&cog));
-    fs::read(&cog).expect("read COG")
-}
-
 /// The lines of `gdalinfo` output that describe the raster (not the file name).
 fn raster_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
@@ -70,7 +46,20 @@ fn gdalinfo_through_the_mount_fetches_at_most_1_5x_what_vsicurl_fetches() {
     require("gdalinfo", "gdal-bin");
     require("gdal_translate", "gdal-bin");
     let work = tempfile::tempdir().expect("tempdir");
-    let tif = make_cog(work.path(), 2048);
+    let tif = make_cog(
+        work.path(),
+        2048,
+        88,
+        &[
+            "-a_srs",
+            "EPSG:32633",
+            "-a_ullr",
+            "500000",
+            "5860000",
+            "560000",
+            "5800000",
+        ],
+    );
     let reg = Registry::start();
     let pushed = reg.push_artifact("eo/imagery", "v1", &[("imagery.tif", &tif)]);
     let digest = pushed.layers[0].0.clone();

@@ -8,29 +8,12 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
-
-/// `orasfs index ARGS`, which must succeed; returns the digest it printed.
-fn index(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_orasfs"))
-        .arg("index")
-        .args(args)
-        .env("HOME", tempfile::tempdir().unwrap().path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run orasfs index");
-    assert!(
-        out.status.success(),
-        "orasfs index {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// A 64 MiB blob in `v/idx:v1`, indexed in the given mode.
 fn indexed(reg: &Registry, embed: bool) -> (Vec<u8>, String) {
@@ -38,9 +21,9 @@ fn indexed(reg: &Registry, embed: bool) -> (Vec<u8>, String) {
     let pushed = reg.push_artifact("v/idx", "v1", &[("big.bin", &data)]);
     let target = format!("{}/v/idx:v1", reg.addr());
     if embed {
-        index(&[&target, "--embed"]);
+        orasfs_index(&[&target, "--embed"]);
     } else {
-        index(&[&target]);
+        orasfs_index(&[&target]);
     }
     (data, hex_of(&pushed.layers[0].0).to_string())
 }
@@ -188,33 +171,6 @@ fn an_embedded_index_is_bound_by_the_manifest_digest() {
     assert_eq!(xattr(&f, "user.orasfs.verified").as_deref(), Some("none"));
 }
 
-/// A noise COG of `n`×`n`×3 with 512-pixel tiles (`n` = 2048: about 16 MB).
-fn make_cog(dir: &Path, n: usize) -> Vec<u8> {
-    let raw = dir.join("raw.bin");
-    fs::write(&raw, random_bytes(3 * n * n, 77)).unwrap();
-    fs::write(
-        dir.join("raw.hdr"),
-        format!(
-            "ENVI\nsamples = {n}\nlines = {n}\nbands = 3\nheader offset = 0\n\
-             data type = 1\ninterleave = bsq\nbyte order = 0\n"
-        ),
-    )
-    .unwrap();
-    let cog = dir.join("scene.tif");
-    let out = Command::new("gdal_translate")
-        .args(["-q", "-of", "COG", "-co", "COMPRESS=DEFLATE"])
-        .arg(&raw)
-        .arg(&cog)
-        .output()
-        .expect("run gdal_translate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::read(&cog).unwrap()
-}
-
 fn checksums(path: &Path) -> Vec<String> {
     let out = Command::new("gdalinfo")
         .arg("-checksum")
@@ -250,7 +206,7 @@ fn an_oras_pushed_cog_indexed_in_both_modes_reads_right_and_says_blocks() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let cog = make_cog(work.path(), 2048);
+    let cog = make_cog(work.path(), 2048, 77, &[]);
     let local = checksums(&work.path().join("scene.tif"));
     assert_eq!(local.len(), 3, "{local:?}");
     for embed in [false, true] {
@@ -258,24 +214,18 @@ fn an_oras_pushed_cog_indexed_in_both_modes_reads_right_and_says_blocks() {
         oras_push_from(work.path(), reg.addr(), "eo/cog:v1", &["scene.tif"], "");
         let target = format!("{}/eo/cog:v1", reg.addr());
         if embed {
-            index(&[&target, "--embed"]);
+            orasfs_index(&[&target, "--embed"]);
         } else {
-            index(&[&target]);
+            orasfs_index(&[&target]);
         }
         let m = Launch::new(&target).mount().expect("mount");
         let f = m.join("scene.tif");
         let want = if embed { "blocks" } else { "blocks-referrer" };
         // A lazy window read first: not the whole blob.
-        let out = Command::new("gdal_translate")
-            .args(["-q", "-srcwin", "600", "700", "256", "256"])
-            .arg(&f)
-            .arg(work.path().join(format!("window-{embed}.tif")))
-            .output()
-            .expect("run gdal_translate");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        gdal_translate(
+            &["-q", "-srcwin", "600", "700", "256", "256"],
+            &f,
+            &work.path().join(format!("window-{embed}.tif")),
         );
         assert_eq!(
             xattr(&f, "user.orasfs.verified").as_deref(),

@@ -24,12 +24,14 @@ pub mod mount;
 pub mod proxy;
 pub mod registry;
 pub mod token;
+pub mod tools;
 
 pub use io::*;
 pub use layout::LayoutDir;
 pub use mount::{force_unmount, is_mounted, orasfs_mounts, Failed, Launch, Mount, Spot};
 pub use proxy::{Fault, FaultProxy, Record, Rule};
 pub use registry::{htpasswd, Auth, Config, LayerSpec, Pushed, Pusher, Registry};
+pub use tools::{gdal_translate, make_cog, orasfs_index};
 
 use std::ffi::CString;
 use std::fs;
