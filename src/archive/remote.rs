@@ -102,14 +102,8 @@ impl ArchiveHint {
         layer: &Descriptor,
         layers: &[Descriptor],
     ) -> Self {
-        let ann = |k: &str| layer.annotations.get(k).and_then(|v| Digest::parse(v).ok());
-        let bound = match (ann(ANNOTATION_DIGEST), ann(ANNOTATION_ARCHIVE_ROOT)) {
-            (Some(d), Some(root)) => layers
-                .iter()
-                .find(|l| l.digest == d && is_archive_index(l))
-                .map(|l| (blob_ref(repo, l), root)),
-            _ => None,
-        };
+        let keys = (ANNOTATION_DIGEST, ANNOTATION_ARCHIVE_ROOT);
+        let bound = crate::read::index::bound_by(repo, layer, layers, keys, MEDIA_TYPE);
         Self {
             repo: repo.to_string(),
             manifest: manifest.clone(),

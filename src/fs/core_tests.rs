@@ -588,14 +588,31 @@ struct Indexed {
     index_digest: crate::oci::Digest,
 }
 
+/// A block index of `data` in the read path's blocks, and its root.
+fn block_index(data: &[u8]) -> (Vec<u8>, crate::oci::Digest) {
+    let digest = crate::oci::Digest::of(data);
+    let mut b = crate::index::format::Builder::new(&digest, data.len() as u64, BLOCK_SIZE);
+    b.update(data);
+    b.finish().unwrap()
+}
+
+/// Annotate `layer` to name `ix`, a layer of the same manifest, as its block index.
+fn bind_index(layer: &mut Descriptor, ix: &Descriptor, root: &crate::oci::Digest) {
+    use crate::index::format;
+    layer
+        .annotations
+        .insert(format::ANNOTATION_INDEX.into(), ix.digest.to_string());
+    layer
+        .annotations
+        .insert(format::ANNOTATION_ROOT.into(), root.to_string());
+}
+
 fn indexed_world(bound: bool, damage_index: bool, verify: VerifyMode) -> Indexed {
     use crate::index::format;
     let src = Arc::new(MemorySource::new());
     let data = bytes(8 * MIB as usize + 123, 21);
     let data_digest = crate::oci::Digest::of(&data);
-    let mut b = format::Builder::new(&data_digest, data.len() as u64, BLOCK_SIZE);
-    b.update(&data);
-    let (mut index, root) = b.finish().unwrap();
+    let (mut index, root) = block_index(&data);
     if damage_index {
         let n = index.len();
         index[n - 1] ^= 1; // the last leaf no longer matches the top table
@@ -609,12 +626,7 @@ fn indexed_world(bound: bool, damage_index: bool, verify: VerifyMode) -> Indexed
         .insert(format::ANNOTATION_ROOT.into(), root.to_string());
     let index_digest = ix.digest.clone();
     if bound {
-        layer
-            .annotations
-            .insert(format::ANNOTATION_INDEX.into(), ix.digest.to_string());
-        layer
-            .annotations
-            .insert(format::ANNOTATION_ROOT.into(), root.to_string());
+        bind_index(&mut layer, &ix, &root);
         src.put_manifest("r", Some("t"), image_manifest(&src, &[layer, ix]));
     } else {
         let m = image_manifest(&src, &[layer]);
@@ -663,18 +675,11 @@ fn a_layer_shared_by_two_tags_is_checked_against_the_index_its_own_manifest_bind
     let src = Arc::new(MemorySource::new());
     let data = bytes(8 * MIB as usize + 5, 33);
     let data_digest = crate::oci::Digest::of(&data);
-    let mut b = format::Builder::new(&data_digest, data.len() as u64, BLOCK_SIZE);
-    b.update(&data);
-    let (index, root) = b.finish().unwrap();
+    let (index, root) = block_index(&data);
     let layer = titled(src.put_blob("image/tiff", data.clone()), "scene.tif");
     let ix = src.put_blob(format::MEDIA_TYPE, index);
     let mut bound = layer.clone();
-    bound
-        .annotations
-        .insert(format::ANNOTATION_INDEX.into(), ix.digest.to_string());
-    bound
-        .annotations
-        .insert(format::ANNOTATION_ROOT.into(), root.to_string());
+    bind_index(&mut bound, &ix, &root);
     src.put_manifest("r", Some("plain"), image_manifest(&src, &[layer]));
     src.put_manifest("r", Some("bound"), image_manifest(&src, &[bound, ix]));
     let w = world(src, RootKind::Repository("r".into()), VerifyMode::Lazy);
@@ -767,21 +772,10 @@ fn an_index_of_another_blob_of_the_same_size_is_refused() {
     let src = Arc::new(MemorySource::new());
     let data = bytes(8 * MIB as usize + 123, 21);
     let other = bytes(data.len(), 22);
-    let mut b = format::Builder::new(
-        &crate::oci::Digest::of(&other),
-        other.len() as u64,
-        BLOCK_SIZE,
-    );
-    b.update(&other);
-    let (index, root) = b.finish().unwrap();
+    let (index, root) = block_index(&other);
     let mut layer = titled(src.put_blob("image/tiff", data.clone()), "scene.tif");
     let ix = src.put_blob(format::MEDIA_TYPE, index);
-    layer
-        .annotations
-        .insert(format::ANNOTATION_INDEX.into(), ix.digest.to_string());
-    layer
-        .annotations
-        .insert(format::ANNOTATION_ROOT.into(), root.to_string());
+    bind_index(&mut layer, &ix, &root);
     src.put_manifest("r", Some("t"), image_manifest(&src, &[layer, ix]));
     let w = world(
         src,

@@ -46,29 +46,38 @@ impl IndexHint {
         layer: &Descriptor,
         layers: &[Descriptor],
     ) -> Self {
-        let ann = |k: &str| layer.annotations.get(k).and_then(|v| Digest::parse(v).ok());
-        if let (Some(digest), Some(root)) =
-            (ann(format::ANNOTATION_INDEX), ann(format::ANNOTATION_ROOT))
-        {
-            if let Some(ix) = layers
-                .iter()
-                .find(|l| l.digest == digest && l.media_type == format::MEDIA_TYPE)
-            {
-                return IndexHint::Bound {
-                    index: BlobRef {
-                        repo: repo.to_string(),
-                        digest: ix.digest.clone(),
-                        size: ix.size,
-                    },
-                    root,
-                };
-            }
-        }
-        IndexHint::Referrers {
-            repo: repo.to_string(),
-            manifest: manifest.clone(),
+        let keys = (format::ANNOTATION_INDEX, format::ANNOTATION_ROOT);
+        match bound_by(repo, layer, layers, keys, format::MEDIA_TYPE) {
+            Some((index, root)) => IndexHint::Bound { index, root },
+            None => IndexHint::Referrers {
+                repo: repo.to_string(),
+                manifest: manifest.clone(),
+            },
         }
     }
+}
+
+/// A side blob `layer` names in its annotations (`keys`: the blob's digest, and the root
+/// that checks it) when a layer of the same manifest (`layers`) is that blob, of
+/// `media_type`: the manifest's digest then covers the root.
+pub fn bound_by(
+    repo: &str,
+    layer: &Descriptor,
+    layers: &[Descriptor],
+    keys: (&str, &str),
+    media_type: &str,
+) -> Option<(BlobRef, Digest)> {
+    let ann = |k: &str| layer.annotations.get(k).and_then(|v| Digest::parse(v).ok());
+    let (digest, root) = (ann(keys.0)?, ann(keys.1)?);
+    let side = layers
+        .iter()
+        .find(|l| l.digest == digest && l.media_type == media_type)?;
+    let blob = BlobRef {
+        repo: repo.to_string(),
+        digest: side.digest.clone(),
+        size: side.size,
+    };
+    Some((blob, root))
 }
 
 /// Whether a layer is an index (hidden from the tree).
