@@ -2,7 +2,11 @@
 //! `location`, `insecure`, `blocked`, `mirror-by-digest-only` and `[[registry.mirror]]`
 //! tables with `location`, `insecure` and `pull-from-mirror`. A `location` other than the
 //! `prefix` moves the origin: `prefix/REST` is pulled from `location/REST`. Drop-in files override
-//! entries of the same prefix, as podman does. Keys orasfs has no use for are ignored.
+//! entries of the same prefix, as podman does. The file's other settings
+//! (`unqualified-search-registries`, `[aliases]`, …) are podman's and are passed over; a
+//! key inside a `[[registry]]` or `[[registry.mirror]]` that is none of the above is
+//! logged as a warning with its path, as podman does, since a misspelt key silently
+//! changes which mirror serves what.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +17,7 @@ use super::{FleetError, MirrorSpec, Use};
 #[derive(Deserialize)]
 struct File {
     #[serde(default)]
-    registry: Vec<Registry>,
+    registry: Vec<toml::Spanned<Registry>>,
 }
 
 #[derive(Deserialize)]
@@ -28,7 +32,7 @@ struct Registry {
     #[serde(default)]
     mirror_by_digest_only: bool,
     #[serde(default)]
-    mirror: Vec<Mirror>,
+    mirror: Vec<toml::Spanned<Mirror>>,
 }
 
 #[derive(Deserialize)]
@@ -94,24 +98,52 @@ impl Entry {
 
 /// Parse one registries.conf text; `path` names it in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, FleetError> {
-    let file: File = toml::from_str(text).map_err(|e| super::toml_error(path, text, &e))?;
+    let (entries, warnings) = parse_with_warnings(path, text)?;
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    Ok(entries)
+}
+
+/// [`parse`], with a warning for each key in a `[[registry]]` or `[[registry.mirror]]`
+/// that orasfs does not know.
+pub fn parse_with_warnings(
+    path: &Path,
+    text: &str,
+) -> Result<(Vec<Entry>, Vec<String>), FleetError> {
+    let (file, unknown): (File, Vec<String>) = super::parse_toml(path, text)?;
+    let warnings = unknown
+        .iter()
+        .filter(|k| k.starts_with("registry["))
+        .map(|key| {
+            format!(
+                "{}: `{key}` is not a registries.conf key; ignored",
+                path.display()
+            )
+        })
+        .collect();
     let mut out = Vec::new();
-    for r in file.registry {
+    for spanned in file.registry {
+        let line = super::line_at(text, spanned.span().start);
+        let err = |message: String| FleetError::Config {
+            path: path.to_path_buf(),
+            line: Some(line),
+            message,
+        };
+        let r = spanned.into_inner();
         let (prefix, location) = match (r.prefix, r.location) {
             (Some(p), l) => (p.clone(), l.unwrap_or(p)),
             (None, Some(l)) => (l.clone(), l),
             (None, None) => {
-                return Err(FleetError::Config {
-                    path: path.to_path_buf(),
-                    line: None,
-                    message: "a [[registry]] has neither prefix nor location".into(),
-                })
+                return Err(err("a [[registry]] has neither prefix nor location".into()))
             }
         };
         let mirrors = r
             .mirror
             .into_iter()
-            .map(|m| {
+            .map(|spanned| {
+                let mirror_line = super::line_at(text, spanned.span().start);
+                let m = spanned.into_inner();
                 let (tags, digests) = match (r.mirror_by_digest_only, m.pull_from_mirror) {
                     (true, _) | (false, PullFromMirror::DigestOnly) => (false, true),
                     (false, PullFromMirror::All) => (true, true),
@@ -123,13 +155,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, FleetError> {
                     Use { tags, digests },
                     format!("{} (mirror of {prefix})", path.display()),
                 )
+                .map_err(|message| FleetError::Config {
+                    path: path.to_path_buf(),
+                    line: Some(mirror_line),
+                    message,
+                })
             })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|message| FleetError::Config {
-                path: path.to_path_buf(),
-                line: None,
-                message,
-            })?;
+            .collect::<Result<Vec<_>, FleetError>>()?;
         let prefix = prefix.trim_end_matches('/').to_string();
         let location = location.trim_end_matches('/').to_string();
         let moved = if location != prefix && !prefix.starts_with("*.") {
@@ -143,11 +175,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, FleetError> {
                 all,
                 format!("{} (location of {prefix})", path.display()),
             )
-            .map_err(|message| FleetError::Config {
-                path: path.to_path_buf(),
-                line: None,
-                message,
-            })?;
+            .map_err(err)?;
             Some(spec)
         } else {
             None
@@ -162,7 +190,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, FleetError> {
             file: path.to_path_buf(),
         });
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 /// Read a main file and then its drop-ins (`*.conf`, in name order); an entry in a later

@@ -51,19 +51,67 @@ pub struct Hosts {
     pub server: Option<MirrorSpec>,
 }
 
-/// Parse one hosts.toml for `registry`.
+/// The keys of a host table (and of the file's top level) that orasfs reads.
+const HOST_KEYS: &[&str] = &[
+    "capabilities",
+    "skip_verify",
+    "ca",
+    "override_path",
+    "header",
+];
+/// containerd's keys that orasfs does not act on.
+const UNSUPPORTED_KEYS: &[&str] = &["client", "dial_timeout"];
+
+/// Parse one hosts.toml for `registry`; unknown or unsupported keys are logged.
 pub fn parse(path: &Path, text: &str, registry: &str) -> Result<Hosts, FleetError> {
-    let err = |message: String| FleetError::Config {
-        path: path.to_path_buf(),
-        line: None,
-        message,
-    };
+    let (hosts, warnings) = parse_with_warnings(path, text, registry)?;
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    Ok(hosts)
+}
+
+/// [`parse`], with a warning for each key orasfs does not act on: containerd's `client`
+/// and `dial_timeout`, and keys neither knows (a misspelt `capabilites` would otherwise
+/// silently give a host every capability).
+pub fn parse_with_warnings(
+    path: &Path,
+    text: &str,
+    registry: &str,
+) -> Result<(Hosts, Vec<String>), FleetError> {
     let file: File = toml::from_str(text).map_err(|e| super::toml_error(path, text, &e))?;
+    let mut warnings = Vec::new();
+    let mut warn_unknown = |table: &toml::Table, place: &str, extra: &[&str]| {
+        for key in table.keys() {
+            let why = if UNSUPPORTED_KEYS.contains(&key.as_str()) {
+                "is not supported by orasfs"
+            } else if HOST_KEYS.contains(&key.as_str()) || extra.contains(&key.as_str()) {
+                continue;
+            } else {
+                "is not a hosts.toml key"
+            };
+            warnings.push(format!("{}: {place}`{key}` {why}; ignored", path.display()));
+        }
+    };
+    if let Ok(top) = text.parse::<toml::Table>() {
+        warn_unknown(&top, "", &["server", "host"]);
+    }
+    for (key, value) in &file.host {
+        if let Some(t) = value.as_table() {
+            warn_unknown(t, &format!("[host.{key:?}] "), &[]);
+        }
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut out = Hosts::default();
     if let Some(server) = &file.server {
-        let spec = spec(dir, server, &file.top, format!("{} server", path.display()))
-            .map_err(|m| err(format!("server = {server:?}: {m}")))?;
+        let spec =
+            spec(dir, server, &file.top, format!("{} server", path.display())).map_err(|m| {
+                FleetError::Config {
+                    path: path.to_path_buf(),
+                    line: key_line(text, |l| l.starts_with("server")),
+                    message: format!("server = {server:?}: {m}"),
+                }
+            })?;
         if super::strip_default_host(&spec.host) != super::strip_default_host(registry)
             || !spec.prefix.is_empty()
         {
@@ -71,16 +119,27 @@ pub fn parse(path: &Path, text: &str, registry: &str) -> Result<Hosts, FleetErro
         }
     }
     for (key, value) in file.host {
+        let err = |message: String| FleetError::Config {
+            path: path.to_path_buf(),
+            line: key_line(text, |l| {
+                l.starts_with("[host.") && l.contains(key.as_str())
+            }),
+            message: format!("[host.{key:?}]: {message}"),
+        };
         let h: Host = value
             .try_into()
-            .map_err(|e: toml::de::Error| err(format!("[host.{key:?}]: {}", e.message())))?;
-        let s = spec(dir, &key, &h, format!("{} [host.{key:?}]", path.display()))
-            .map_err(|m| err(format!("[host.{key:?}]: {m}")))?;
+            .map_err(|e: toml::de::Error| err(e.message().to_string()))?;
+        let s = spec(dir, &key, &h, format!("{} [host.{key:?}]", path.display())).map_err(err)?;
         if s.usage.tags || s.usage.digests {
             out.mirrors.push(s);
         }
     }
-    Ok(out)
+    Ok((out, warnings))
+}
+
+/// The 1-based number of the first line of `text` that, trimmed, satisfies `is`.
+fn key_line(text: &str, is: impl Fn(&str) -> bool) -> Option<usize> {
+    text.lines().position(|l| is(l.trim_start())).map(|i| i + 1)
 }
 
 /// A host from its URL (`https://` when it has no scheme) and its table.

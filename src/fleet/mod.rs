@@ -316,13 +316,52 @@ pub(crate) fn strip_default_host(h: &str) -> &str {
 
 /// A TOML syntax or type error as `FILE:LINE: message`, on one line.
 pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> FleetError {
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line = e.span().map(|s| line_at(text, s.start));
     FleetError::Config {
         path: path.to_path_buf(),
         line,
         message: e.message().trim().replace('\n', "; "),
+    }
+}
+
+/// The 1-based line of byte `offset` of `text`.
+pub(crate) fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parse a configuration file's `text` as `T`, with the keys `T` has no field for, as
+/// paths (`registry[1].mirror[0].pull-from-mirorr`), so that a misspelt key is reported
+/// instead of silently doing nothing.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<(T, Vec<String>), FleetError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(path, text, &e))?;
+    let mut unknown = Vec::new();
+    let value = serde_ignored::deserialize(de, |p| unknown.push(key_path(&p)))
+        .map_err(|e| toml_error(path, text, &e))?;
+    Ok((value, unknown))
+}
+
+/// A key's path as a user wrote it: tables by dots, arrays of tables by index.
+fn key_path(p: &serde_ignored::Path) -> String {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        // The field toml::Spanned wraps its value in.
+        P::Map { parent, key } if key.starts_with("$__serde_spanned") => key_path(parent),
+        P::Map { parent, key } => match key_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            key_path(parent)
+        }
     }
 }
 

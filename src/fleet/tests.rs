@@ -179,6 +179,82 @@ fn a_malformed_file_names_the_file_and_the_line() {
 }
 
 #[test]
+fn a_bad_entry_names_the_line_of_its_table() {
+    let p = Path::new("/etc/containers/registries.conf");
+    let text = "[[registry]]\nprefix = \"a\"\n\n[[registry]]\ninsecure = true\n";
+    let msg = config::parse(p, text).unwrap_err().to_string();
+    assert!(
+        msg.starts_with("/etc/containers/registries.conf:4: "),
+        "{msg}"
+    );
+    assert!(msg.contains("neither prefix nor location"), "{msg}");
+    let text = "[[registry]]\nprefix = \"a\"\n[[registry.mirror]]\nlocation = \"m\"\n\
+                [[registry.mirror]]\nlocation = \"https://m2\"\n";
+    let msg = config::parse(p, text).unwrap_err().to_string();
+    assert!(
+        msg.starts_with("/etc/containers/registries.conf:5: "),
+        "{msg}"
+    );
+    let text =
+        "[[registry]]\nprefix = \"a\"\n\n\n[[registry]]\nprefix = \"b\"\nlocation = \"http://b\"\n";
+    let msg = config::parse(p, text).unwrap_err().to_string();
+    assert!(
+        msg.starts_with("/etc/containers/registries.conf:5: "),
+        "{msg}"
+    );
+    let h = Path::new("/etc/containerd/certs.d/r/hosts.toml");
+    let text = "server = \"https://r\"\n\n[host.\"https://a\"]\n\n[host.\"https://b/x\"]\n";
+    let msg = hosts::parse(h, text, "r").unwrap_err().to_string();
+    assert!(
+        msg.starts_with("/etc/containerd/certs.d/r/hosts.toml:5: [host.\"https://b/x\"]"),
+        "{msg}"
+    );
+    let text = "[host.\"https://a\"]\ncapabilities = \"pull\"\n";
+    let msg = hosts::parse(h, text, "r").unwrap_err().to_string();
+    assert!(
+        msg.starts_with("/etc/containerd/certs.d/r/hosts.toml:1: "),
+        "{msg}"
+    );
+}
+
+#[test]
+fn keys_orasfs_does_not_read_are_named_in_a_warning() {
+    let p = Path::new("/etc/containers/registries.conf");
+    let text = "unqualified-search-registries = [\"r.example\"]\nshort-name-mode = \"enforcing\"\n\
+                [aliases]\nx = \"r.example/x\"\n\
+                [[registry]]\nprefix = \"a\"\nlocaton = \"b\"\n\
+                [[registry]]\nprefix = \"c\"\n[[registry.mirror]]\nlocation = \"m\"\n\
+                pull-from-mirorr = \"digest-only\"\n";
+    let (entries, warnings) = config::parse_with_warnings(p, text).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        warnings,
+        [
+            "/etc/containers/registries.conf: `registry[0].locaton` is not a registries.conf key; ignored",
+            "/etc/containers/registries.conf: `registry[1].mirror[0].pull-from-mirorr` is not a registries.conf key; ignored",
+        ]
+    );
+    let (_, warnings) = config::parse_with_warnings(p, REGISTRIES_CONF_EXAMPLE).unwrap();
+    assert_eq!(warnings, Vec::<String>::new());
+
+    let h = Path::new("/etc/containerd/certs.d/r/hosts.toml");
+    let text = "server = \"https://r\"\ndial_timeout = \"3s\"\n\
+                [host.\"https://m\"]\ncapabilites = [\"pull\"]\nclient = \"/c.pem\"\nskip_verify = true\n";
+    let (hosts, warnings) = hosts::parse_with_warnings(h, text, "r").unwrap();
+    assert_eq!(hosts.mirrors.len(), 1);
+    assert_eq!(
+        warnings,
+        [
+            "/etc/containerd/certs.d/r/hosts.toml: `dial_timeout` is not supported by orasfs; ignored",
+            "/etc/containerd/certs.d/r/hosts.toml: [host.\"https://m\"] `capabilites` is not a hosts.toml key; ignored",
+            "/etc/containerd/certs.d/r/hosts.toml: [host.\"https://m\"] `client` is not supported by orasfs; ignored",
+        ]
+    );
+    let (_, warnings) = hosts::parse_with_warnings(h, HOSTS_TOML_EXAMPLE, "docker.io").unwrap();
+    assert_eq!(warnings, Vec::<String>::new());
+}
+
+#[test]
 fn hosts_toml_example_keeps_file_order_and_capabilities() {
     let p = Path::new("/etc/containerd/certs.d/docker.io/hosts.toml");
     let h = hosts::parse(p, HOSTS_TOML_EXAMPLE, "docker.io").unwrap();
