@@ -327,11 +327,6 @@ impl Inflater {
         self.out
     }
 
-    /// Compressed bytes consumed so far (an offset in the blob).
-    pub fn input_offset(&self) -> u64 {
-        self.input.offset()
-    }
-
     /// Produce the next bytes into `out`; 0 at the end of the last member. In the first
     /// pass, `point` receives each checkpoint with its window.
     pub fn read(

@@ -91,7 +91,8 @@ pub fn prune(dir: &Path, max_size: u64) -> Result<String, String> {
         evicted += 1;
     }
     let mut out = format!(
-        "evicted {evicted} blobs ({}); cache is now {} (limit {})\n",
+        "evicted {evicted} blob{} ({}); cache is now {} (limit {})\n",
+        if evicted == 1 { "" } else { "s" },
         human(freed),
         human(total),
         human(max_size)
@@ -206,7 +207,7 @@ mod tests {
         let root = dir.path().join("v2");
         // 6024 bytes; a limit of 3500 means a (3024, oldest) goes and that is enough.
         let out = prune(dir.path(), 3500).unwrap();
-        assert!(out.starts_with("evicted 1 blobs"), "{out}");
+        assert!(out.starts_with("evicted 1 blob ("), "{out}");
         assert!(!root.join("blobs/sha256").join(a.hex()).exists());
         assert!(!root
             .join("blobs/sha256")
