@@ -288,7 +288,7 @@ impl Archive {
                 Some(d) => {
                     std::fs::create_dir_all(d)
                         .map_err(|e| ArchiveError::Read(format!("{}: {e}", d.display())))?;
-                    let path = store::temp_beside(&store::win_path(d, digest));
+                    let path = crate::cache::temp::beside(&store::win_path(d, digest));
                     let f = File::create(&path)
                         .map_err(|e| ArchiveError::Read(format!("{}: {e}", path.display())))?;
                     WindowSink::File(f, path)
@@ -413,7 +413,7 @@ impl Archive {
         let sink = match dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
-                let path = store::temp_beside(&store::dec_path(d, digest));
+                let path = crate::cache::temp::beside(&store::dec_path(d, digest));
                 let f = File::create(&path).map_err(|e| io(&path, e))?;
                 zst::Sink::File(f, path)
             }

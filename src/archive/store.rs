@@ -81,16 +81,6 @@ pub fn dec_path(dir: &Path, d: &Digest) -> PathBuf {
     dir.join(format!("{}.tar", d.hex()))
 }
 
-/// A unique temporary name beside `path`.
-pub fn temp_beside(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".tmp-{}-{n}", std::process::id()));
-    PathBuf::from(s)
-}
-
 impl Stored {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -189,12 +179,12 @@ impl Stored {
         if let Some(w) = windows {
             fs::rename(w, win_path(dir, d))?;
         } else {
-            let empty = temp_beside(&win_path(dir, d));
+            let empty = crate::cache::temp::beside(&win_path(dir, d));
             File::create(&empty)?;
             fs::rename(&empty, win_path(dir, d))?;
         }
         let path = idx_path(dir, d);
-        let tmp = temp_beside(&path);
+        let tmp = crate::cache::temp::beside(&path);
         let mut f = File::create(&tmp)?;
         f.write_all(&self.encode())?;
         f.sync_all()?;

@@ -11,7 +11,8 @@
 //! v2/blobs/sha256/<hex>.stamp      the file state at its last full CRC check
 //! v2/partial/sha256/<hex>          a partly fetched blob, sparse     (see [`partial`])
 //! v2/partial/sha256/<hex>.map      which blocks it holds, with their CRC32C
-//! v2/tmp/                          temp files; swept at start
+//! v2/tmp/                          temp files (see [`temp`]; those of gone processes are
+//!                                  swept at start, here and beside blobs and archives)
 //! ```
 //!
 //! Interface: open a blob's [`Partial`] and store checked blocks in it; turn a complete,
@@ -29,6 +30,7 @@ pub mod block;
 pub mod evict;
 pub mod manage;
 pub mod partial;
+pub mod temp;
 pub mod usage;
 pub mod verified;
 
@@ -190,16 +192,18 @@ impl BlobCache {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(|e| io_err(&p, e))?;
         }
-        let tmp = root.join("tmp");
-        let mut swept = 0;
-        if let Ok(entries) = fs::read_dir(&tmp) {
-            for e in entries.flatten() {
-                usage::remove_path(&e.path());
-                swept += 1;
-            }
+        // Other mounts may share this directory: only what a gone process left is swept.
+        let (mut swept, mut swept_bytes) = temp::sweep(&root.join("tmp"), true);
+        for dir in ["blobs/sha256", usage::ARCHIVES] {
+            let (n, b) = temp::sweep(&root.join(dir), false);
+            swept += n;
+            swept_bytes += b;
         }
         if swept > 0 {
-            log::info!("cache: swept {swept} temp files left by an earlier run");
+            log::info!(
+                "cache: swept {swept} temp files ({}) left by an earlier run",
+                usage::human(swept_bytes)
+            );
         }
         let scanned = usage::scan(&root);
         log::debug!(
@@ -281,9 +285,7 @@ impl BlobCache {
         (dir.join(d.hex()), dir.join(format!("{}.map", d.hex())))
     }
     fn tmp_path(&self, d: &Digest, what: &str) -> PathBuf {
-        self.root
-            .join("tmp")
-            .join(format!("{}.{}.{what}", d.hex(), rand::random::<u32>()))
+        temp::beside(&self.root.join("tmp").join(format!("{}.{what}", d.hex())))
     }
 
     /// The verified whole-blob file, if the blob is verified and its sidecar is sound.

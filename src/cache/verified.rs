@@ -182,9 +182,9 @@ impl FileStamp {
         Self::decode(&fs::read(path).ok()?)
     }
 
-    /// Record this stamp at `path` (via a temp file beside it).
+    /// Record this stamp at `path` (via a temp file beside it, swept if a crash leaves it).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let tmp = path.with_extension(format!("stamp.{}", rand::random::<u32>()));
+        let tmp = super::temp::beside(path);
         fs::write(&tmp, self.encode())?;
         fs::rename(&tmp, path).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);

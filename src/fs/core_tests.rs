@@ -451,6 +451,24 @@ fn cache_survives_a_remount_and_tampering_is_refetched() {
     f.write_all_at(&[data[10] ^ 0x40], 10).unwrap();
     f.write_all_at(&[0; 100], BLOCK_SIZE + 7).unwrap();
     std::fs::write(keep.join("v2/tmp/leftover.crc"), b"junk").unwrap();
+    // Temp files of a killed writer beside their final names, and one of a live mount
+    // sharing the cache directory (this process), which must be left alone.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone = child.id();
+    child.wait().unwrap();
+    let hex = layer.digest.hex();
+    std::fs::create_dir_all(keep.join("v2/archives")).unwrap();
+    let dead = [
+        keep.join(format!("v2/archives/{hex}.tar.tmp-{gone}-0")),
+        keep.join(format!("v2/blobs/sha256/{hex}.stamp.tmp-{gone}-1")),
+    ];
+    let live = keep.join(format!(
+        "v2/archives/{hex}.win.tmp-{}-2",
+        std::process::id()
+    ));
+    for p in dead.iter().chain([&live]) {
+        std::fs::write(p, b"half").unwrap();
+    }
     let before = src.blob_bytes.load(Ordering::Relaxed);
     let tree = Tree::new(src.clone(), root(), TreeConfig::default()).unwrap();
     let fs = fs_over(tree, &keep, ReadConfig::default());
@@ -458,6 +476,10 @@ fn cache_survives_a_remount_and_tampering_is_refetched() {
         !keep.join("v2/tmp/leftover.crc").exists(),
         "temp files are swept"
     );
+    for p in &dead {
+        assert!(!p.exists(), "a killed writer's {} is swept", p.display());
+    }
+    assert!(live.exists(), "a live mount's temp file is left alone");
     let ino = path(&fs, "f").unwrap();
     let fh = fs.open(ino, false).unwrap().fh;
     assert_eq!(fs.read(fh, 0, half as u32).unwrap(), &data[..half]);
