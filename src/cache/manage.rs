@@ -3,7 +3,8 @@
 //! A directory is treated as an orasfs cache only if it holds a real `v2/` directory (not
 //! a link); anything else there is never touched. Nothing here follows a symbolic link
 //! inside the cache. Prune evicts whole blobs, least recently used first, by the times
-//! described in [`super::evict`]. Pruning or clearing while a mount uses the cache is
+//! described in [`super::evict`], after sweeping the temp files of stopped mounts
+//! ([`super::temp`]). Pruning or clearing while a mount uses the cache is
 //! safe for correctness (missing bytes are a miss and are fetched again), but that
 //! mount's running total overestimates the cache until it evicts or restarts.
 
@@ -78,6 +79,7 @@ pub fn prune(dir: &Path, max_size: u64) -> Result<String, String> {
             dir.display()
         ));
     };
+    let (swept, swept_bytes) = super::temp::sweep_cache(&root);
     let u = usage::scan(&root);
     let mut total = u.total;
     let (mut evicted, mut freed) = (0usize, 0u64);
@@ -97,8 +99,18 @@ pub fn prune(dir: &Path, max_size: u64) -> Result<String, String> {
         human(total),
         human(max_size)
     );
+    if swept > 0 {
+        out.push_str(&format!(
+            "removed {swept} temp file{} ({}) left by mounts that stopped\n",
+            if swept == 1 { "" } else { "s" },
+            human(swept_bytes)
+        ));
+    }
     if total > max_size {
-        out.push_str("the rest is temp or unrecognised files, which prune leaves alone\n");
+        out.push_str(
+            "the rest is unrecognised files and temp files of running mounts, which prune \
+             leaves alone\n",
+        );
     }
     Ok(out)
 }
@@ -225,6 +237,36 @@ mod tests {
         assert!(usage::dir_bytes(&root) <= 2500);
         let out = prune(dir.path(), 0).unwrap();
         assert!(out.contains("cache is now 0 B"), "{out}");
+    }
+
+    #[test]
+    fn prune_removes_the_temp_files_of_stopped_mounts_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, ..] = sample(dir.path());
+        let root = dir.path().join("v2");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        fs::create_dir_all(root.join("archives")).unwrap();
+        let dead = root.join(format!("archives/{}.tar.tmp-{gone}-0", a.hex()));
+        let live = root.join(format!(
+            "archives/{}.win.tmp-{}-0",
+            a.hex(),
+            std::process::id()
+        ));
+        fs::write(&dead, vec![7; 5000]).unwrap();
+        fs::write(&live, vec![7; 5000]).unwrap();
+        // The blobs fit; only the stopped mount's 5000-byte temp file goes.
+        let out = prune(dir.path(), 20_000).unwrap();
+        assert!(
+            out.starts_with("evicted 0 blobs (0 B)")
+                && out.contains("removed 1 temp file (4.9 KiB) left by mounts that stopped"),
+            "{out}"
+        );
+        assert!(!dead.exists() && live.exists());
+        let out = prune(dir.path(), 1000).unwrap();
+        assert!(out.contains("temp files of running mounts"), "{out}");
+        assert!(live.exists());
     }
 
     #[test]

@@ -193,12 +193,7 @@ impl BlobCache {
             fs::create_dir_all(&p).map_err(|e| io_err(&p, e))?;
         }
         // Other mounts may share this directory: only what a gone process left is swept.
-        let (mut swept, mut swept_bytes) = temp::sweep(&root.join("tmp"), true);
-        for dir in ["blobs/sha256", usage::ARCHIVES] {
-            let (n, b) = temp::sweep(&root.join(dir), false);
-            swept += n;
-            swept_bytes += b;
-        }
+        let (swept, swept_bytes) = temp::sweep_cache(&root);
         if swept > 0 {
             log::info!(
                 "cache: swept {swept} temp files ({}) left by an earlier run",

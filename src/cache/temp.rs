@@ -63,6 +63,18 @@ pub fn sweep(dir: &Path, all_unnamed: bool) -> (usize, u64) {
     (count, bytes)
 }
 
+/// Sweep a cache's versioned root: `tmp/` (everything but a live process's temp files)
+/// and the temp files of gone writers beside verified blobs and archive files.
+pub fn sweep_cache(root: &Path) -> (usize, u64) {
+    let (mut count, mut bytes) = sweep(&root.join("tmp"), true);
+    for dir in ["blobs/sha256", usage::ARCHIVES] {
+        let (n, b) = sweep(&root.join(dir), false);
+        count += n;
+        bytes += b;
+    }
+    (count, bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
