@@ -234,6 +234,68 @@ mod tests {
         assert!(Verified::open(&path, &side, &digest, data.len() as u64).is_none());
     }
 
+    /// A sidecar sealed with a valid CRC whose fields do not fit the blob (an older
+    /// format, another blob's size, another block size, one CRC too many or too few) is
+    /// refused: the seal proves it is intact, not that it is this blob's.
+    #[test]
+    fn sealed_sidecars_that_do_not_fit_the_blob_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(BLOCK_SIZE + 5)).map(|i| (i % 13) as u8).collect();
+        let digest = Digest::of(&data);
+        let size = data.len() as u64;
+        let path = dir.path().join("b");
+        fs::write(&path, &data).unwrap();
+        let crcs = [
+            checksum(&digest, 0, &data[..BLOCK_SIZE as usize]),
+            checksum(&digest, 1, &data[BLOCK_SIZE as usize..]),
+        ];
+        let sealed = |magic: &[u8], size: u64, block: u32, crcs: &[u32]| {
+            let mut v = magic.to_vec();
+            v.extend_from_slice(&size.to_le_bytes());
+            v.extend_from_slice(&block.to_le_bytes());
+            for c in crcs {
+                v.extend_from_slice(&c.to_le_bytes());
+            }
+            let tail = crc32c::crc32c(&v);
+            v.extend_from_slice(&tail.to_le_bytes());
+            v
+        };
+        let side = dir.path().join("b.crc");
+        let opens = |bytes: Vec<u8>| {
+            fs::write(&side, bytes).unwrap();
+            Verified::open(&path, &side, &digest, size).is_some()
+        };
+        let bs = BLOCK_SIZE as u32;
+        assert!(
+            opens(sealed(SIDECAR_MAGIC, size, bs, &crcs)),
+            "the right one opens"
+        );
+        assert!(
+            !opens(sealed(b"ORFSCRC1", size, bs, &crcs)),
+            "an older format"
+        );
+        assert!(
+            !opens(sealed(SIDECAR_MAGIC, size + 1, bs, &crcs)),
+            "another size"
+        );
+        assert!(
+            !opens(sealed(SIDECAR_MAGIC, size, 2 * bs, &crcs)),
+            "another block size"
+        );
+        let three = [crcs[0], crcs[1], crcs[1]];
+        assert!(
+            !opens(sealed(SIDECAR_MAGIC, size, bs, &three)),
+            "a CRC too many"
+        );
+        assert!(
+            !opens(sealed(SIDECAR_MAGIC, size, bs, &crcs[..1])),
+            "a CRC too few"
+        );
+        // Shorter than any sidecar: refused, not a panic.
+        assert!(!opens(SIDECAR_MAGIC.to_vec()));
+        assert!(!opens(Vec::new()));
+    }
+
     #[test]
     fn stamps_round_trip_and_see_changes() {
         let dir = tempfile::tempdir().unwrap();
