@@ -26,10 +26,12 @@ install-files:
 	install -D -m 0644 systemd/orasfs@.service $(DESTDIR)/etc/systemd/system/orasfs@.service
 	install -D -m 0644 systemd/orasfs.tmpfiles.conf $(DESTDIR)/etc/tmpfiles.d/orasfs.conf
 	install -d $(DESTDIR)/etc/orasfs
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/orasfs/README.md
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/orasfs $(DESTDIR)/sbin/mount.orasfs
 	rm -f $(DESTDIR)/etc/systemd/system/orasfs@.service $(DESTDIR)/etc/tmpfiles.d/orasfs.conf
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/orasfs
 
 test:
 	scripts/test.sh
