@@ -204,10 +204,19 @@ impl Launch {
         fs::create_dir_all(&home)?;
         let cache = self.cache.clone().unwrap_or_else(|| base.join("cache"));
         hermetic(&mut c, &home);
+        // No free-space floor unless the test sets one: what a test asserts of the cache
+        // must not depend on how full the machine's disk is (at 95 % the default floor
+        // of 5 % stores nothing, and every cache test would fail for that alone).
+        let floor = if self.args.iter().any(|a| a.starts_with("--cache-min-free")) {
+            None
+        } else {
+            Some(["--cache-min-free", "0"])
+        };
         c.arg("mount")
             .arg("--foreground")
             .arg("--cache-dir")
             .arg(cache)
+            .args(floor.iter().flatten())
             .args(&self.args)
             .args((!self.source.is_empty()).then_some(&self.source))
             .arg(mountpoint)
