@@ -196,6 +196,65 @@ mod tests {
     }
 
     #[test]
+    fn docker_and_generic_tar_types_are_plain_tars() {
+        for mt in [
+            "application/x-tar",
+            "application/vnd.docker.image.rootfs.diff.tar",
+            "application/vnd.docker.image.rootfs.foreign.diff.tar",
+        ] {
+            assert_eq!(tar_family(mt), Some(Compression::None), "{mt}");
+        }
+        assert_eq!(
+            tar_family("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"),
+            Some(Compression::Gzip)
+        );
+    }
+
+    /// An untitled archive layer's fallback name carries the extension tar tools expect.
+    #[test]
+    fn untitled_archives_are_named_with_their_extension() {
+        let d = |mt: &str| Descriptor {
+            media_type: mt.into(),
+            digest: crate::oci::Digest::of(b"x"),
+            size: 1,
+            annotations: Default::default(),
+            platform: Option::None,
+            artifact_type: Option::None,
+        };
+        let layers = [
+            d("application/vnd.oci.image.layer.v1.tar"),
+            d("application/vnd.oci.image.layer.v1.tar+gzip"),
+            d("application/vnd.oci.image.layer.v1.tar+zstd"),
+            d("application/octet-stream"),
+        ];
+        let exts: Vec<&str> = layer_namings(&layers, UnpackMode::All, Option::None)
+            .iter()
+            .map(|n| n.fallback_ext)
+            .collect();
+        assert_eq!(exts, [".tar", ".tar.gz", ".tar.zst", ""]);
+    }
+
+    #[test]
+    fn the_oras_unpack_annotation_is_true_in_any_case_and_nothing_else() {
+        let with = |v: Option<&str>| {
+            let mut annotations = std::collections::BTreeMap::new();
+            if let Some(v) = v {
+                annotations.insert(ANNOTATION_UNPACK.to_string(), v.to_string());
+            }
+            oras_unpack(&Descriptor {
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                digest: crate::oci::Digest::of(b"x"),
+                size: 1,
+                annotations,
+                platform: Option::None,
+                artifact_type: Option::None,
+            })
+        };
+        assert!(with(Some("true")) && with(Some("TRUE")));
+        assert!(!with(Some("false")) && !with(Some("yes")) && !with(Option::None));
+    }
+
+    #[test]
     fn names() {
         assert_eq!(dir_name_for("chart-1.0.0.tgz"), "chart-1.0.0");
         assert_eq!(dir_name_for("sha256-ab.tar.gz"), "sha256-ab");

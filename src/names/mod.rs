@@ -463,6 +463,106 @@ mod tests {
         assert_eq!(names[1], format!("sha256-{}", b.digest.hex()));
     }
 
+    /// An archive's directory never takes a name a file holds: `a.tar.gz` beside a file
+    /// `a` unpacks into `a.d`; with `a.d` taken too, it is not shown as a directory.
+    #[test]
+    fn an_archive_directory_never_takes_a_files_name() {
+        let tar = |n: u8, title: &str| Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            ..layer(n, Some(title))
+        };
+        let dirs = |layers: &[Descriptor]| -> Vec<Option<String>> {
+            let namings: Vec<LayerNaming> = layers
+                .iter()
+                .map(|l| LayerNaming {
+                    unpack: archive::tar_family(&l.media_type).is_some(),
+                    ..LayerNaming::default()
+                })
+                .collect();
+            place_layers_named(layers, &namings)
+                .into_iter()
+                .map(|p| p.dir.map(|d| d.join("/")))
+                .collect()
+        };
+        assert_eq!(dirs(&[tar(1, "a.tar.gz")]), [Some("a".to_string())]);
+        assert_eq!(
+            dirs(&[tar(1, "a.tar.gz"), layer(2, Some("a"))]),
+            [Some("a.d".to_string()), None]
+        );
+        assert_eq!(
+            dirs(&[
+                tar(1, "a.tar.gz"),
+                layer(2, Some("a")),
+                layer(3, Some("a.d"))
+            ]),
+            [None, None, None]
+        );
+        // Two archives that strip to one name: the first keeps it.
+        assert_eq!(
+            dirs(&[tar(1, "x/a.tar.gz"), tar(2, "x/a.tar")]),
+            [Some("x/a".to_string()), Some("x/a.d".to_string())]
+        );
+    }
+
+    /// A platform name that spells an entry's fallback with its position appended pushes
+    /// that entry on to a counted name; every entry still gets a name of its own.
+    #[test]
+    fn index_entry_names_count_past_a_taken_positional_name() {
+        let b = layer(2, None);
+        let mut a = layer(1, None);
+        a.platform = Some(Platform {
+            os: "sha256".into(),
+            architecture: b.digest.hex().to_string(),
+            variant: Some("2".into()),
+        });
+        let names = index_entry_names(&[a, b.clone(), b]);
+        let hex = layer(2, None).digest.hex().to_string();
+        assert_eq!(
+            names,
+            [
+                format!("sha256-{hex}-2"),
+                format!("sha256-{hex}"),
+                format!("sha256-{hex}-2-1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn platform_names_allow_dots_and_underscores_and_nothing_else() {
+        let named = |arch: &str| {
+            let mut d = layer(1, None);
+            d.platform = Some(Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: None,
+            });
+            platform_name(d.platform.as_ref().unwrap())
+        };
+        assert_eq!(named("arm64_v8.2").as_deref(), Some("linux-arm64_v8.2"));
+        for bad in ["x/y", "x y", "x-y", "", "é"] {
+            assert_eq!(named(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn artifact_type_families_are_found_by_any_one_of_their_marks() {
+        for (t, w) in [
+            (
+                "application/vnd.dev.cosign.simplesigning.v1+json",
+                "signature",
+            ),
+            ("application/vnd.cncf.notary.v2", "signature"),
+            ("application/vnd.example.signature", "signature"),
+            ("application/vnd.example.sig", "signature"),
+            ("application/vnd.in-toto.bundle", "attestation"),
+            ("application/vnd.dsse.intoto", "attestation"),
+            ("application/vnd.github.attestation", "attestation"),
+            ("application/vnd.acme.s3data.v1+json", "s3data"),
+        ] {
+            assert_eq!(artifact_type_word(Some(t)), w, "{t}");
+        }
+    }
+
     #[test]
     fn artifact_type_words() {
         for (t, w) in [
