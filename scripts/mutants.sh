@@ -24,7 +24,7 @@ modules=(
     "headers|src/source/registry/headers.rs|registry::"
     "oci|src/oci.rs|oci:: source:: tree::"
     "names|src/names/mod.rs|names:: tree::"
-    "names-archive|src/names/archive.rs|names:: archive::"
+    "names-archive|src/names/archive.rs|names:: archive:: tree::"
     "block|src/cache/block.rs|cache:: read_tests::"
     "partial|src/cache/partial.rs|cache:: read_tests:: core_tests:: read_fault_tests::"
     "verified|src/cache/verified.rs|cache:: read_tests:: core_tests::"
