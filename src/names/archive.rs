@@ -50,10 +50,8 @@ pub fn tar_family(media_type: &str) -> Option<Compression> {
         Some((b, s)) => (b.to_string(), Some(s.to_string())),
         None => (mt.clone(), None),
     };
-    let tar_base = base.ends_with(".tar")
-        || base == "application/x-tar"
-        || base == "application/vnd.docker.image.rootfs.diff.tar"
-        || base == "application/vnd.docker.image.rootfs.foreign.diff.tar";
+    // Docker's `…rootfs.diff.tar` and `…rootfs.foreign.diff.tar` end in `.tar` too.
+    let tar_base = base.ends_with(".tar") || base == "application/x-tar";
     if base == "application/vnd.docker.image.rootfs.diff.tar.gzip"
         || base == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
     {
@@ -252,6 +250,90 @@ mod tests {
         };
         assert!(with(Some("true")) && with(Some("TRUE")));
         assert!(!with(Some("false")) && !with(Some("yes")) && !with(Option::None));
+    }
+
+    fn layer(mt: &str, title: Option<&str>, unpack: Option<&str>) -> Descriptor {
+        let mut annotations = std::collections::BTreeMap::new();
+        if let Some(t) = title {
+            annotations.insert(crate::oci::ANNOTATION_TITLE.to_string(), t.to_string());
+        }
+        if let Some(u) = unpack {
+            annotations.insert(ANNOTATION_UNPACK.to_string(), u.to_string());
+        }
+        Descriptor {
+            media_type: mt.into(),
+            digest: crate::oci::Digest::of(b"x"),
+            size: 1,
+            annotations,
+            platform: Option::None,
+            artifact_type: Option::None,
+        }
+    }
+
+    const TGZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+    /// `oras push DIR` gives a layer titled `DIR` with the unpack annotation: the file is
+    /// `DIR.tar.gz`, the directory `DIR` (its top directory's contents), shown unless the
+    /// mode is `none`. A tarball pushed as a file keeps its title and is shown as a
+    /// directory only in mode `all`.
+    #[test]
+    fn oras_directory_pushes_are_named_as_oras_pull_extracts_them() {
+        let pushed_dir = layer(TGZ, Some("data/imagery"), Some("true"));
+        let n = &layer_namings(
+            std::slice::from_ref(&pushed_dir),
+            UnpackMode::Oras,
+            Option::None,
+        )[0];
+        assert_eq!(n.title.as_deref(), Some("data/imagery.tar.gz"));
+        assert_eq!(n.dir.as_deref(), Some("imagery"));
+        assert!(n.unpack);
+        assert_eq!(oras_top(&pushed_dir), Some("imagery"));
+        let n = &layer_namings(
+            std::slice::from_ref(&pushed_dir),
+            UnpackMode::None,
+            Option::None,
+        )[0];
+        assert_eq!(
+            (n.title.as_deref(), n.dir.as_deref(), n.unpack),
+            (Option::None, Option::None, false)
+        );
+
+        let file = layer(TGZ, Some("scenes.tar.gz"), Option::None);
+        let untitled = layer(TGZ, Option::None, Some("true"));
+        for l in [&file, &untitled] {
+            assert_eq!(oras_top(l), Option::None);
+            let oras = &layer_namings(std::slice::from_ref(l), UnpackMode::Oras, Option::None)[0];
+            assert_eq!(
+                (oras.title.as_deref(), oras.dir.as_deref(), oras.unpack),
+                (Option::None, Option::None, false)
+            );
+            let all = &layer_namings(std::slice::from_ref(l), UnpackMode::All, Option::None)[0];
+            assert_eq!((all.title.as_deref(), all.unpack), (Option::None, true));
+        }
+    }
+
+    /// An untitled Helm chart layer is named `NAME-VERSION.tgz` from its config, as
+    /// `helm pull` names it; a titled one, or another tar, keeps its own name.
+    #[test]
+    fn helm_charts_are_named_from_their_config() {
+        let layers = [
+            layer(HELM_CHART, Option::None, Option::None),
+            layer(HELM_CHART, Some("own.tgz"), Option::None),
+            layer(TGZ, Option::None, Option::None),
+        ];
+        let titles: Vec<Option<String>> =
+            layer_namings(&layers, UnpackMode::Oras, Some("mychart-0.1.0"))
+                .into_iter()
+                .map(|n| n.title)
+                .collect();
+        assert_eq!(
+            titles,
+            [
+                Some("mychart-0.1.0.tgz".to_string()),
+                Option::None,
+                Option::None
+            ]
+        );
     }
 
     #[test]
