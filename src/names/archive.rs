@@ -348,5 +348,15 @@ mod tests {
             helm_chart_name(br#"{"name":"../x","version":"1"}"#),
             Option::None
         );
+        // `NAME-VERSION.tgz` must fit in one file name.
+        let cfg = |name_len: usize| {
+            format!(r#"{{"name":"{}","version":"1"}}"#, "n".repeat(name_len)).into_bytes()
+        };
+        let longest = crate::names::MAX_COMPONENT - ".tgz".len() - "-1".len();
+        assert_eq!(
+            helm_chart_name(&cfg(longest)).map(|n| n.len()),
+            Some(longest + 2)
+        );
+        assert_eq!(helm_chart_name(&cfg(longest + 1)), Option::None);
     }
 }
