@@ -23,7 +23,9 @@ install-files:
 	install -D -m 0755 "$(BIN)" $(DESTDIR)$(PREFIX)/bin/orasfs
 	install -d $(DESTDIR)/sbin
 	ln -sf $(PREFIX)/bin/orasfs $(DESTDIR)/sbin/mount.orasfs
-	install -D -m 0644 systemd/orasfs@.service $(DESTDIR)/etc/systemd/system/orasfs@.service
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|/usr/local|$(PREFIX)|g' systemd/orasfs@.service > $(DESTDIR)/etc/systemd/system/orasfs@.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/orasfs@.service
 	install -D -m 0644 systemd/orasfs.tmpfiles.conf $(DESTDIR)/etc/tmpfiles.d/orasfs.conf
 	install -d $(DESTDIR)/etc/orasfs
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/orasfs/README.md

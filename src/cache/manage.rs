@@ -92,20 +92,21 @@ pub fn prune(dir: &Path, max_size: u64) -> Result<String, String> {
         freed += f;
         evicted += 1;
     }
-    let mut out = format!(
-        "evicted {evicted} blob{} ({}); cache is now {} (limit {})\n",
-        if evicted == 1 { "" } else { "s" },
-        human(freed),
-        human(total),
-        human(max_size)
-    );
+    let mut out = String::new();
     if swept > 0 {
         out.push_str(&format!(
-            "removed {swept} temp file{} ({}) left by mounts that stopped\n",
-            if swept == 1 { "" } else { "s" },
+            "removed {} ({}) left by mounts that stopped\n",
+            count(swept, "temp file"),
             human(swept_bytes)
         ));
     }
+    out.push_str(&format!(
+        "evicted {} ({}); cache is now {} (limit {})\n",
+        count(evicted, "blob"),
+        human(freed),
+        human(total),
+        human(max_size)
+    ));
     if total > max_size {
         out.push_str(
             "the rest is unrecognised files and temp files of running mounts, which prune \
@@ -143,11 +144,16 @@ pub fn clear(dir: &Path) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "removed {} blobs ({}) from {}\n",
-        u.blobs.len(),
+        "removed {} ({}) from {}\n",
+        count(u.blobs.len(), "blob"),
         human(freed),
         dir.display()
     ))
+}
+
+/// `1 blob`, `2 blobs`.
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]
@@ -259,8 +265,8 @@ mod tests {
         // The blobs fit; only the stopped mount's 5000-byte temp file goes.
         let out = prune(dir.path(), 20_000).unwrap();
         assert!(
-            out.starts_with("evicted 0 blobs (0 B)")
-                && out.contains("removed 1 temp file (4.9 KiB) left by mounts that stopped"),
+            out.starts_with("removed 1 temp file (4.9 KiB) left by mounts that stopped\n")
+                && out.contains("\nevicted 0 blobs (0 B)"),
             "{out}"
         );
         assert!(!dead.exists() && live.exists());

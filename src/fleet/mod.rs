@@ -78,12 +78,12 @@ impl MirrorSpec {
     ) -> Result<Self, String> {
         if location.contains("://") {
             return Err(format!(
-                "mirror location {location:?} must be HOST[:PORT][/PATH], without a scheme"
+                "location {location:?} must be HOST[:PORT][/PATH], without a scheme"
             ));
         }
         let (host, prefix) = location.split_once('/').unwrap_or((location, ""));
         if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(format!("mirror location {location:?} has no host"));
+            return Err(format!("location {location:?} has no host"));
         }
         Ok(Self {
             host: host.to_string(),
@@ -154,11 +154,18 @@ impl Plan {
             .collect::<Result<Vec<_>, _>>()?;
         let files = match &settings.registries_conf {
             Some(f) => {
-                if !f.is_file() {
+                // Any readable file will do (`/dev/null`: no entries, and no defaults).
+                let problem = match std::fs::metadata(f) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("no such file"),
+                    Err(_) => None, // reading it says what is wrong
+                    Ok(m) if m.is_dir() => Some("is a directory, not a file"),
+                    Ok(_) => None,
+                };
+                if let Some(p) = problem {
                     return Err(FleetError::Config {
                         path: f.clone(),
                         line: None,
-                        message: "no such file (--registries-conf)".into(),
+                        message: format!("{p} (--registries-conf)"),
                     });
                 }
                 vec![f.clone()]
@@ -174,6 +181,16 @@ impl Plan {
                     || e.prefix == host
             })
             .collect();
+        if let Some(d) = settings.hosts_dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(FleetError::Config {
+                path: d.clone(),
+                line: None,
+                message: match d.exists() {
+                    true => "is not a directory (--hosts-dir)".into(),
+                    false => "no such directory (--hosts-dir)".into(),
+                },
+            });
+        }
         let dir = settings
             .hosts_dir
             .clone()

@@ -366,7 +366,33 @@ fn mirror_flags_come_first_and_resolve_no_tags() {
         ..Settings::default()
     };
     let msg = Plan::load(&missing, "r.example").unwrap_err().to_string();
-    assert!(msg.contains("nope.conf"), "{msg}");
+    assert!(msg.contains("nope.conf: no such file"), "{msg}");
+    // /dev/null is an empty configuration (no entries, and no defaults read).
+    let empty = Settings {
+        registries_conf: Some("/dev/null".into()),
+        home: Some(dir.path().to_path_buf()),
+        ..Settings::default()
+    };
+    assert!(Plan::load(&empty, "r.example").is_ok());
+    let a_dir = Settings {
+        registries_conf: Some(dir.path().to_path_buf()),
+        ..Settings::default()
+    };
+    let msg = Plan::load(&a_dir, "r.example").unwrap_err().to_string();
+    assert!(
+        msg.ends_with("is a directory, not a file (--registries-conf)"),
+        "{msg}"
+    );
+    // A named hosts directory must be there, as a named file must.
+    let no_hosts = Settings {
+        hosts_dir: Some(dir.path().join("no-certs.d")),
+        ..Settings::default()
+    };
+    let msg = Plan::load(&no_hosts, "r.example").unwrap_err().to_string();
+    assert!(
+        msg.contains("no-certs.d: no such directory (--hosts-dir)"),
+        "{msg}"
+    );
     let bad = Settings {
         mirrors: vec!["https://m.example".into()],
         ..Settings::default()

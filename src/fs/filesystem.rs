@@ -546,7 +546,10 @@ impl Fs {
                 }
             }
             Node::Tag(t) => {
-                put("user.oci.reference", format!("{}:{}", t.repo, t.tag));
+                put(
+                    "user.oci.reference",
+                    crate::source::Reference::Tag(t.tag.clone()).qualify(&t.repo),
+                );
                 if let Some(m) = t.manifest() {
                     put("user.oci.digest", m.digest.to_string());
                     put(

@@ -29,6 +29,8 @@ impl Reference {
     /// `repo:tag` or `repo@sha256:…`, as users write references.
     pub fn qualify(&self, repo: &str) -> String {
         match self {
+            // An OCI layout has no repository: its tags are its `ref.name`s.
+            _ if repo.is_empty() => self.to_string(),
             Reference::Tag(t) => format!("{repo}:{t}"),
             Reference::Digest(d) => format!("{repo}@{d}"),
         }
@@ -246,6 +248,19 @@ pub fn valid_tag(tag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_are_qualified_by_their_repository_if_there_is_one() {
+        let d = Digest::of(b"x");
+        assert_eq!(Reference::Tag("v1".into()).qualify("eo/p"), "eo/p:v1");
+        assert_eq!(
+            Reference::Digest(d.clone()).qualify("eo/p"),
+            format!("eo/p@{d}")
+        );
+        // An OCI layout's references have no repository part.
+        assert_eq!(Reference::Tag("v1".into()).qualify(""), "v1");
+        assert_eq!(Reference::Digest(d.clone()).qualify(""), d.to_string());
+    }
 
     #[test]
     fn names_and_tags() {
