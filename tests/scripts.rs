@@ -147,20 +147,22 @@ fn make_install_installs_the_built_binary_without_cargo() {
     }
     // PATH as root has it under sudo, minus cargo: only what the recipe runs.
     let p = Path1::new();
-    for prog in ["install", "ln", "rm", "sh"] {
+    for prog in ["install", "ln", "rm", "sh", "sed", "chmod"] {
         p.link(prog);
     }
     let dest = tempfile::tempdir().unwrap();
-    let make = |bin: &str| {
+    let make_in = |dest: &Path, bin: &str, extra: &[&str]| {
         Command::new(which("make"))
             .args(["-C", REPO, "install"])
-            .arg(format!("DESTDIR={}", dest.path().display()))
+            .arg(format!("DESTDIR={}", dest.display()))
             .arg(format!("BIN={bin}"))
+            .args(extra)
             .env_clear()
             .env("PATH", p.path())
             .output()
             .expect("make")
     };
+    let make = |bin: &str| make_in(dest.path(), bin, &[]);
     let out = make(BIN);
     assert!(
         out.status.success(),
@@ -174,10 +176,20 @@ fn make_install_installs_the_built_binary_without_cargo() {
         fs::read_link(dest.path().join("sbin/mount.orasfs")).unwrap(),
         Path::new("/usr/local/bin/orasfs")
     );
-    assert!(dest
-        .path()
-        .join("etc/systemd/system/orasfs@.service")
-        .is_file());
+    let unit =
+        |dest: &Path| fs::read_to_string(dest.join("etc/systemd/system/orasfs@.service")).unwrap();
+    assert!(unit(dest.path()).contains("\nExecStart=/usr/local/bin/orasfs mount "));
+    // Another PREFIX: the unit starts the binary where it was installed.
+    let usr = tempfile::tempdir().unwrap();
+    let out = make_in(usr.path(), BIN, &["PREFIX=/usr"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(usr.path().join("usr/bin/orasfs").is_file());
+    assert!(unit(usr.path()).contains("\nExecStart=/usr/bin/orasfs mount "));
+    assert!(usr.path().join("usr/share/doc/orasfs/README.md").is_file());
 
     let missing = dest.path().join("no-such-build/orasfs");
     let out = make(missing.to_str().unwrap());
