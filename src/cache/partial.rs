@@ -244,21 +244,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (d, m) = paths(dir.path());
         let digest = Digest::of(b"x");
-        let p = Partial::open(&d, &m, &digest, 3 * BLOCK_SIZE).unwrap();
-        for i in 0..3 {
+        let p = Partial::open(&d, &m, &digest, 4 * BLOCK_SIZE).unwrap();
+        for i in 0..4 {
             p.write_block(i, &vec![i as u8; BLOCK_SIZE as usize])
                 .unwrap();
         }
         drop(p);
-        // Damage record 1's check word, and zero record 2.
+        // Damage record 1's check word, zero record 2, and damage record 3's CRC (its
+        // check word intact): each is a torn record, and absent.
         let f = OpenOptions::new().write(true).open(&m).unwrap();
         f.write_all_at(&[1], HEADER_LEN + RECORD_LEN + 6).unwrap();
         f.write_all_at(&[0; 8], HEADER_LEN + 2 * RECORD_LEN)
             .unwrap();
-        let p = Partial::open(&d, &m, &digest, 3 * BLOCK_SIZE).unwrap();
+        f.write_all_at(&[0xff], HEADER_LEN + 3 * RECORD_LEN + 1)
+            .unwrap();
+        let p = Partial::open(&d, &m, &digest, 4 * BLOCK_SIZE).unwrap();
         assert!(p.has(0));
         assert!(!p.has(1));
         assert!(!p.has(2));
+        assert!(
+            !p.has(3),
+            "a record whose CRC does not match its check word"
+        );
         assert_eq!(p.all_crcs(), None);
+    }
+
+    /// A record copied into another block's slot does not vouch for that block: the check
+    /// word binds the record to its index.
+    #[test]
+    fn a_record_moved_to_another_slot_is_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, m) = paths(dir.path());
+        let digest = Digest::of(b"x");
+        let p = Partial::open(&d, &m, &digest, 2 * BLOCK_SIZE).unwrap();
+        p.write_block(0, &[5u8; BLOCK_SIZE as usize]).unwrap();
+        drop(p);
+        let map = fs::read(&m).unwrap();
+        let rec0 = &map[HEADER_LEN as usize..(HEADER_LEN + RECORD_LEN) as usize];
+        let f = OpenOptions::new().write(true).open(&m).unwrap();
+        f.write_all_at(rec0, HEADER_LEN + RECORD_LEN).unwrap();
+        let p = Partial::open(&d, &m, &digest, 2 * BLOCK_SIZE).unwrap();
+        assert!(p.has(0) && !p.has(1));
     }
 }
