@@ -269,6 +269,14 @@ mod tests {
         assert_eq!(p.all_crcs(), None);
     }
 
+    /// A map's never-written records are zeros (a sparse hole): none of them may read as
+    /// present, at any block index of a blob up to 16 GiB.
+    #[test]
+    fn a_zero_record_is_absent_at_every_index() {
+        let first_bad = (0..1u64 << 20).find(|&i| check_word(i, 0) == 0);
+        assert_eq!(first_bad, None);
+    }
+
     /// A record copied into another block's slot does not vouch for that block: the check
     /// word binds the record to its index.
     #[test]
