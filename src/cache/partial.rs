@@ -207,6 +207,10 @@ mod tests {
         let digest = Digest::of(b"x");
         let size = 2 * BLOCK_SIZE + 10;
         let p = Partial::open(&d, &m, &digest, size).unwrap();
+        // The map is laid out whole at once, as the cache accounts it before the open:
+        // a 32-byte header and an 8-byte record for each of the 3 blocks.
+        assert_eq!(fs::metadata(&m).unwrap().len(), 32 + 3 * 8);
+        assert_eq!(map_len(size), 32 + 3 * 8);
         let b1 = vec![7u8; BLOCK_SIZE as usize];
         let b2 = vec![9u8; 10];
         p.write_block(1, &b1).unwrap();
