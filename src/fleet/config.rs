@@ -98,11 +98,7 @@ impl Entry {
 
 /// Parse one registries.conf text; `path` names it in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, FleetError> {
-    let (entries, warnings) = parse_with_warnings(path, text)?;
-    for w in warnings {
-        log::warn!("{w}");
-    }
-    Ok(entries)
+    parse_with_warnings(path, text).map(super::logged)
 }
 
 /// [`parse`], with a warning for each key in a `[[registry]]` or `[[registry.mirror]]`

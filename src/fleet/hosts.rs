@@ -64,11 +64,7 @@ const UNSUPPORTED_KEYS: &[&str] = &["client", "dial_timeout"];
 
 /// Parse one hosts.toml for `registry`; unknown or unsupported keys are logged.
 pub fn parse(path: &Path, text: &str, registry: &str) -> Result<Hosts, FleetError> {
-    let (hosts, warnings) = parse_with_warnings(path, text, registry)?;
-    for w in warnings {
-        log::warn!("{w}");
-    }
-    Ok(hosts)
+    parse_with_warnings(path, text, registry).map(super::logged)
 }
 
 /// [`parse`], with a warning for each key orasfs does not act on: containerd's `client`

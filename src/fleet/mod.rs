@@ -341,6 +341,14 @@ pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> FleetE
     }
 }
 
+/// A parsed configuration, its warnings logged.
+pub(crate) fn logged<T>((value, warnings): (T, Vec<String>)) -> T {
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    value
+}
+
 /// The 1-based line of byte `offset` of `text`.
 pub(crate) fn line_at(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
