@@ -117,10 +117,6 @@ impl Partial {
         })
     }
 
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     fn crcs(&self) -> std::sync::MutexGuard<'_, Vec<Option<u32>>> {
         self.crcs.lock().unwrap_or_else(|e| e.into_inner())
     }
